@@ -1,0 +1,1 @@
+"""Data pipeline: Common Crawl -> clean, deduplicated documents -> Megatron token shards -> blends."""

@@ -1,0 +1,44 @@
+"""`gpt-data`: one command, one subcommand per pipeline stage.
+
+Each stage module exposes `register(subparsers)`, which adds its subcommand and sets
+`func` on the parser; `func(args)` runs it and returns an exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from data_pipeline.errors import UserError
+
+# Modules that register subcommands, in the order `--help` lists them.
+STAGE_MODULES: list[str] = []
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpt-data",
+        description="Common Crawl to training data: extract, filter, dedup, decontaminate, "
+        "tokenize, mix. Every stage reads --input (file or directory of shards) and writes --output.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in STAGE_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        print(f"gpt-data {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"gpt-data {args.command}: interrupted; completed shards are kept, re-run to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
