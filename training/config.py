@@ -1,0 +1,272 @@
+"""Run configuration: YAML + `--set key=value` overrides -> one validated, typed object.
+
+Everything that can be checked without a process group is checked here, so that a
+wrong key or an impossible layout fails in one line before any rank starts work.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file, override or layout the user has to fix."""
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "gpt3"  # gpt1: post-LayerNorm blocks; gpt2/gpt3: pre-LayerNorm + final LayerNorm
+    n_layers: int = 12
+    d_model: int = 768
+    n_heads: int = 12
+    d_head: int = 0  # 0: d_model // n_heads
+    seq_length: int = 2048
+    vocab_size: int = 50257  # 0: take it from the blend's tokenizer
+    make_vocab_size_divisible_by: int = 128  # padded vocab is a multiple of this x TP
+    ffn_multiplier: int = 4
+    dropout: float = 0.1
+    init_std: float = 0.02
+    # GPT-3's locally banded sparse attention: layers with index % sparse_every == sparse_offset
+    # attend only to the previous `sparse_window` tokens. 0 disables it (all layers dense).
+    sparse_every: int = 0
+    sparse_offset: int = 1
+    sparse_window: int = 256
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_head or self.d_model // self.n_heads
+
+    def padded_vocab_size(self, tp: int) -> int:
+        multiple = self.make_vocab_size_divisible_by * tp
+        return int(math.ceil(self.vocab_size / multiple) * multiple)
+
+    def is_sparse_layer(self, layer: int) -> bool:
+        return self.sparse_every > 0 and layer % self.sparse_every == self.sparse_offset
+
+    def num_parameters(self, tp: int = 1) -> int:
+        """Total parameters (embedding counted once: it is tied to the output layer)."""
+        h, inner, ffn = self.d_model, self.n_heads * self.head_dim, self.ffn_multiplier * self.d_model
+        per_layer = (h * 3 * inner + 3 * inner) + (inner * h + h) + (h * ffn + ffn) + (ffn * h + h) + 4 * h
+        embeddings = self.padded_vocab_size(tp) * h + self.seq_length * h
+        return self.n_layers * per_layer + embeddings + 2 * h
+
+
+@dataclass
+class ParallelConfig:
+    tp: int = 1
+    pp: int = 1
+    zero_stage: int = 1
+    activation_checkpointing: bool = False  # recompute each transformer block in backward
+    partition_method: str = "parameters"  # DeepSpeed pipeline partitioning: parameters | uniform
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    global_batch_size: int = 256  # sequences per optimizer step (x seq_length = tokens)
+    micro_batch_size: int = 1
+    seed: int = 1234
+    lr: float = 6.0e-4
+    min_lr_ratio: float = 0.1  # cosine decays to this fraction of lr
+    warmup_tokens: int = 375_000_000
+    decay_tokens: int = 260_000_000_000
+    # Batch-size ramp (GPT-3: from 32k tokens up over the first 4-12B tokens). 0 disables.
+    rampup_start_batch_size: int = 0
+    rampup_batch_increment: int = 0
+    rampup_tokens: int = 0
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1.0e-8
+    grad_clip: float = 1.0
+    initial_loss_scale_power: int = 16  # fp16 only: dynamic loss scale starts at 2^this
+
+
+@dataclass
+class DataConfig:
+    blend: str = ""  # blend JSON written by `gpt-data mixture` (sources with prefixes and weights)
+    split: str = "969,30,1"  # train,valid,test documents per 1000
+    cache_dir: str = ""  # megatron-core dataset index cache; default <run_dir>/data_cache
+
+
+@dataclass
+class LoggingConfig:
+    interval: int = 1  # steps between metrics.jsonl lines
+    eval_interval: int = 0  # steps between validation runs; 0: only at the end
+    eval_iters: int = 4  # validation micro-batches per data-parallel rank
+    tensorboard: bool = True
+    peak_tflops: float = 0.0  # per device, for MFU; 0: guess from the device (A100/H100 bf16, CPU)
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str = ""  # default <run_dir>/checkpoints
+    interval: int = 0  # steps between saves; 0: only at the end
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+ARCHS = ("gpt1", "gpt2", "gpt3")
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read a YAML config (which may name a `base:` file to extend), then apply `key=value` overrides."""
+    raw = _read_yaml_with_base(Path(path)) if path else {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        _set_dotted(raw, key.strip(), yaml.safe_load(value))
+    config = _build(Config, raw, "")
+    check_values(config)
+    return config
+
+
+def _read_yaml_with_base(path: Path) -> dict:
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    merged = _read_yaml_with_base(path.parent / base)
+    _deep_update(merged, raw)
+    return merged
+
+
+def _deep_update(target: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _deep_update(target[key], value)
+        else:
+            target[key] = value
+
+
+def _set_dotted(raw: dict, key: str, value) -> None:
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is not a section")
+    node[leaf] = value
+
+
+def _build(cls, raw, prefix: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config section {prefix.rstrip('.') or 'root'!r} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {prefix + unknown[0]!r} (valid keys here: {', '.join(sorted(known))})"
+        )
+    values = {}
+    for name, value in raw.items():
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            values[name] = _build(kind, value, f"{prefix}{name}.")
+        else:
+            values[name] = _coerce(value, kind, prefix + name)
+    return cls(**values)
+
+
+def _coerce(value, kind, key: str):
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        try:  # PyYAML reads exponents without a dot ("6e-05") as strings
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    elif kind is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"config key {key!r} must be {kind.__name__}, got {value!r}")
+
+
+def check_values(config: Config) -> None:
+    """Checks that need no knowledge of the world size."""
+    m, p, t = config.model, config.parallel, config.train
+    if config.precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
+    if m.arch not in ARCHS:
+        raise ConfigError(f"model.arch must be one of {', '.join(ARCHS)}, got {m.arch!r}")
+    for key, value in [("model.n_layers", m.n_layers), ("model.d_model", m.d_model),
+                       ("model.n_heads", m.n_heads), ("model.seq_length", m.seq_length),
+                       ("parallel.tp", p.tp), ("parallel.pp", p.pp), ("train.steps", t.steps),
+                       ("train.global_batch_size", t.global_batch_size),
+                       ("train.micro_batch_size", t.micro_batch_size)]:
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+    if not m.d_head and m.d_model % m.n_heads:
+        raise ConfigError(f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
+    if p.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"parallel.zero_stage must be 0, 1, 2 or 3, got {p.zero_stage}")
+    if p.partition_method not in ("parameters", "uniform"):
+        raise ConfigError(f"parallel.partition_method must be parameters or uniform, got {p.partition_method!r}")
+    if m.n_heads % p.tp:
+        raise ConfigError(f"model.n_heads={m.n_heads} is not divisible by parallel.tp={p.tp}")
+    if (m.ffn_multiplier * m.d_model) % p.tp:
+        raise ConfigError(f"MLP width {m.ffn_multiplier * m.d_model} is not divisible by parallel.tp={p.tp}")
+    if m.n_layers < p.pp:
+        raise ConfigError(f"model.n_layers={m.n_layers} is fewer than parallel.pp={p.pp} pipeline stages")
+    if p.pp > 1 and p.zero_stage > 1:
+        raise ConfigError(
+            f"parallel.zero_stage={p.zero_stage} with parallel.pp={p.pp}: DeepSpeed's pipeline engine "
+            "supports ZeRO stage 0 or 1 only; use zero_stage=1 or pp=1"
+        )
+    if t.rampup_start_batch_size and (t.rampup_batch_increment < 1 or t.rampup_tokens < 1):
+        raise ConfigError("train.rampup_start_batch_size needs train.rampup_batch_increment and train.rampup_tokens")
+
+
+def check_layout(config: Config, world_size: int) -> int:
+    """Check that the layout fits `world_size` processes; return the data-parallel size."""
+    p, t = config.parallel, config.train
+    if world_size % (p.tp * p.pp):
+        raise ConfigError(
+            f"world size {world_size} is not divisible by parallel.tp x parallel.pp = {p.tp} x {p.pp}"
+        )
+    dp = world_size // (p.tp * p.pp)
+    batches = [t.global_batch_size]
+    if t.rampup_start_batch_size:
+        batches += [t.rampup_start_batch_size, t.rampup_batch_increment]
+    for batch in batches:
+        if batch % (t.micro_batch_size * dp):
+            raise ConfigError(
+                f"batch size {batch} is not divisible by train.micro_batch_size x data-parallel size "
+                f"= {t.micro_batch_size} x {dp} (world {world_size} = tp {p.tp} x pp {p.pp} x dp {dp})"
+            )
+    return dp
