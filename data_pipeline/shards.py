@@ -1,0 +1,272 @@
+"""Shard I/O shared by every stage: find inputs, read documents, write parquet atomically,
+and mark finished shards so that an interrupted run resumes without loss or duplicates.
+
+API (everything a stage needs besides `executor.run_shards`):
+
+- `discover_shards(path, suffixes)` -> sorted list of input files. `path` is a file or a
+  directory searched recursively; hidden (``.``), ``_``-prefixed and ``removed/``
+  directories are skipped, so a stage's output directory is a valid next input.
+- `shard_name(path, root)` -> a stable, unique name for an input (its path relative to
+  the input root without the data suffix, ``/`` replaced by ``__``). Outputs are named
+  after it, so a re-run rewrites the same files.
+- `read_documents(path, stats)` -> iterator of `Document` from parquet or JSONL(.gz)
+  (dolma/CCNet field names are understood). Damage (truncated gzip, bad JSON lines,
+  records without text) is counted in ``stats["skipped"][reason]`` and the readable
+  part of the shard is still yielded.
+- `read_batches(path, columns)` -> pyarrow RecordBatches of a parquet shard, for stages
+  that want columns, not objects (tokenization).
+- `ShardWriter(path, schema)` -> context manager; `write(doc)` / `write_table(table)`;
+  rows go to ``<path>.tmp-<pid>`` and are renamed to `path` only on a clean exit.
+- `is_done(output_dir, name)`, `mark_done(output_dir, name, record)`,
+  `load_markers(output_dir)`: per-shard completion markers in ``output_dir/.done/``.
+  A marker is written after all of the shard's outputs are renamed into place, so a
+  shard without a marker is simply redone (overwriting its outputs atomically).
+- `write_json(path, obj)`: atomic JSON write.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import zlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data_pipeline.document import DOCUMENT_SCHEMA, Document, documents_to_table
+from data_pipeline.errors import UserError
+from data_pipeline.stats import Stats
+
+PARQUET_SUFFIXES = (".parquet",)
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz")
+DOCUMENT_SUFFIXES = PARQUET_SUFFIXES + JSONL_SUFFIXES
+# Every suffix any stage understands; used to strip the data suffix off shard names.
+KNOWN_SUFFIXES = (".warc.wet.gz", ".wet.gz", ".warc.gz", ".warc", ".wet") + DOCUMENT_SUFFIXES
+SKIPPED_DIRS = ("removed",)
+DONE_DIR = ".done"
+COMPRESSION = "zstd"
+
+
+def discover_shards(path: str | os.PathLike, suffixes: Iterable[str] = DOCUMENT_SUFFIXES) -> list[Path]:
+    """Sorted input files under `path` (a file or a directory) whose names end in `suffixes`."""
+    root = Path(path)
+    suffixes = tuple(suffixes)
+    if not root.exists():
+        raise UserError(f"input path does not exist: {root}")
+    if root.is_file():
+        return [root]
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not _ignored(d) and d not in SKIPPED_DIRS)
+        found.extend(Path(dirpath) / f for f in filenames if f.endswith(suffixes) and not _ignored(f))
+    if not found:
+        raise UserError(f"no input shards ({', '.join(suffixes)}) found under {root}")
+    return sorted(found)
+
+
+def _ignored(name: str) -> bool:
+    return name.startswith((".", "_"))
+
+
+def shard_name(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
+    """Stable name for an input shard: relative path without data suffix, '/' -> '__'."""
+    path = Path(path)
+    rel = path.name if root is None or Path(root) == path else path.relative_to(root).as_posix()
+    for suffix in KNOWN_SUFFIXES:
+        if rel.endswith(suffix):
+            rel = rel[: -len(suffix)]
+            break
+    return rel.replace("/", "__")
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_documents(path: str | os.PathLike, stats: Stats | None = None) -> Iterator[Document]:
+    """Documents of a parquet or JSONL(.gz) shard; damage is counted in `stats`, not raised."""
+    path = Path(path)
+    stats = stats if stats is not None else Stats()
+    name = path.name
+    if name.endswith(PARQUET_SUFFIXES):
+        yield from _read_parquet(path, stats)
+    elif name.endswith(JSONL_SUFFIXES):
+        yield from _read_jsonl(path, stats)
+    else:
+        raise UserError(f"not a document shard (expected {', '.join(DOCUMENT_SUFFIXES)}): {path}")
+
+
+def read_schema(path: str | os.PathLike) -> pa.Schema:
+    """Columns of a parquet shard (the core schema for JSONL), so a stage can keep them."""
+    path = Path(path)
+    if path.name.endswith(PARQUET_SUFFIXES):
+        return pq.read_schema(path)
+    return DOCUMENT_SCHEMA
+
+
+def read_batches(path: str | os.PathLike, columns: list[str] | None = None,
+                 batch_size: int = 4096) -> Iterator[pa.RecordBatch]:
+    """RecordBatches of a parquet shard (only `columns` when given)."""
+    try:
+        parquet = pq.ParquetFile(path)
+    except (OSError, pa.ArrowInvalid) as err:
+        raise UserError(f"cannot read parquet shard {path}: {err}") from None
+    yield from parquet.iter_batches(batch_size=batch_size, columns=columns)
+
+
+def _read_parquet(path: Path, stats: Stats) -> Iterator[Document]:
+    for batch in read_batches(path):
+        for row in batch.to_pylist():
+            if row.get("text") is None or row.get("id") is None:
+                stats.add("skipped", "missing_text_or_id")
+                continue
+            yield Document.from_row(row)
+
+
+def _open_text(path: Path):
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
+    return open(path, encoding="utf-8", errors="replace")
+
+
+def _read_jsonl(path: Path, stats: Stats) -> Iterator[Document]:
+    default_id = shard_name(path)
+    try:
+        with _open_text(path) as lines:
+            for line_no, line in enumerate(lines):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    stats.add("skipped", "bad_json_line")
+                    continue
+                doc = document_from_json(record, f"{default_id}/{line_no}") if isinstance(record, dict) else None
+                if doc is None:
+                    stats.add("skipped", "no_text")
+                    continue
+                yield doc
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        stats.add("skipped", "truncated_or_corrupt_gzip")
+        stats.add("damaged_files", path.name, n=1)
+        stats.note(f"{path.name}: {type(err).__name__}: {err}")
+
+
+def _first(record: dict, meta: dict, *keys: str) -> Any:
+    for key in keys:
+        for source in (record, meta):
+            value = source.get(key)
+            if value not in (None, ""):
+                return value
+    return None
+
+
+def document_from_json(record: dict, default_id: str) -> Document | None:
+    """A Document from a JSON object in our schema, dolma's or CCNet's; None without text."""
+    meta = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
+    text = _first(record, meta, "text", "raw_content", "content")
+    if not isinstance(text, str):
+        return None
+    score = _first(record, meta, "language_score")
+    return Document(
+        id=str(_first(record, meta, "id", "digest") or default_id),
+        text=text,
+        url=str(_first(record, meta, "url") or ""),
+        crawl_date=str(_first(record, meta, "crawl_date", "date_download", "created") or ""),
+        source=str(_first(record, meta, "source") or ""),
+        language=_first(record, meta, "language"),
+        language_score=float(score) if score is not None else None,
+    )
+
+
+# ---------------------------------------------------------------- writing
+
+
+class ShardWriter:
+    """Writes documents to one parquet file (zstd) atomically: tmp file, then rename.
+
+    On an exception inside the `with` block the tmp file is deleted and `path` is left
+    as it was, so a killed or failed shard never leaves a half-written output.
+    """
+
+    def __init__(self, path: str | os.PathLike, schema: pa.Schema = DOCUMENT_SCHEMA,
+                 rows_per_group: int = 2048):
+        self.path = Path(path)
+        self.schema = schema
+        self.rows_per_group = rows_per_group
+        self.rows = 0
+        self._pending: list[Document] = []
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in self.path.parent.glob(self.path.name + ".tmp-*"):
+            stale.unlink(missing_ok=True)  # left by a killed run
+        self._tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        self._writer = pq.ParquetWriter(self._tmp, schema, compression=COMPRESSION)
+
+    def write(self, doc: Document) -> None:
+        self._pending.append(doc)
+        if len(self._pending) >= self.rows_per_group:
+            self._flush()
+
+    def write_table(self, table: pa.Table) -> None:
+        self._flush()
+        self._writer.write_table(table.select(self.schema.names).cast(self.schema))
+        self.rows += table.num_rows
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._writer.write_table(documents_to_table(self._pending, self.schema))
+            self.rows += len(self._pending)
+            self._pending = []
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        self._writer.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON atomically (tmp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- completion markers
+
+
+def _marker(output_dir: str | os.PathLike, name: str) -> Path:
+    return Path(output_dir) / DONE_DIR / f"{name}.json"
+
+
+def is_done(output_dir: str | os.PathLike, name: str) -> bool:
+    return _marker(output_dir, name).exists()
+
+
+def mark_done(output_dir: str | os.PathLike, name: str, record: dict) -> None:
+    """Record that shard `name` is complete; `record` holds at least its ``stats``."""
+    write_json(_marker(output_dir, name), record)
+
+
+def load_markers(output_dir: str | os.PathLike) -> list[dict]:
+    """All completion records in `output_dir`, sorted by shard name."""
+    done = Path(output_dir) / DONE_DIR
+    if not done.is_dir():
+        return []
+    return [json.loads(p.read_text()) for p in sorted(done.glob("*.json"))]
