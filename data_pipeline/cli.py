@@ -12,7 +12,9 @@ import sys
 from data_pipeline.errors import UserError
 
 # Modules that register subcommands, in the order `--help` lists them.
-STAGE_MODULES: list[str] = []
+STAGE_MODULES: list[str] = [
+    "data_pipeline.tokenize",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

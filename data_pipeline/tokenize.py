@@ -1,0 +1,183 @@
+"""`gpt-data tokenize`: document shards -> one Megatron token shard (``PREFIX.bin/.idx``).
+
+Each input shard (parquet with a ``text`` column, or JSONL(.gz) in our, dolma's or
+CCNet's field names) is tokenized by one worker into ``PREFIX.parts/<shard>.bin/.idx``,
+every document followed by the tokenizer's EOD id, then marked done (resume point).
+When every shard is done the parts are concatenated in sorted input order into
+``PREFIX.bin/.idx``, so the output does not depend on ``--workers`` or on which rank
+ran which shard. Empty documents are skipped (counted in stats).
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import functools
+import json
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from data_pipeline import indexed
+from data_pipeline.errors import UserError
+from data_pipeline.executor import ShardTask, add_executor_args, make_tasks, run_shards
+from data_pipeline.shards import DONE_DIR, PARQUET_SUFFIXES, discover_shards, read_batches, read_documents, write_json
+from data_pipeline.stats import Stats
+from data_pipeline.tokenizers import Tokenizer, load_tokenizer
+
+STAGE = "tokenize"
+DEFAULT_BATCH = 1024
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "tokenize", help="documents -> Megatron token shard PREFIX.bin/.idx",
+        description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example: gpt-data tokenize --input dedup/ --output tokens/cc_gpt2_text_document "
+               "--tokenizer gpt2 --workers 8")
+    add_executor_args(parser)
+    for action in parser._actions:
+        if action.dest == "output":
+            action.help = "output prefix: writes PREFIX.bin, PREFIX.idx, PREFIX.stats.json (work dir PREFIX.parts/)"
+    parser.add_argument("--tokenizer", default="gpt2",
+                        help="gpt2 (bundled GPT-2 BPE), gpt2:FILE.tiktoken, sentencepiece:FILE.model "
+                             "(default %(default)s)")
+    parser.add_argument("--text-column", default="text", help="parquet column holding the text (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
+                        help="documents per encode call (default %(default)s)")
+    parser.add_argument("--keep-parts", action="store_true",
+                        help="keep the per-shard .bin/.idx parts after the merge")
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    summary = tokenize(args.input, args.output, args.tokenizer, workers=args.workers, executor=args.executor,
+                       text_column=args.text_column, batch_size=args.batch_size, keep_parts=args.keep_parts)
+    if summary is not None:
+        print(f"tokenize: wrote {args.output}.bin/.idx: {summary['tokens']:,} tokens "
+              f"({summary['dtype']}), {summary['documents']:,} documents", file=sys.stderr)
+    return 0
+
+
+def tokenize(input_path: str | Path, prefix: str | Path, tokenizer: str | dict | Tokenizer = "gpt2", *,
+             workers: int = 1, executor: str = "auto", text_column: str = "text",
+             batch_size: int = DEFAULT_BATCH, keep_parts: bool = False, quiet: bool = False) -> dict | None:
+    """Tokenize every shard under `input_path` into ``prefix.bin/.idx``; returns the summary
+    (None on a rank that did not do the merge)."""
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    tok = load_tokenizer(tokenizer)
+    prefix = Path(prefix).resolve()
+    if prefix.is_dir():
+        raise UserError(f"--output is a prefix, not a directory: {prefix} (try {prefix}/NAME_text_document)")
+    parts = Path(f"{prefix}.parts")
+    inputs = discover_shards(input_path)
+    tasks = make_tasks(inputs, parts, input_path)
+    names = [t.name for t in tasks]
+    if _already_merged(prefix, names, tok):
+        if not quiet:
+            print(f"tokenize: {prefix} is already complete for these {len(names)} shard(s)", file=sys.stderr)
+        return _summary(prefix)
+    _forget_missing_parts(parts, names)
+    process = functools.partial(tokenize_shard, tokenizer=tok.spec(), text_column=text_column,
+                                batch_size=batch_size)
+    stats = run_shards(process, inputs, parts, input_root=input_path, workers=workers,
+                       executor=executor, stage=STAGE, quiet=quiet)
+    if stats.get("shards_done") != len(tasks):
+        return None  # another rank finishes the remaining shards and merges
+    return _merge(prefix, parts, tasks, tok, stats, keep_parts)
+
+
+def tokenize_shard(task: ShardTask, stats: Stats, *, tokenizer: dict, text_column: str, batch_size: int) -> None:
+    """Tokenize one input shard into ``PREFIX.parts/<name>.bin/.idx``."""
+    tok = _load_cached(json.dumps(tokenizer, sort_keys=True))
+    with indexed.TokenShardWriter(task.output(suffix=""), tok.dtype) as writer:
+        for texts in _text_batches(task.path, text_column, batch_size, stats):
+            writer.add_documents(tok.encode_batch(texts), tok.eod_id)
+            stats.add("characters_in", n=sum(map(len, texts)))
+    stats.add("documents_out", n=writer.documents)
+    stats.add("tokens_out", n=writer.tokens)
+    stats.add("bytes_out", n=writer.tokens * tok.dtype().itemsize)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(spec_json: str) -> Tokenizer:
+    return load_tokenizer(json.loads(spec_json))
+
+
+def _text_batches(path: Path, text_column: str, batch_size: int, stats: Stats) -> Iterator[list[str]]:
+    """Non-empty texts of a shard in order, `batch_size` at a time; empty ones are counted."""
+    if path.name.endswith(PARQUET_SUFFIXES):
+        batches = (b.column(0).to_pylist() for b in _parquet_batches(path, text_column, batch_size))
+    else:
+        batches = _chunks((d.text for d in read_documents(path, stats)), batch_size)
+    for texts in batches:
+        stats.add("documents_in", n=len(texts))
+        kept = [t for t in texts if t]
+        if len(kept) < len(texts):
+            stats.add("skipped", "empty_text", n=len(texts) - len(kept))
+        if kept:
+            yield kept
+
+
+def _parquet_batches(path: Path, column: str, batch_size: int):
+    import pyarrow.parquet as pq
+
+    if column not in pq.read_schema(path).names:
+        raise UserError(f"{path}: no column {column!r} (use --text-column)")
+    return read_batches(path, [column], batch_size)
+
+
+def _chunks(items, size: int) -> Iterator[list]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _forget_missing_parts(parts: Path, names: list[str]) -> None:
+    """A marker whose part files are gone (a work dir half-removed) means: redo that shard."""
+    for name in names:
+        marker = parts / DONE_DIR / f"{name}.json"
+        if marker.exists() and not indexed.exists(parts / name):
+            marker.unlink()
+
+
+def _already_merged(prefix: Path, names: list[str], tok: Tokenizer) -> bool:
+    record = Path(f"{prefix}.stats.json")
+    if not (record.is_file() and indexed.exists(prefix)):
+        return False
+    summary = json.loads(record.read_text()).get("summary", {})
+    return summary.get("shard_names") == names and summary.get("tokenizer") == tok.spec()
+
+
+def _merge(prefix: Path, parts: Path, tasks: list[ShardTask], tok: Tokenizer, stats: Stats,
+           keep_parts: bool) -> dict:
+    """Concatenate the parts in task order into ``prefix``, once even if ranks race here,
+    then drop the work dir (unless `keep_parts`)."""
+    names = [t.name for t in tasks]
+    lock = os.open(prefix.parent, os.O_RDONLY)  # a lock that outlives the work dir
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _already_merged(prefix, names, tok):
+            index = indexed.merge([parts / name for name in names], prefix)
+            summary: dict[str, Any] = {
+                "prefix": prefix.name, "tokens": index.tokens, "documents": index.documents,
+                "dtype": index.dtype.name, "tokenizer": tok.spec(), "shard_names": names,
+            }
+            write_json(f"{prefix}.stats.json", {"summary": summary, "stats": stats.to_dict()})
+            if not keep_parts:
+                shutil.rmtree(parts, ignore_errors=True)
+    finally:
+        os.close(lock)
+    return _summary(prefix)
+
+
+def _summary(prefix: Path) -> dict:
+    return json.loads(Path(f"{prefix}.stats.json").read_text())["summary"]
