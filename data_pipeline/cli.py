@@ -14,6 +14,7 @@ from data_pipeline.errors import UserError
 # Modules that register subcommands, in the order `--help` lists them.
 STAGE_MODULES: list[str] = [
     "data_pipeline.tokenize",
+    "data_pipeline.mixture",
 ]
 
 

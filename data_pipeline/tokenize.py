@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from data_pipeline import indexed
 from data_pipeline.errors import UserError
 from data_pipeline.executor import ShardTask, add_executor_args, make_tasks, run_shards
@@ -45,6 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="gpt2 (bundled GPT-2 BPE), gpt2:FILE.tiktoken, sentencepiece:FILE.model "
                              "(default %(default)s)")
     parser.add_argument("--text-column", default="text", help="parquet column holding the text (default %(default)s)")
+    parser.add_argument("--quality-column", default="quality",
+                        help="parquet column with a quality score per document; when present it is kept "
+                             "as PREFIX.quality.npy for `gpt-data mixture --quality-split` (default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
                         help="documents per encode call (default %(default)s)")
     parser.add_argument("--keep-parts", action="store_true",
@@ -54,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     summary = tokenize(args.input, args.output, args.tokenizer, workers=args.workers, executor=args.executor,
-                       text_column=args.text_column, batch_size=args.batch_size, keep_parts=args.keep_parts)
+                       text_column=args.text_column, quality_column=args.quality_column, batch_size=args.batch_size, keep_parts=args.keep_parts)
     if summary is not None:
         print(f"tokenize: wrote {args.output}.bin/.idx: {summary['tokens']:,} tokens "
               f"({summary['dtype']}), {summary['documents']:,} documents", file=sys.stderr)
@@ -62,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def tokenize(input_path: str | Path, prefix: str | Path, tokenizer: str | dict | Tokenizer = "gpt2", *,
-             workers: int = 1, executor: str = "auto", text_column: str = "text",
+             workers: int = 1, executor: str = "auto", text_column: str = "text", quality_column: str = "quality",
              batch_size: int = DEFAULT_BATCH, keep_parts: bool = False, quiet: bool = False) -> dict | None:
     """Tokenize every shard under `input_path` into ``prefix.bin/.idx``; returns the summary
     (None on a rank that did not do the merge)."""
@@ -82,7 +87,7 @@ def tokenize(input_path: str | Path, prefix: str | Path, tokenizer: str | dict |
         return _summary(prefix)
     _forget_missing_parts(parts, names)
     process = functools.partial(tokenize_shard, tokenizer=tok.spec(), text_column=text_column,
-                                batch_size=batch_size)
+                                quality_column=quality_column, batch_size=batch_size)
     stats = run_shards(process, inputs, parts, input_root=input_path, workers=workers,
                        executor=executor, stage=STAGE, quiet=quiet)
     if stats.get("shards_done") != len(tasks):
@@ -90,16 +95,28 @@ def tokenize(input_path: str | Path, prefix: str | Path, tokenizer: str | dict |
     return _merge(prefix, parts, tasks, tok, stats, keep_parts)
 
 
-def tokenize_shard(task: ShardTask, stats: Stats, *, tokenizer: dict, text_column: str, batch_size: int) -> None:
-    """Tokenize one input shard into ``PREFIX.parts/<name>.bin/.idx``."""
+def tokenize_shard(task: ShardTask, stats: Stats, *, tokenizer: dict, text_column: str,
+                   quality_column: str, batch_size: int) -> None:
+    """Tokenize one input shard into ``PREFIX.parts/<name>.bin/.idx`` (+ ``.quality.npy``
+    with each kept document's quality score when the shard has that column)."""
     tok = _load_cached(json.dumps(tokenizer, sort_keys=True))
-    with indexed.TokenShardWriter(task.output(suffix=""), tok.dtype) as writer:
-        for texts in _text_batches(task.path, text_column, batch_size, stats):
+    part = task.output(suffix="")
+    scores: list[float | None] = []
+    with indexed.TokenShardWriter(part, tok.dtype) as writer:
+        for texts, quality in _text_batches(task.path, text_column, quality_column, batch_size, stats):
             writer.add_documents(tok.encode_batch(texts), tok.eod_id)
             stats.add("characters_in", n=sum(map(len, texts)))
+            scores.extend(quality)
+        if any(q is not None for q in scores):
+            np.save(quality_path(part), np.array(scores, dtype=np.float32))  # None -> nan
     stats.add("documents_out", n=writer.documents)
     stats.add("tokens_out", n=writer.tokens)
     stats.add("bytes_out", n=writer.tokens * tok.dtype().itemsize)
+
+
+def quality_path(prefix: str | Path) -> Path:
+    """Per-document quality scores of a token shard, aligned with its documents."""
+    return Path(f"{prefix}.quality.npy")
 
 
 @functools.lru_cache(maxsize=4)
@@ -107,27 +124,37 @@ def _load_cached(spec_json: str) -> Tokenizer:
     return load_tokenizer(json.loads(spec_json))
 
 
-def _text_batches(path: Path, text_column: str, batch_size: int, stats: Stats) -> Iterator[list[str]]:
-    """Non-empty texts of a shard in order, `batch_size` at a time; empty ones are counted."""
+def _text_batches(path: Path, text_column: str, quality_column: str, batch_size: int,
+                  stats: Stats) -> Iterator[tuple[list[str], list[float | None]]]:
+    """Non-empty texts of a shard in order with their quality scores (None when absent),
+    `batch_size` at a time; empty texts are counted and dropped."""
     if path.name.endswith(PARQUET_SUFFIXES):
-        batches = (b.column(0).to_pylist() for b in _parquet_batches(path, text_column, batch_size))
+        batches = _parquet_batches(path, text_column, quality_column, batch_size)
     else:
-        batches = _chunks((d.text for d in read_documents(path, stats)), batch_size)
-    for texts in batches:
-        stats.add("documents_in", n=len(texts))
-        kept = [t for t in texts if t]
-        if len(kept) < len(texts):
-            stats.add("skipped", "empty_text", n=len(texts) - len(kept))
+        batches = _chunks(((d.text, d.get(quality_column)) for d in read_documents(path, stats)), batch_size)
+    for rows in batches:
+        stats.add("documents_in", n=len(rows))
+        kept = [(t, q) for t, q in rows if t]
+        if len(kept) < len(rows):
+            stats.add("skipped", "empty_text", n=len(rows) - len(kept))
         if kept:
-            yield kept
+            texts, quality = zip(*kept)
+            yield list(texts), list(quality)
 
 
-def _parquet_batches(path: Path, column: str, batch_size: int):
+def _parquet_batches(path: Path, text_column: str, quality_column: str,
+                     batch_size: int) -> Iterator[list[tuple[str | None, float | None]]]:
     import pyarrow.parquet as pq
 
-    if column not in pq.read_schema(path).names:
-        raise UserError(f"{path}: no column {column!r} (use --text-column)")
-    return read_batches(path, [column], batch_size)
+    names = pq.read_schema(path).names
+    if text_column not in names:
+        raise UserError(f"{path}: no column {text_column!r} (use --text-column)")
+    has_quality = quality_column in names
+    columns = [text_column, quality_column] if has_quality else [text_column]
+    for batch in read_batches(path, columns, batch_size):
+        texts = batch.column(0).to_pylist()
+        quality = batch.column(1).to_pylist() if has_quality else [None] * len(texts)
+        yield list(zip(texts, quality))
 
 
 def _chunks(items, size: int) -> Iterator[list]:
@@ -167,6 +194,7 @@ def _merge(prefix: Path, parts: Path, tasks: list[ShardTask], tok: Tokenizer, st
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not _already_merged(prefix, names, tok):
             index = indexed.merge([parts / name for name in names], prefix)
+            _merge_quality(parts, names, prefix)
             summary: dict[str, Any] = {
                 "prefix": prefix.name, "tokens": index.tokens, "documents": index.documents,
                 "dtype": index.dtype.name, "tokenizer": tok.spec(), "shard_names": names,
@@ -177,6 +205,22 @@ def _merge(prefix: Path, parts: Path, tasks: list[ShardTask], tok: Tokenizer, st
     finally:
         os.close(lock)
     return _summary(prefix)
+
+
+def _merge_quality(parts: Path, names: list[str], prefix: Path) -> None:
+    """Concatenate the parts' quality scores (nan for shards without scores), if any has them."""
+    target = quality_path(prefix)
+    target.unlink(missing_ok=True)
+    if not any(quality_path(parts / n).exists() for n in names):
+        return
+    arrays = []
+    for name in names:
+        path = quality_path(parts / name)
+        arrays.append(np.load(path) if path.exists() else
+                      np.full(indexed.read_index(parts / name).documents, np.nan, np.float32))
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}.npy")
+    np.save(tmp, np.concatenate(arrays))
+    os.replace(tmp, target)
 
 
 def _summary(prefix: Path) -> dict:
