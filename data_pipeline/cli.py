@@ -13,6 +13,11 @@ from data_pipeline.errors import UserError
 
 # Modules that register subcommands, in the order `--help` lists them.
 STAGE_MODULES: list[str] = [
+    "data_pipeline.extract.stage",
+    "data_pipeline.filters.stage",
+    "data_pipeline.classifier",
+    "data_pipeline.stats",
+    "data_pipeline.recipe",
     "data_pipeline.tokenize",
     "data_pipeline.mixture",
 ]

@@ -192,12 +192,14 @@ class ShardWriter:
     """
 
     def __init__(self, path: str | os.PathLike, schema: pa.Schema = DOCUMENT_SCHEMA,
-                 rows_per_group: int = 2048):
+                 rows_per_group: int = 2048, bytes_per_group: int = 64 << 20):
         self.path = Path(path)
         self.schema = schema
         self.rows_per_group = rows_per_group
+        self.bytes_per_group = bytes_per_group  # bounds memory with gigantic documents
         self.rows = 0
         self._pending: list[Document] = []
+        self._pending_chars = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for stale in self.path.parent.glob(self.path.name + ".tmp-*"):
             stale.unlink(missing_ok=True)  # left by a killed run
@@ -206,7 +208,8 @@ class ShardWriter:
 
     def write(self, doc: Document) -> None:
         self._pending.append(doc)
-        if len(self._pending) >= self.rows_per_group:
+        self._pending_chars += len(doc.text)
+        if len(self._pending) >= self.rows_per_group or self._pending_chars >= self.bytes_per_group:
             self._flush()
 
     def write_table(self, table: pa.Table) -> None:
@@ -219,6 +222,7 @@ class ShardWriter:
             self._writer.write_table(documents_to_table(self._pending, self.schema))
             self.rows += len(self._pending)
             self._pending = []
+            self._pending_chars = 0
 
     def close(self) -> None:
         self._flush()

@@ -1,0 +1,100 @@
+"""Stream documents out of WARC (HTML responses) and WET (text conversions) files with fastwarc.
+
+Damage never stops a shard: a region fastwarc cannot parse (garbage bytes, a broken
+gzip member) is skipped by resynchronising at the next gzip member or ``WARC/``
+header, a record cut short by truncation is dropped, and each case is counted in
+``stats["skipped"]``. Common Crawl writes one gzip member per record, so resyncing
+loses at most the damaged records.
+"""
+from __future__ import annotations
+
+import mmap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastwarc.warc import ArchiveIterator, WarcRecordType
+
+from data_pipeline.document import Document
+from data_pipeline.extract.html import decode_html, html_to_text
+from data_pipeline.stats import Stats
+
+HTML_TYPES = ("text/html", "application/xhtml+xml")
+GZIP_MAGIC = b"\x1f\x8b\x08"
+WARC_MAGIC = b"WARC/1."
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """What to keep from a crawl file."""
+
+    source: str = "common-crawl"
+    main_content: bool = True
+    max_record_bytes: int = 10 << 20  # larger payloads are skipped as too_large
+    min_text_chars: int = 1
+
+
+def read_crawl_file(path: str | Path, stats: Stats, options: ExtractOptions = ExtractOptions()) -> Iterator[Document]:
+    """Documents of a WARC or WET file: one per usable response / conversion record."""
+    path = Path(path)
+    with open(path, "rb") as raw:
+        if path.stat().st_size == 0:
+            stats.add("skipped", "empty_file")
+            return
+        magic = GZIP_MAGIC if raw.read(2) == GZIP_MAGIC[:2] else WARC_MAGIC
+        with mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            yield from _records(raw, data, magic, stats, options)
+
+
+def _records(raw, data: mmap.mmap, magic: bytes, stats: Stats, options: ExtractOptions) -> Iterator[Document]:
+    start = 0
+    while start != -1:
+        raw.seek(start)
+        last = start
+        try:
+            for record in ArchiveIterator(raw, record_types=WarcRecordType.response | WarcRecordType.conversion):
+                last = record.stream_pos
+                doc = _document(record, stats, options)
+                if doc is not None:
+                    yield doc
+            return
+        except OSError as err:
+            stats.add("skipped", "corrupt_region")
+            stats.note(f"{Path(raw.name).name}@{last}: {err}")
+            start = data.find(magic, last + 1)
+
+
+def _document(record, stats: Stats, options: ExtractOptions) -> Document | None:
+    stats.add("records_in")
+    is_response = record.record_type == WarcRecordType.response
+    if is_response and (record.http_headers is None or record.http_headers.status_code != 200):
+        return _skip(stats, "http_status_not_200")
+    content_type = record.http_content_type if is_response else record.headers.get("Content-Type", "text/plain")
+    if is_response and (content_type or "").lower() not in HTML_TYPES:
+        return _skip(stats, "not_html")
+    if record.content_length > options.max_record_bytes:
+        return _skip(stats, "too_large")
+    body = record.reader.read()
+    if len(body) < record.content_length:
+        return _skip(stats, "truncated_record")
+    if is_response:
+        html, how = decode_html(body, record.http_charset)
+        stats.add("charset", how)
+        text = html_to_text(html, options.main_content)
+    else:
+        text = body.decode("utf-8", errors="replace")
+    if len(text.strip()) < options.min_text_chars:
+        return _skip(stats, "empty_text")
+    headers = record.headers
+    return Document(
+        id=(record.record_id or "").strip("<>"),
+        text=text,
+        url=(headers.get("WARC-Target-URI") or "").strip("<>"),
+        crawl_date=headers.get("WARC-Date") or "",
+        source=options.source,
+    )
+
+
+def _skip(stats: Stats, reason: str) -> None:
+    stats.add("skipped", reason)
+    return None

@@ -1,0 +1,85 @@
+"""C4's clean-up rules (Raffel et al. 2020, Sec. 2.2), as a line filter plus document rules.
+
+Lines are dropped when they lack terminal punctuation, are too short, hold an absurdly
+long word, mention javascript or are cookie/policy boilerplate (dropped lines are
+counted per reason in ``stats["c4_lines_removed"]`` by the stage). The document is
+removed when it contains "lorem ipsum" or a curly brace, when nothing is left, or when
+fewer than ``min_sentences`` sentences remain.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from data_pipeline.document import Document
+from data_pipeline.filters.base import Filter
+
+TERMINAL_PUNCTUATION = (".", "?", "!", '"', "'", "”", "’")
+CITATION = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]", re.IGNORECASE)
+SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*(?=\s|$)")
+POLICY_PHRASES = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
+                  "use cookies")
+
+
+@dataclass(frozen=True)
+class C4Options:
+    require_terminal_punctuation: bool = True
+    min_words_per_line: int = 3
+    max_word_length: int = 1000
+    min_sentences: int = 5
+    remove_citations: bool = True
+    drop_javascript_lines: bool = True
+    drop_policy_lines: bool = True
+    reject_lorem_ipsum: bool = True
+    reject_curly_braces: bool = True
+
+
+class C4Filter(Filter):
+    """C4 rules; rewrites `doc.text` to the kept lines. `line_reasons` counts dropped lines."""
+
+    name = "c4"
+
+    def __init__(self, options: C4Options = C4Options()):
+        self.o = options
+        self.line_reasons: dict[str, int] = {}
+
+    def check(self, doc: Document) -> str | None:
+        o = self.o
+        lowered = doc.text.lower()
+        if o.reject_lorem_ipsum and "lorem ipsum" in lowered:
+            return "lorem_ipsum"
+        if o.reject_curly_braces and "{" in doc.text:
+            return "curly_braces"
+        kept = []
+        for line in doc.text.split("\n"):
+            line = CITATION.sub("", line).strip() if o.remove_citations else line.strip()
+            if not line:
+                continue
+            reason = self._line_reason(line)
+            if reason is None:
+                kept.append(line)
+            else:
+                self.line_reasons[reason] = self.line_reasons.get(reason, 0) + 1
+        if not kept:
+            return "no_lines_left"
+        text = "\n".join(kept)
+        if len(SENTENCE_END.findall(text)) < o.min_sentences:
+            return "min_sentences"
+        doc.text = text
+        return None
+
+    def _line_reason(self, line: str) -> str | None:
+        o = self.o
+        if o.require_terminal_punctuation and (not line.endswith(TERMINAL_PUNCTUATION) or line.endswith("...")):
+            return "no_terminal_punctuation"
+        line_words = line.split()
+        if len(line_words) < o.min_words_per_line:
+            return "too_few_words"
+        if max(map(len, line_words)) > o.max_word_length:
+            return "long_word"
+        lowered = line.lower()
+        if o.drop_javascript_lines and "javascript" in lowered:
+            return "javascript"
+        if o.drop_policy_lines and any(phrase in lowered for phrase in POLICY_PHRASES):
+            return "policy"
+        return None

@@ -1,0 +1,32 @@
+"""Word and line splitting shared by the heuristic filters.
+
+Words are whitespace tokens with punctuation stripped from both ends (tokens that are
+all punctuation are dropped). This is what the Gopher rules count; it avoids a
+linguistic tokenizer, which is where datatrove spends most of its filter time.
+"""
+from __future__ import annotations
+
+import re
+import string
+import unicodedata
+
+PUNCTUATION = "".join(
+    sorted(set(string.punctuation) | {chr(i) for i in range(0x2000, 0x2070)
+                                     if unicodedata.category(chr(i)).startswith("P")} | set("«»¡¿…“”‘’–—•·"))
+)
+PARAGRAPH_BREAK = re.compile(r"\n{2,}")
+LINE_BREAK = re.compile(r"\n+")
+
+
+def words(text: str) -> list[str]:
+    """Whitespace tokens of `text` with leading/trailing punctuation removed; empty ones dropped."""
+    stripped = (token.strip(PUNCTUATION) for token in text.split())
+    return [w for w in stripped if w]
+
+
+def paragraphs(text: str) -> list[str]:
+    return PARAGRAPH_BREAK.split(text.strip())
+
+
+def lines(text: str) -> list[str]:
+    return LINE_BREAK.split(text)

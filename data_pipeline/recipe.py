@@ -1,0 +1,164 @@
+"""`gpt-data run RECIPE.yaml`: run pipeline steps in order, each reading the previous step's output.
+
+A recipe::
+
+    input: crawl/                 # file or directory for the first step
+    output: out/                  # step i writes out/<i>-<step>/ (e.g. out/01-extract)
+    workers: 2                    # optional, default 1; --workers overrides
+    executor: auto                # optional: auto | local | mpi | slurm
+    steps:
+      - extract: {source: common-crawl}
+      - filter: {language: {languages: [en]}, gopher_repetition: {}, gopher_quality: {}, c4: {}}
+      - classifier_score: {model: quality.npz}
+
+A step's mapping is its configuration; two keys are taken out of it: ``input`` (read
+this instead of the previous step's output) and ``output`` (write here instead of
+``out/<i>-<step>``). Every step's configuration is checked before the first step
+starts, so a typo fails in a second, not after hours.
+
+Adding a step (dedup, decontaminate, tokenize, mixture, ...): add one `STEPS` entry
+``name: Step("module:run_function", "module:check_function")``. The run function is
+``run(input, output, config, *, workers, executor) -> Stats``; the optional check
+function is ``check(config) -> None`` and raises `UserError` on a bad key or value.
+Modules are imported only when a recipe uses the step.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import types
+import typing
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import yaml
+
+from data_pipeline.errors import UserError
+
+
+class Step(NamedTuple):
+    run: str  # "module:function"
+    check: str | None = None
+
+
+STEPS: dict[str, Step] = {
+    "extract": Step("data_pipeline.extract.stage:run", "data_pipeline.extract.stage:check"),
+    "filter": Step("data_pipeline.filters.stage:run", "data_pipeline.filters.stage:check"),
+    "classifier_score": Step("data_pipeline.classifier:run_score", "data_pipeline.classifier:check_score"),
+}
+RECIPE_KEYS = ("input", "output", "workers", "executor", "steps")
+
+
+def options_from_config(cls: type, config: dict[str, Any], where: str) -> Any:
+    """Instance of dataclass `cls` from `config`; unknown keys and wrong types are `UserError`s."""
+    if not isinstance(config, dict):
+        raise UserError(f"{where}: expected a mapping of options, got {type(config).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in config.items():
+        if key not in fields:
+            raise UserError(f"{where}: unknown option {key!r}; known: {', '.join(fields)}")
+        values[key] = _coerce(value, hints[key], f"{where}.{key}")
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """`value` as type `hint` (lists become tuples; ints are accepted for floats)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)), where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where}: expected a list, got {value!r}")
+        inner = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(inner) != len(value):
+            raise UserError(f"{where}: expected {len(inner)} items, got {value!r}")
+        return tuple(_coerce(v, t, where) for v, t in zip(value, inner))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(hint, type) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
+        raise UserError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _resolve(spec: str):
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+class PlannedStep(NamedTuple):
+    name: str
+    input: Path
+    output: Path
+    config: dict[str, Any]
+
+
+def plan(recipe: dict[str, Any]) -> list[PlannedStep]:
+    """Validate a loaded recipe (all steps' configs included) and list what will run."""
+    if not isinstance(recipe, dict):
+        raise UserError("recipe must be a mapping with keys: " + ", ".join(RECIPE_KEYS))
+    for key in recipe:
+        if key not in RECIPE_KEYS:
+            raise UserError(f"recipe: unknown key {key!r}; known: {', '.join(RECIPE_KEYS)}")
+    for key in ("input", "output", "steps"):
+        if key not in recipe:
+            raise UserError(f"recipe: missing key {key!r}")
+    steps = recipe["steps"]
+    if not isinstance(steps, list) or not steps:
+        raise UserError("recipe: 'steps' must be a non-empty list of {step_name: config}")
+    planned, previous = [], Path(recipe["input"])
+    for i, entry in enumerate(steps, start=1):
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise UserError(f"recipe: step {i} must be a single-key mapping {{step_name: config}}, got {entry!r}")
+        (name, config), = entry.items()
+        if name not in STEPS:
+            raise UserError(f"recipe: step {i}: unknown step {name!r}; known: {', '.join(STEPS)}")
+        if not isinstance(config or {}, dict):
+            raise UserError(f"recipe: step {i} ({name}): config must be a mapping")
+        config = dict(config or {})
+        step_input = Path(config.pop("input", previous))
+        step_output = Path(config.pop("output", Path(recipe["output"]) / f"{i:02d}-{name}"))
+        if STEPS[name].check:
+            _resolve(STEPS[name].check)(config)
+        planned.append(PlannedStep(name, step_input, step_output, config))
+        previous = step_output
+    return planned
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"recipe not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+
+
+def run_recipe(path: str | Path, workers: int | None = None, executor: str | None = None) -> list[PlannedStep]:
+    """Run every step of the recipe at `path`; completed shards of earlier runs are kept."""
+    recipe = load_recipe(path)
+    steps = plan(recipe)
+    workers = workers or int(recipe.get("workers", 1))
+    executor = executor or recipe.get("executor", "auto")
+    for step in steps:
+        if not step.input.exists():
+            raise UserError(f"step {step.name}: input does not exist: {step.input}")
+        _resolve(STEPS[step.name].run)(step.input, step.output, step.config, workers=workers, executor=executor)
+    return steps
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "run", help="run a whole pipeline from a YAML recipe",
+        description="Run the steps of RECIPE.yaml in order (" + ", ".join(STEPS) + "); each step reads the "
+                    "previous step's output directory. Re-running resumes where a killed run stopped.")
+    parser.add_argument("recipe", help="YAML recipe (see docs/data_pipeline.md)")
+    parser.add_argument("--workers", type=int, default=None, help="override the recipe's workers")
+    parser.add_argument("--executor", default=None, choices=("auto", "local", "mpi", "slurm"),
+                        help="override the recipe's executor")
+    parser.set_defaults(func=lambda args: run_recipe(args.recipe, args.workers, args.executor) and 0)
