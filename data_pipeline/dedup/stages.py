@@ -1,0 +1,91 @@
+"""Running dedup stages on the shared executor: partitions as tasks, stage barriers.
+
+Per-shard stages go straight to `executor.run_shards`. Stages that work on hash
+partitions instead of input shards use the same runner with one virtual input per
+partition (``part-00007``), so they get the same rank split, worker pool,
+progress bar and completion markers. Between stages every rank must see the
+previous stage complete: under MPI a barrier waits for it; a Slurm array has no
+barrier, so each stage runs as its own (dependent) job with ``--stage``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from data_pipeline.errors import UserError
+from data_pipeline.executor import Rank, ShardTask, detect_rank, make_tasks, run_shards
+from data_pipeline.shards import is_done, write_json
+from data_pipeline.stats import Stats
+
+
+def partition_inputs(count: int) -> list[Path]:
+    """Virtual inputs naming `count` hash partitions."""
+    return [Path(f"part-{k:05d}") for k in range(count)]
+
+
+def partition_index(task: ShardTask) -> int:
+    return int(task.name.split("-")[1])
+
+
+class StageRunner:
+    """Runs the stages of one dedup invocation with the CLI's executor settings."""
+
+    def __init__(self, args: argparse.Namespace, inputs: Sequence[Path]):
+        self.args = args
+        self.inputs = list(inputs)
+        self.rank: Rank = detect_rank(args.executor)
+        self.tasks = make_tasks(self.inputs, Path(args.output), args.input)
+
+    @property
+    def is_mpi(self) -> bool:
+        return self.rank.kind == "mpi"
+
+    def barrier(self) -> None:
+        if self.is_mpi:
+            from mpi4py import MPI
+
+            MPI.COMM_WORLD.Barrier()
+
+    def check_settings(self, work: Path, settings: dict) -> None:
+        """Resuming with other settings would mix incompatible intermediates: refuse."""
+        if self.rank.rank == 0:
+            path = work / "settings.json"
+            current = json.loads(json.dumps(settings))
+            if path.exists():
+                previous = json.loads(path.read_text())
+                changed = sorted(k for k in current.keys() | previous.keys() if previous.get(k) != current.get(k))
+                if changed:
+                    raise UserError(f"{work} holds a run with other settings ({', '.join(changed)}); "
+                                    "use a new --output or the same settings")
+            else:
+                write_json(path, current)
+        self.barrier()
+
+    def files(self, directory: Path, suffix: str = ".parquet") -> dict[int, Path]:
+        """Per-shard stage outputs by shard index."""
+        return {t.index: directory / f"{t.name}{suffix}" for t in self.tasks}
+
+    def per_shard(self, process: Callable[[ShardTask, Stats], None], out_dir: Path, stage: str) -> Stats:
+        return run_shards(process, self.inputs, out_dir, input_root=self.args.input,
+                          workers=self.args.workers, executor=self.args.executor, stage=stage)
+
+    def per_partition(self, process: Callable[[ShardTask, Stats], None], count: int, out_dir: Path,
+                      stage: str) -> Stats:
+        return run_shards(process, partition_inputs(count), out_dir, workers=self.args.workers,
+                          executor=self.args.executor, stage=stage)
+
+    def shards_complete(self, out_dir: Path, stage: str) -> None:
+        self.require_complete(out_dir, [t.name for t in self.tasks], stage)
+
+    def partitions_complete(self, out_dir: Path, count: int, stage: str) -> None:
+        self.require_complete(out_dir, [p.name for p in partition_inputs(count)], stage)
+
+    def require_complete(self, out_dir: Path, names: list[str], stage: str) -> None:
+        """A stage must not start on a partial result of the previous one (Slurm tasks still running)."""
+        missing = [n for n in names if not is_done(out_dir, n)]
+        if missing:
+            raise UserError(f"stage {stage} is not complete ({len(missing)} of {len(names)} tasks missing, "
+                            f"e.g. {missing[0]}); with a Slurm array run each stage as its own job "
+                            f"(--stage), waiting for the previous one")
