@@ -17,6 +17,7 @@ STAGE_MODULES: list[str] = [
     "data_pipeline.filters.stage",
     "data_pipeline.classifier",
     "data_pipeline.dedup.cli",
+    "data_pipeline.decontaminate",
     "data_pipeline.stats",
     "data_pipeline.recipe",
     "data_pipeline.tokenizer_train",

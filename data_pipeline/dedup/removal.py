@@ -9,8 +9,6 @@ and the id of the copy that was kept, for inspection.
 """
 from __future__ import annotations
 
-import fcntl
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +18,10 @@ import pyarrow.parquet as pq
 
 from data_pipeline.dedup.clusters import Clusters, choose_keepers, size_histogram
 from data_pipeline.dedup.layout import priority_rank, row_of, shard_of
+from data_pipeline.dedup.stages import add_to_stats
 from data_pipeline.document import Document, extend_schema
 from data_pipeline.executor import ShardTask
-from data_pipeline.shards import ShardWriter, read_documents, read_schema, write_json
+from data_pipeline.shards import ShardWriter, read_documents, read_schema
 from data_pipeline.stats import Stats
 
 RECORD_FIELDS = [pa.field("id", pa.string()), pa.field("source", pa.string()),
@@ -115,12 +114,8 @@ def remove_duplicates(task: ShardTask, stats: Stats, *, decision_files: list[Pat
 
 
 def report(output: Path, method: str, summary: dict, show: bool) -> None:
-    """Add the cluster summary to the output's stats.json (under the executor's lock) and print it."""
-    with open(output / ".stats.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        stats = json.loads((output / "stats.json").read_text())
-        stats[method] = summary
-        write_json(output / "stats.json", stats)
+    """Add the cluster summary to the output's stats.json and print it."""
+    add_to_stats(output, method, summary)
     if show:
         print(f"  {method} clusters: {summary['clusters']:,} holding {summary['documents_in_clusters']:,} "
               f"documents; removed {summary['removed_total']:,} {summary['removed_per_source']}; "

@@ -10,6 +10,7 @@ barrier, so each stage runs as its own (dependent) job with ``--stage``.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -89,3 +90,12 @@ class StageRunner:
             raise UserError(f"stage {stage} is not complete ({len(missing)} of {len(names)} tasks missing, "
                             f"e.g. {missing[0]}); with a Slurm array run each stage as its own job "
                             f"(--stage), waiting for the previous one")
+
+
+def add_to_stats(output: Path, key: str, value) -> None:
+    """Add a section to a stage's stats.json, under the executor's lock (ranks finish in any order)."""
+    with open(output / ".stats.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stats = json.loads((output / "stats.json").read_text())
+        stats[key] = value
+        write_json(output / "stats.json", stats)

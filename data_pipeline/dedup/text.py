@@ -113,17 +113,18 @@ class NGrams:
     offsets: np.ndarray  # n-grams of text i are hashes[offsets[i]:offsets[i+1]]
 
 
-def ngrams(w: Words, n: int, n_texts: int) -> NGrams:
+def ngrams(w: Words, n: int, n_texts: int, short_texts: bool = True) -> NGrams:
     """Hash every run of n consecutive words that lies inside one text.
 
-    A text shorter than n words yields one n-gram made of all its words, so
-    short documents still take part in dedup (as datatrove and FineWeb do).
+    With `short_texts`, a text shorter than n words yields one n-gram made of all
+    its words, so short documents still take part in dedup (as datatrove and
+    FineWeb do); without it, such a text has no n-grams.
     """
     total = len(w.hashes)
     counts = np.bincount(w.doc, minlength=n_texts) if total else np.zeros(n_texts, np.int64)
     word_offsets = np.zeros(n_texts + 1, dtype=np.int64)
     np.cumsum(counts, out=word_offsets[1:])
-    per_doc = np.where(counts >= n, counts - n + 1, np.minimum(counts, 1))
+    per_doc = np.where(counts >= n, counts - n + 1, np.minimum(counts, 1) if short_texts else 0)
     offsets = np.zeros(n_texts + 1, dtype=np.int64)
     np.cumsum(per_doc, out=offsets[1:])
     doc = np.repeat(np.arange(n_texts), per_doc)

@@ -1,0 +1,299 @@
+"""`gpt-data decontaminate`: remove benchmark text from training documents, as GPT-3 did.
+
+GPT-3 (Appendix C) removed every 13-gram that also occurs in a benchmark together
+with 200 characters on each side, kept the pieces in between only if they are at
+least 200 characters long, dropped a document that fell into more than 10 pieces,
+and ignored 13-grams found in more than 10 training documents (common phrases,
+not leaked test data). Words are compared after lower-casing and folding
+punctuation and whitespace (the dedup normalisation).
+
+Two resumable per-shard passes: ``count`` (in how many training documents each
+benchmark n-gram occurs) and ``clean`` (apply the rules with the summed counts).
+Contamination is reported per benchmark: examples found in the training data,
+documents touched and dropped, characters removed.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import gzip
+import json
+from functools import partial
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from data_pipeline.dedup.layout import WORK_DIR
+from data_pipeline.dedup.text import ngrams, words
+from data_pipeline.document import Document, extend_schema
+from data_pipeline.errors import UserError
+from data_pipeline.dedup.stages import StageRunner, add_to_stats
+from data_pipeline.executor import ShardTask, add_executor_args
+from data_pipeline.shards import ShardWriter, discover_shards, read_documents, read_schema
+from data_pipeline.stats import Stats
+
+BATCH = 512
+INDEX_SCHEMA = pa.schema([pa.field("hash", pa.uint64()), pa.field("benchmark", pa.int32()),
+                          pa.field("example", pa.int64())])
+COUNT_SCHEMA = pa.schema([pa.field("hash", pa.uint64()), pa.field("documents", pa.int64())])
+HIT_SCHEMA = pa.schema([pa.field("benchmark", pa.int32()), pa.field("example", pa.int64())])
+
+
+class Rules:
+    """GPT-3's decontamination rules (defaults from the paper)."""
+
+    def __init__(self, ngram: int = 13, window: int = 200, min_fragment: int = 200, max_pieces: int = 10,
+                 max_documents: int = 10):
+        self.ngram, self.window, self.min_fragment = ngram, window, min_fragment
+        self.max_pieces, self.max_documents = max_pieces, max_documents
+
+    def clean(self, text: str, spans: list[tuple[int, int]]) -> tuple[str | None, str]:
+        """(cleaned text or None if the document goes, reason) for overlaps at char `spans`."""
+        cut: list[list[int]] = []
+        for start, end in sorted(spans):
+            start, end = max(0, start - self.window), min(len(text), end + self.window)
+            if cut and start <= cut[-1][1]:
+                cut[-1][1] = max(cut[-1][1], end)
+            else:
+                cut.append([start, end])
+        bounds = [0] + [x for span in cut for x in span] + [len(text)]
+        fragments = [text[bounds[i]:bounds[i + 1]].strip() for i in range(0, len(bounds), 2)]
+        pieces = [f for f in fragments if len(f) >= self.min_fragment]
+        if len(pieces) > self.max_pieces:
+            return None, "too_many_pieces"
+        if not pieces:
+            return None, "nothing_left"
+        return "\n\n".join(pieces), "cleaned"
+
+
+# ---------------------------------------------------------------- benchmark index
+
+
+def example_text(record, fields: list[str]) -> str:
+    """All string values of an evaluation example (or only `fields`), one per line."""
+    if isinstance(record, str):
+        return record
+    if isinstance(record, dict):
+        values = [record.get(f) for f in fields] if fields else list(record.values())
+        return "\n".join(example_text(v, []) for v in values if v is not None)
+    if isinstance(record, list):
+        return "\n".join(example_text(v, []) for v in record)
+    return ""
+
+
+def benchmark_name(path: Path) -> str:
+    name = path.name
+    for suffix in (".jsonl.gz", ".jsonl", ".json"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def read_benchmarks(path: str, fields: list[str]) -> dict[str, list[str]]:
+    """Example texts per benchmark, from one JSONL(.gz) file or a directory of them."""
+    files = discover_shards(path, (".jsonl", ".jsonl.gz"))
+    benchmarks: dict[str, list[str]] = {}
+    for file in files:
+        opener = gzip.open if file.name.endswith(".gz") else open
+        examples = benchmarks.setdefault(benchmark_name(file), [])
+        with opener(file, "rt", encoding="utf-8") as lines:
+            for line_no, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    examples.append(example_text(json.loads(line), fields))
+                except json.JSONDecodeError as err:
+                    raise UserError(f"{file}:{line_no}: not a JSON line ({err.msg})") from None
+    return benchmarks
+
+
+def build_index(benchmarks: dict[str, list[str]], n: int) -> tuple[pa.Table, dict]:
+    """(hash, benchmark, example) for every benchmark n-gram, and per-benchmark sizes."""
+    hashes, bench, example, sizes = [], [], [], {}
+    for b, (name, texts) in enumerate(sorted(benchmarks.items())):
+        grams = ngrams(words(texts), n, len(texts), short_texts=False)
+        hashes.append(grams.hashes)
+        bench.append(np.full(len(grams.hashes), b, dtype=np.int32))
+        example.append(grams.doc)
+        sizes[name] = {"examples": len(texts), "ngrams": int(len(np.unique(grams.hashes))),
+                       "examples_shorter_than_ngram": int((np.diff(grams.offsets) == 0).sum())}
+    table = pa.table({"hash": np.concatenate(hashes), "benchmark": np.concatenate(bench),
+                      "example": np.concatenate(example)}, schema=INDEX_SCHEMA)
+    return table.sort_by("hash"), sizes
+
+
+@functools.cache
+def load_index(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    table = pq.read_table(path)
+    return table["hash"].to_numpy(), table["benchmark"].to_numpy(), table["example"].to_numpy()
+
+
+# ---------------------------------------------------------------- per-shard passes
+
+
+def matches(texts: list[str], index_hashes: np.ndarray, n: int):
+    """Words, n-grams and the positions of n-grams found in the index, for a batch."""
+    w = words(texts)
+    grams = ngrams(w, n, len(texts), short_texts=False)
+    pos = np.searchsorted(index_hashes, grams.hashes)
+    pos[pos == len(index_hashes)] = 0
+    hit = np.flatnonzero(index_hashes[pos] == grams.hashes) if len(index_hashes) else np.zeros(0, np.int64)
+    return w, grams, hit
+
+
+def count_shard(task: ShardTask, stats: Stats, *, index_path: str, n: int) -> None:
+    """In how many of this shard's documents each benchmark n-gram occurs."""
+    index_hashes = load_index(index_path)[0]
+    docs = read_documents(task.path, stats)
+    found = []
+    while batch := list(islice(docs, BATCH)):
+        _, grams, hit = matches([d.text for d in batch], index_hashes, n)
+        pairs = np.unique(np.stack([grams.doc[hit].astype(np.uint64), grams.hashes[hit]], axis=1), axis=0)
+        found.append(pairs[:, 1])
+        stats.add("documents_in", n=len(batch))
+    hashes, counts = np.unique(np.concatenate(found) if found else np.zeros(0, np.uint64), return_counts=True)
+    with ShardWriter(task.output(), COUNT_SCHEMA) as out:
+        out.write_table(pa.table({"hash": hashes, "documents": counts}, schema=COUNT_SCHEMA))
+
+
+def frequent_ngrams(count_dir: Path, names: list[str], max_documents: int) -> np.ndarray:
+    """Benchmark n-grams found in more than `max_documents` training documents (sorted)."""
+    tables = [pq.read_table(count_dir / f"{name}.parquet") for name in names]
+    table = pa.concat_tables(tables) if tables else COUNT_SCHEMA.empty_table()
+    totals = table.group_by("hash").aggregate([("documents", "sum")])
+    return np.sort(totals.filter(pc.greater(totals["documents_sum"], max_documents))["hash"].to_numpy())
+
+
+def clean_shard(task: ShardTask, stats: Stats, *, index_path: str, frequent: np.ndarray, rules: Rules,
+                names: list[str]) -> None:
+    """Apply the rules to one shard; dropped documents go to removed/ with the reason."""
+    index_hashes, index_bench, index_example = load_index(index_path)
+    schema = read_schema(task.path)
+    removed_schema = extend_schema(schema, removed_by=pa.string(), contaminated_by=pa.string())
+    hits: set[tuple[int, int]] = set()
+    docs = read_documents(task.path, stats)
+    with ShardWriter(task.output(), schema) as kept, \
+            ShardWriter(task.output(subdir="removed"), removed_schema) as dropped, \
+            ShardWriter(task.output(".parquet", subdir=".hits"), HIT_SCHEMA) as hit_out:
+        while batch := list(islice(docs, BATCH)):
+            w, grams, hit = matches([d.text for d in batch], index_hashes, rules.ngram)
+            hit = hit[~np.isin(grams.hashes[hit], frequent)]
+            hit_docs = grams.doc[hit]
+            for i, doc in enumerate(batch):
+                mine = hit[hit_docs == i]
+                stats.add("documents_in")
+                if len(mine) == 0:
+                    write_kept(kept, doc, stats)
+                    continue
+                first = grams.first_word[mine]
+                spans = list(zip(w.starts[first].tolist(), w.ends[first + rules.ngram - 1].tolist()))
+                benches = contamination(grams.hashes[mine], index_hashes, index_bench, index_example, hits)
+                for b in benches:
+                    stats.add("contamination", names[b], "documents")
+                text, reason = rules.clean(doc.text, spans)
+                stats.add("decontaminate", reason)
+                if text is None:
+                    doc.metadata.update(removed_by=f"decontaminate:{reason}",
+                                        contaminated_by=",".join(names[b] for b in benches))
+                    dropped.write(doc)
+                    stats.add("removed", f"decontaminate:{reason}")
+                    for b in benches:
+                        stats.add("contamination", names[b], "documents_dropped")
+                else:
+                    stats.add("chars_removed", n=len(doc.text) - len(text))
+                    doc.text = text
+                    write_kept(kept, doc, stats)
+        if hits:
+            bench, example = zip(*sorted(hits))
+            hit_out.write_table(pa.table({"benchmark": bench, "example": example}, schema=HIT_SCHEMA))
+
+
+def write_kept(writer: ShardWriter, doc: Document, stats: Stats) -> None:
+    writer.write(doc)
+    stats.add("documents_out")
+    stats.add("bytes_out", n=len(doc.text.encode("utf-8")))
+
+
+def contamination(doc_hashes: np.ndarray, index_hashes: np.ndarray, index_bench: np.ndarray,
+                  index_example: np.ndarray, hits: set[tuple[int, int]]) -> list[int]:
+    """Benchmarks whose n-grams these are; records the (benchmark, example) pairs in `hits`."""
+    lo = np.searchsorted(index_hashes, doc_hashes, side="left")
+    hi = np.searchsorted(index_hashes, doc_hashes, side="right")
+    rows = np.concatenate([np.arange(a, b) for a, b in zip(lo.tolist(), hi.tolist())])
+    hits.update(zip(index_bench[rows].tolist(), index_example[rows].tolist()))
+    return sorted(set(index_bench[rows].tolist()))
+
+
+# ---------------------------------------------------------------- command
+
+
+def run(args: argparse.Namespace) -> int:
+    rules = Rules(args.ngram, args.window, args.min_fragment, args.max_pieces, args.max_documents)
+    runner = StageRunner(args, discover_shards(args.input))
+    out = Path(args.output)
+    work = out / WORK_DIR / "decontaminate"
+    count_dir = work / "counts"
+    benchmarks = read_benchmarks(args.benchmarks, [f for f in args.fields.split(",") if f])
+    names = sorted(benchmarks)
+    table, sizes = build_index(benchmarks, rules.ngram)
+    index_path = work / f"index-{runner.rank.rank}.parquet"
+    with ShardWriter(index_path, INDEX_SCHEMA) as writer:  # rebuilt each run from the benchmark files
+        writer.write_table(table)
+    if args.stage in ("all", "count"):
+        runner.per_shard(partial(count_shard, index_path=str(index_path), n=rules.ngram), count_dir,
+                         "decontaminate: count")
+    if args.stage in ("all", "clean"):
+        runner.shards_complete(count_dir, "count")
+        frequent = frequent_ngrams(count_dir, [t.name for t in runner.tasks], rules.max_documents)
+        stats = runner.per_shard(partial(clean_shard, index_path=str(index_path), frequent=frequent, rules=rules,
+                                         names=names), out, "decontaminate: clean")
+        report = contamination_report(out, [t.name for t in runner.tasks], names, sizes, stats)
+        report["_ignored_frequent_ngrams"] = int(len(frequent))
+        add_to_stats(out, "benchmarks", report)
+        if runner.rank.rank == 0:
+            for name in names:
+                row = report[name]
+                print(f"  {name}: {row['contaminated_examples']:,}/{row['examples']:,} examples found in training "
+                      f"data, {row['documents']:,} documents touched, {row['documents_dropped']:,} dropped")
+    return 0
+
+
+def contamination_report(out: Path, shards: list[str], names: list[str], sizes: dict, stats: Stats) -> dict:
+    """Per benchmark: size, examples found in training data, documents touched and dropped."""
+    hit_files = [out / ".hits" / f"{shard}.parquet" for shard in shards]
+    hits = pa.concat_tables([pq.read_table(p) for p in hit_files if p.exists()] or [HIT_SCHEMA.empty_table()])
+    unique = set(zip(hits["benchmark"].to_pylist(), hits["example"].to_pylist()))
+    report = {}
+    for b, name in enumerate(names):
+        report[name] = dict(sizes[name],
+                            contaminated_examples=sum(1 for bench, _ in unique if bench == b),
+                            documents=int(stats.get("contamination", name, "documents")),
+                            documents_dropped=int(stats.get("contamination", name, "documents_dropped")))
+    return report
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "decontaminate", help="remove benchmark 13-gram overlaps from training documents (GPT-3 rules)",
+        description=__doc__.split("\n\n")[1])
+    add_executor_args(parser)
+    parser.add_argument("--stage", choices=("all", "count", "clean"), default="all",
+                        help="run only this pass (for one Slurm job per pass; default all)")
+    parser.add_argument("--benchmarks", required=True,
+                        help="JSONL file of evaluation examples, or a directory of them (one benchmark per file)")
+    parser.add_argument("--fields", default="",
+                        help="comma-separated example fields to index (default: every string value)")
+    parser.add_argument("--ngram", type=int, default=13, help="words per n-gram (default %(default)s)")
+    parser.add_argument("--window", type=int, default=200,
+                        help="characters removed on each side of an overlap (default %(default)s)")
+    parser.add_argument("--min-fragment", type=int, default=200,
+                        help="drop remaining pieces shorter than this many characters (default %(default)s)")
+    parser.add_argument("--max-pieces", type=int, default=10,
+                        help="drop a document split into more pieces than this (default %(default)s)")
+    parser.add_argument("--max-documents", type=int, default=10,
+                        help="ignore n-grams found in more training documents than this (default %(default)s)")
+    parser.set_defaults(func=run)
