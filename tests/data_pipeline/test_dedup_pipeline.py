@@ -1,0 +1,209 @@
+"""`gpt-data dedup` end to end on a ground-truth corpus of real documents with injected near-duplicates."""
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+from pathlib import Path
+
+import dedup_corpus as dc
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+SOURCES = ("common-crawl", "wikipedia", "books")
+
+
+@pytest.fixture(scope="module")
+def corpus() -> dc.Corpus:
+    return dc.build(3000, seed=7, sources=SOURCES)
+
+
+@pytest.fixture(scope="module")
+def shards(corpus, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("dedup_in")
+    dc.write_shards(corpus, root, 4)
+    return root
+
+
+@pytest.fixture(scope="module")
+def minhash_run(shards, tmp_path_factory):
+    """One single-process run every test below compares against."""
+    from data_pipeline.cli import main
+
+    out = tmp_path_factory.mktemp("dedup_out")
+    assert main(["dedup", "minhash", "--input", str(shards), "--output", str(out),
+                 "--priority", "wikipedia,books"]) == 0
+    return out
+
+
+def load_clusters(corpus: dc.Corpus, out: Path, method: str = "minhash"):
+    decisions = pq.read_table(out / ".dedup" / method / "clusters.parquet").to_pydict()
+    index = np.array([dc.doc_index(i) for i in decisions["id"]], dtype=np.int64)
+    cluster = np.full(len(corpus.texts), -1, dtype=np.int64)
+    cluster[index] = decisions["cluster"]
+    removed = np.zeros(len(corpus.texts), dtype=bool)
+    removed[index[np.array(decisions["removed"], dtype=bool)]] = True
+    return decisions, index, cluster, removed
+
+
+def verified_pairs(out: Path, decisions: dict) -> np.ndarray:
+    to_index = dict(zip(decisions["doc"], (dc.doc_index(i) for i in decisions["id"])))
+    rows = []
+    for path in sorted((out / ".dedup" / "minhash" / "pairs").glob("*.parquet")):
+        table = pq.read_table(path).to_pydict()
+        rows += [(to_index[a], to_index[b]) for a, b, j in zip(table["a"], table["b"], table["jaccard"]) if j >= 0.8]
+    return np.array(rows, dtype=np.int64).reshape(-1, 2)
+
+
+def test_precision_and_recall_on_injected_near_duplicates(corpus, minhash_run):
+    decisions, _, cluster, removed = load_clusters(corpus, minhash_run)
+    scores = dc.evaluate(corpus, verified_pairs(minhash_run, decisions), cluster, removed)
+    assert scores.true_pairs > 500  # the corpus really holds near-duplicates above 0.8
+    assert scores.precision >= 0.95 and scores.recall >= 0.95, scores
+    assert scores.removed_below <= 0.005 * scores.removed, scores  # almost no removal below Jaccard 0.5
+    # Every in-family pair below 0.5 stays apart unless chained in through real duplicates.
+    low = [(a, b) for (a, b), j in corpus.truth.items() if j < 0.5]
+    apart = sum(cluster[a] < 0 or cluster[a] != cluster[b] for a, b in low)
+    assert apart >= 0.95 * len(low)
+
+
+def test_output_accounts_for_every_document_once(corpus, minhash_run, h):
+    kept = h.read_rows(minhash_run)
+    dropped = h.read_rows(minhash_run / "removed")
+    ids = [r["id"] for r in kept] + [r["id"] for r in dropped]
+    assert sorted(ids) == sorted(f"doc-{i:07d}" for i in range(len(corpus.texts)))
+    for row in kept + dropped:
+        assert row["text"] == corpus.texts[dc.doc_index(row["id"])]
+        assert row["quality"] == corpus.quality[dc.doc_index(row["id"])]  # extra columns survive
+    _, _, cluster, removed = load_clusters(corpus, minhash_run)
+    assert {dc.doc_index(r["id"]) for r in dropped} == set(np.flatnonzero(removed).tolist())
+    kept_by_cluster = {}
+    for row in kept:
+        c = cluster[dc.doc_index(row["id"])]
+        if c >= 0:
+            assert c not in kept_by_cluster, "two documents of one cluster kept"
+            kept_by_cluster[c] = row["id"]
+    for row in dropped:
+        assert row["duplicate_of"] == kept_by_cluster[row["dedup_cluster"]]
+
+
+def test_curated_sources_win_and_cc_copies_are_removed(corpus, minhash_run):
+    decisions, index, cluster, removed = load_clusters(corpus, minhash_run)
+    rank = {"wikipedia": 0, "books": 1, "common-crawl": 2}
+    for c in np.unique(cluster[cluster >= 0]):
+        members = np.flatnonzero(cluster == c)
+        keeper = members[~removed[members]]
+        assert len(keeper) == 1
+        best = min(rank[corpus.sources[m]] for m in members)
+        assert rank[corpus.sources[keeper[0]]] == best
+        same = [m for m in members if rank[corpus.sources[m]] == best]
+        assert corpus.quality[keeper[0]] == max(corpus.quality[m] for m in same)
+    cross = sum(1 for c in np.unique(cluster[cluster >= 0])
+                if {"common-crawl", "wikipedia"} <= {corpus.sources[m] for m in np.flatnonzero(cluster == c)})
+    assert cross > 20  # the corpus exercises cross-source clusters
+
+
+def test_stats_report_clusters_histogram_sources_and_examples(corpus, minhash_run):
+    stats = json.loads((minhash_run / "stats.json").read_text())
+    summary = stats["minhash"]
+    _, _, cluster, removed = load_clusters(corpus, minhash_run)
+    assert summary["clusters"] == len(np.unique(cluster[cluster >= 0]))
+    assert sum(summary["cluster_size_histogram"].values()) == summary["clusters"]
+    per_source = {s: int(sum(removed[i] for i in range(len(removed)) if corpus.sources[i] == s)) for s in SOURCES}
+    assert summary["removed_per_source"] == {s: n for s, n in per_source.items() if n}
+    assert stats["documents_in"] == len(corpus.texts)
+    assert stats["documents_out"] == len(corpus.texts) - removed.sum()
+    for pair in summary["example_pairs"]:
+        a, b = dc.doc_index(pair["a"]), dc.doc_index(pair["b"])
+        assert abs(pair["jaccard"] - corpus.jaccard(a, b)) < 1e-3 and pair["jaccard"] >= 0.8
+
+
+def test_without_verification_precision_drops(corpus, shards, tmp_path, cli):
+    """The reason for verification: raw 14x8 LSH candidates include pairs well below 0.8."""
+    code, _, _ = cli("dedup", "minhash", "--input", shards, "--output", tmp_path, "--no-verify")
+    assert code == 0
+    decisions = pq.read_table(tmp_path / ".dedup/minhash/clusters.parquet").to_pydict()
+    to_index = dict(zip(decisions["doc"], (dc.doc_index(i) for i in decisions["id"])))
+    pairs = [(to_index[a], to_index[b]) for p in sorted((tmp_path / ".dedup/minhash/pairs").glob("*.parquet"))
+             for a, b in zip(*pq.read_table(p, columns=["a", "b"]).to_pydict().values())]
+    below = sum(corpus.jaccard(a, b) < 0.8 for a, b in pairs)
+    assert below > 0.1 * len(pairs)
+
+
+def test_gpt3_ten_hash_setting_runs(shards, tmp_path, cli, corpus):
+    code, _, _ = cli("dedup", "minhash", "--input", shards, "--output", tmp_path, "--bands", "10", "--rows", "1")
+    assert code == 0
+    _, _, cluster, removed = load_clusters(corpus, tmp_path)
+    assert removed.sum() > 0
+
+
+def test_kill_and_resume_gives_the_same_result(corpus, minhash_run, tmp_path, h, cli):
+    src = tmp_path / "in"
+    dc.write_shards(corpus, src, 12)
+    same_order = tmp_path / "reference"
+    assert cli("dedup", "minhash", "--input", src, "--output", same_order)[0] == 0
+    out = tmp_path / "out"
+    proc = h.gpt_data_process("dedup", "minhash", "--input", src, "--output", out)
+    markers = out / ".dedup/minhash/signatures/.done"
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None and len(list(markers.glob("*.json"))) < 3:
+        time.sleep(0.01)
+    killed = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert killed, "the run finished before it could be killed"
+    assert len(list(markers.glob("*.json"))) < 12
+    # Also lose part of a later stage: a removal shard without its marker is redone.
+    assert cli("dedup", "minhash", "--input", src, "--output", out)[0] == 0
+    (out / ".done" / "shard-003.json").unlink()
+    (out / "shard-003.parquet").write_bytes(b"garbage")
+    code, _, err = cli("dedup", "minhash", "--input", src, "--output", out)
+    assert code == 0 and "1 this run, 11 already done" in err
+    assert pq.read_table(out / ".dedup/minhash/clusters.parquet").equals(
+        pq.read_table(same_order / ".dedup/minhash/clusters.parquet"))
+    for name in [f"shard-{i:03d}.parquet" for i in range(12)]:
+        assert pq.read_table(out / name).equals(pq.read_table(same_order / name))
+
+
+def test_changed_settings_on_resume_are_refused(shards, tmp_path, cli):
+    assert cli("dedup", "minhash", "--input", shards, "--output", tmp_path, "--stage", "signatures")[0] == 0
+    code, _, err = cli("dedup", "minhash", "--input", shards, "--output", tmp_path, "--bands", "10")
+    assert code == 2 and "other settings (bands)" in err
+
+
+def test_later_stage_without_earlier_one_is_a_clear_error(shards, tmp_path, cli):
+    code, _, err = cli("dedup", "minhash", "--input", shards, "--output", tmp_path, "--stage", "clusters")
+    assert code == 2 and "stage buckets is not complete" in err
+    code, _, err = cli("dedup", "minhash", "--input", tmp_path / "missing", "--output", tmp_path)
+    assert code == 2 and "input path does not exist" in err
+
+
+def reference_normal_form(text: str) -> str:
+    return " ".join(re.findall(r"[^\W_]+", text.lower()))
+
+
+def test_exact_dedup_keeps_priority_copy_of_identical_normalised_text(corpus, tmp_path, cli, h):
+    # Exact copies that differ only in case, punctuation and spacing, plus the near-duplicates.
+    texts = list(corpus.texts[:400])
+    sources = list(corpus.sources[:400])
+    rng = np.random.default_rng(1)
+    for i in rng.choice(400, 60, replace=False).tolist():
+        texts.append(re.sub(r"\s+", "  ", texts[i].upper()).replace(".", " !"))
+        sources.append("common-crawl" if sources[i] != "common-crawl" else "wikipedia")
+    exact = dc.Corpus(texts, sources, [0.5] * len(texts), np.zeros(len(texts)))
+    dc.write_shards(exact, tmp_path / "in", 3)
+    code, _, _ = cli("dedup", "exact", "--input", tmp_path / "in", "--output", tmp_path / "out",
+                     "--priority", "wikipedia")
+    assert code == 0
+    groups: dict[str, list[int]] = {}
+    for i, t in enumerate(texts):
+        groups.setdefault(reference_normal_form(t), []).append(i)
+    rank = {"wikipedia": 0}
+    # Equal quality: input order decides, i.e. shard (documents are dealt round-robin), then row.
+    want_kept = {min(g, key=lambda i: (rank.get(sources[i], 1), i % 3, i // 3)) for g in groups.values()}
+    kept = {dc.doc_index(r["id"]) for r in h.read_rows(tmp_path / "out")}
+    assert kept == want_kept
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["exact"]["removed_total"] == len(texts) - len(want_kept)
