@@ -43,6 +43,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from typing import NamedTuple
 
 from tqdm import tqdm
 
@@ -68,8 +69,7 @@ class ShardTask:
         return base / f"{self.name}{suffix}"
 
 
-@dataclass(frozen=True)
-class Rank:
+class Rank(NamedTuple):
     rank: int
     world: int
     kind: str  # "local", "mpi" or "slurm"

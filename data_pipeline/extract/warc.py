@@ -47,20 +47,22 @@ def read_crawl_file(path: str | Path, stats: Stats, options: ExtractOptions = Ex
 
 
 def _records(raw, data: mmap.mmap, magic: bytes, stats: Stats, options: ExtractOptions) -> Iterator[Document]:
-    start = 0
+    start, in_damage = 0, False
     while start != -1:
         raw.seek(start)
         last = start
         try:
             for record in ArchiveIterator(raw, record_types=WarcRecordType.response | WarcRecordType.conversion):
-                last = record.stream_pos
+                last, in_damage = record.stream_pos, False
                 doc = _document(record, stats, options)
                 if doc is not None:
                     yield doc
             return
         except OSError as err:
-            stats.add("skipped", "corrupt_region")
-            stats.note(f"{Path(raw.name).name}@{last}: {err}")
+            if not in_damage:  # one count per damaged region, however many resyncs it takes
+                stats.add("skipped", "corrupt_region")
+                stats.note(f"{Path(raw.name).name}@{last}: {err}")
+            in_damage = True
             start = data.find(magic, last + 1)
 
 

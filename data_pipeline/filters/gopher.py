@@ -5,7 +5,6 @@ Character fractions are taken over ``len(text)``, as in the paper and datatrove.
 from __future__ import annotations
 
 import re
-from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,9 +75,9 @@ class GopherRepetitionOptions:
     max_duplicate_paragraph_fraction: float = 0.30
     max_duplicate_line_char_fraction: float = 0.20
     max_duplicate_paragraph_char_fraction: float = 0.20
-    # (n, max fraction of characters in the most frequent n-gram)
+    # (n >= 2, max fraction of characters in the most frequent n-gram)
     top_ngram_char_fractions: tuple[tuple[int, float], ...] = ((2, 0.20), (3, 0.18), (4, 0.16))
-    # (n, max fraction of characters covered by repeated n-grams)
+    # (n >= 2, max fraction of characters covered by repeated n-grams)
     duplicate_ngram_char_fractions: tuple[tuple[int, float], ...] = (
         (5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10))
 
@@ -106,14 +105,18 @@ class GopherRepetition(Filter):
             if chars / size > max_char_frac:
                 return f"duplicate_{kind}_char_fraction"
         ws = words(text)
-        for n, max_frac in o.top_ngram_char_fractions:
-            if len(ws) >= n and top_ngram_chars(ws, n) / size > max_frac:
+        if len(ws) < 2:
+            return None
+        top = dict(o.top_ngram_char_fractions)
+        repeated = dict(o.duplicate_ngram_char_fractions)
+        if not top and not repeated:
+            return None
+        ids, lengths = word_ids(ws)
+        for n, keys in ngram_keys(ids, max(top | repeated)):
+            if n in top and top_ngram_chars(keys, lengths, n) / size > top[n]:
                 return f"top_{n}gram_char_fraction"
-        if o.duplicate_ngram_char_fractions:
-            ids, lengths = word_ids(ws)
-            for n, max_frac in o.duplicate_ngram_char_fractions:
-                if repeated_ngram_chars(ids, lengths, n) / size > max_frac:
-                    return f"duplicate_{n}gram_char_fraction"
+            if n in repeated and repeated_ngram_chars(keys, lengths, n) / size > repeated[n]:
+                return f"duplicate_{n}gram_char_fraction"
         return None
 
 
@@ -130,33 +133,52 @@ def duplicates(parts: list[str]) -> tuple[int, int]:
     return count, chars
 
 
-def top_ngram_chars(ws: list[str], n: int) -> int:
-    """Characters in all occurrences of the most frequent n-gram (words joined by spaces)."""
-    gram, count = Counter(zip(*(ws[i:] for i in range(n)))).most_common(1)[0]
-    return (sum(map(len, gram)) + n - 1) * count
-
-
 def word_ids(ws: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Integer id per word (equal words, equal ids) and word lengths, as arrays."""
-    vocab: dict[str, int] = {}
-    ids = np.fromiter((vocab.setdefault(w, len(vocab)) for w in ws), dtype=np.uint64, count=len(ws))
+    """A 64-bit key per word (Python's string hash: equal words, equal keys within this
+    process, which is all a per-document count needs) and word lengths, as arrays."""
+    ids = np.fromiter(map(hash, ws), dtype=np.int64, count=len(ws)).view(np.uint64)
     lengths = np.fromiter(map(len, ws), dtype=np.int64, count=len(ws))
     return ids, lengths
 
 
-def repeated_ngram_chars(ids: np.ndarray, lengths: np.ndarray, n: int) -> int:
+def ngram_keys(ids: np.ndarray, max_n: int):
+    """(n, key per n-gram start) for n = 2..max_n; equal n-grams get equal keys (a
+    polynomial hash in uint64 that wraps around; collisions are negligible)."""
+    keys = ids
+    for n in range(2, min(max_n, len(ids)) + 1):
+        keys = keys[:-1] * np.uint64(1_000_003) + ids[n - 1:]
+        yield n, keys
+
+
+def _sorted_groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(stable sort order of `keys`, True where a sorted key starts a new group); the
+    first member of each group is the n-gram's earliest occurrence."""
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    starts = np.empty(len(keys), dtype=bool)
+    starts[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
+    return order, starts
+
+
+def top_ngram_chars(keys: np.ndarray, lengths: np.ndarray, n: int) -> int:
+    """Characters in all occurrences of the most frequent n-gram (words joined by spaces)."""
+    order, starts = _sorted_groups(keys)
+    group_starts = np.flatnonzero(starts)
+    counts = np.diff(np.append(group_starts, len(keys)))
+    best = int(np.argmax(counts))
+    first = int(order[group_starts[best]])
+    return (int(lengths[first:first + n].sum()) + n - 1) * int(counts[best])
+
+
+def repeated_ngram_chars(keys: np.ndarray, lengths: np.ndarray, n: int) -> int:
     """Characters of the words covered by any n-gram occurrence that repeats an earlier one."""
-    count = len(ids) - n + 1
-    if count < 2:
+    order, starts = _sorted_groups(keys)
+    if starts.all():
         return 0
-    keys = ids[:count].copy()
-    for j in range(1, n):  # polynomial hash of each n-gram; uint64 wraps around
-        keys = keys * np.uint64(1_000_003) + ids[j:j + count]
-    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    repeat_starts = (first[inverse] < np.arange(count)).astype(np.int64)
-    if not repeat_starts.any():
-        return 0
+    repeat_starts = np.empty(len(keys), dtype=np.int64)
+    repeat_starts[order] = ~starts
     # word i is covered if a repeat starts in [i - n + 1, i]
-    starts = np.concatenate([np.cumsum(repeat_starts), np.full(n - 1, repeat_starts.sum())])
-    window = starts - np.concatenate([np.zeros(n, dtype=np.int64), starts[:-n]])
+    covered = np.concatenate([np.cumsum(repeat_starts), np.full(n - 1, repeat_starts.sum())])
+    window = covered - np.concatenate([np.zeros(n, dtype=np.int64), covered[:-n]])
     return int(lengths[window > 0].sum())

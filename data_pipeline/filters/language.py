@@ -50,7 +50,7 @@ class LanguageFilter(Filter):
 
     def predict(self, text: str) -> tuple[str, float]:
         """(ISO code, probability) of the most likely language."""
-        labels, scores = self.model.predict(" ".join(text.split()), k=1)
+        labels, scores = self.model.predict(text.replace("\n", " "), k=1)
         return labels[0].removeprefix("__label__"), min(float(scores[0]), 1.0)
 
     def check(self, doc: Document) -> str | None:

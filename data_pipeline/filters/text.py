@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import string
 import unicodedata
+from functools import lru_cache
 
 PUNCTUATION = "".join(
     sorted(set(string.punctuation) | {chr(i) for i in range(0x2000, 0x2070)
@@ -18,8 +19,11 @@ PARAGRAPH_BREAK = re.compile(r"\n{2,}")
 LINE_BREAK = re.compile(r"\n+")
 
 
+@lru_cache(maxsize=4)  # the Gopher filters split the same text one after the other
 def words(text: str) -> list[str]:
-    """Whitespace tokens of `text` with leading/trailing punctuation removed; empty ones dropped."""
+    """Whitespace tokens of `text` with leading/trailing punctuation removed; empty ones dropped.
+
+    The returned list is shared between callers: do not modify it."""
     stripped = (token.strip(PUNCTUATION) for token in text.split())
     return [w for w in stripped if w]
 
