@@ -1,0 +1,90 @@
+"""Process groups: one world from torchrun, srun or the deepspeed launcher; megatron-core's TP/PP/DP groups.
+
+Megatron's rank order (TP fastest, then DP, then PP) is the order of DeepSpeed's
+pipeline topology axes ['pipe', 'data', 'model'], so both libraries agree on which
+ranks form each group.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+
+@dataclass(frozen=True)
+class Layout:
+    world: int
+    rank: int
+    tp: int
+    pp: int
+    dp: int
+    tp_rank: int
+    pp_rank: int
+    dp_rank: int
+    device: torch.device
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.pp_rank == 0
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.pp_rank == self.pp - 1
+
+    def describe(self) -> str:
+        return f"world {self.world} = TP {self.tp} x PP {self.pp} x DP {self.dp} on {self.device.type}"
+
+
+def world_from_environment() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun/deepspeed (RANK...) or Slurm's srun (SLURM_PROCID...)."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        rank, world, local = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
+        env.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local))
+        return rank, world, local
+    env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")  # plain `python -m training.pretrain`
+    return 0, 1, 0
+
+
+def init_distributed(tp: int, pp: int, timeout_minutes: int = 30) -> Layout:
+    """Start the default group (NCCL on GPU, gloo on CPU) and megatron-core's parallel groups."""
+    import deepspeed
+
+    rank, world, local_rank = world_from_environment()
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(_free_port() if world == 1 else 29500))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device, backend = torch.device("cuda", local_rank), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+    return Layout(
+        world=world, rank=rank, tp=tp, pp=pp, dp=world // (tp * pp),
+        tp_rank=parallel_state.get_tensor_model_parallel_rank(),
+        pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
+        dp_rank=parallel_state.get_data_parallel_rank(),
+        device=device,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def shutdown() -> None:
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()

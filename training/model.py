@@ -1,0 +1,233 @@
+"""GPT-1, GPT-2 and GPT-3, built from megatron-core's tensor-parallel layers.
+
+Reads top to bottom: embeddings, attention, MLP, block, the whole model, the loss.
+Activations are [batch, sequence, hidden]. Under tensor parallelism (TP) each rank
+holds n_heads/TP attention heads, 1/TP of the MLP columns and 1/TP of the (padded)
+vocabulary; megatron-core's layers do the all-reduces. The model knows nothing of
+pipeline stages, ZeRO, launchers or checkpoints: `training/parallel.py` cuts
+`GPT.layers()` into pipeline stages.
+
+Requires `megatron.core.parallel_state` to be initialised (a 1-process group for TP=1).
+"""
+from __future__ import annotations
+
+import math
+import zlib
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state, tensor_parallel
+from megatron.core.model_parallel_config import ModelParallelConfig
+from torch import nn
+
+from training.config import ModelConfig
+from training.rng import tensor_parallel_rng
+
+try:  # NVIDIA apex's fused LayerNorm, when built on a GPU cluster (never PyPI's `apex`).
+    from apex.normalization import FusedLayerNorm as _FusedLayerNorm
+except ImportError:
+    _FusedLayerNorm = None
+
+
+def layer_norm(width: int) -> nn.Module:
+    if _FusedLayerNorm is not None and torch.cuda.is_available():
+        return _FusedLayerNorm(width)
+    return nn.LayerNorm(width)
+
+
+def seeded_normal(seed: int, name: str, std: float):
+    """An init function drawing from N(0, std) with a stream named after the parameter.
+
+    megatron-core calls it on the full (unsplit) weight and keeps this rank's shard, so
+    every layout (1 process, TP, PP) starts from bit-identical weights.
+    """
+    def init(weight: torch.Tensor) -> None:
+        generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{name}".encode()))
+        with torch.no_grad():
+            weight.copy_(torch.randn(weight.shape, generator=generator) * std)
+    return init
+
+
+def megatron_config(tp: int, pp: int) -> ModelParallelConfig:
+    return ModelParallelConfig(
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        use_cpu_initialization=True,  # build each full weight once, then shard it (layout-independent)
+        perform_initialization=True,  # also marks TP weights as sharded for grad-norm clipping
+        params_dtype=torch.float32,  # DeepSpeed casts to bf16/fp16 itself
+        gradient_accumulation_fusion=False,
+    )
+
+
+# --------------------------------------------------------------------------- embeddings
+
+class TokenEmbedding(nn.Module):
+    """Vocabulary-parallel token embedding; `logits` reuses it as the tied output layer."""
+
+    def __init__(self, cfg: ModelConfig, seed: int):
+        super().__init__()
+        tp = parallel_state.get_tensor_model_parallel_world_size()
+        self.embedding = tensor_parallel.VocabParallelEmbedding(
+            cfg.padded_vocab_size(tp), cfg.d_model,
+            init_method=seeded_normal(seed, "token_embedding", cfg.init_std),
+            config=megatron_config(tp, 1),
+        )
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.embedding.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.embedding(tokens)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """This rank's slice of the vocabulary logits: [batch, seq, padded_vocab / TP]."""
+        hidden = tensor_parallel.copy_to_tensor_model_parallel_region(hidden)
+        return F.linear(hidden, self.embedding.weight)
+
+
+class PositionEmbedding(nn.Module):
+    """Adds learned absolute positions (GPT-1/2/3), then embedding dropout."""
+
+    def __init__(self, cfg: ModelConfig, seed: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(cfg.seq_length, cfg.d_model))
+        seeded_normal(seed, "position_embedding", cfg.init_std)(self.weight)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.dropout(hidden + self.weight[: hidden.shape[1]])
+
+
+# --------------------------------------------------------------------------- attention
+
+def banded_causal_mask(seq_len: int, window: int, device=None) -> torch.Tensor:
+    """True where query i may attend key j: j <= i and i - j < window (GPT-3's local bands)."""
+    i = torch.arange(seq_len, device=device)[:, None]
+    j = torch.arange(seq_len, device=device)[None, :]
+    return (j <= i) & (i - j < window)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal attention; heads are split across TP ranks.
+
+    The fused QKV weight is laid out per head, [head][q|k|v][head_dim], so that a
+    contiguous TP shard holds whole heads.
+    """
+
+    def __init__(self, cfg: ModelConfig, layer: int, seed: int):
+        super().__init__()
+        tp = parallel_state.get_tensor_model_parallel_world_size()
+        config = megatron_config(tp, 1)
+        self.heads_per_rank = cfg.n_heads // tp
+        self.head_dim = cfg.head_dim
+        self.dropout = cfg.dropout
+        self.band = cfg.sparse_window if cfg.is_sparse_layer(layer) else 0
+        inner = cfg.n_heads * cfg.head_dim
+        residual_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)  # GPT-2's scaled residual init
+        self.qkv = tensor_parallel.ColumnParallelLinear(
+            cfg.d_model, 3 * inner, config=config, bias=True, gather_output=False,
+            init_method=seeded_normal(seed, f"layers.{layer}.attention.qkv", cfg.init_std),
+        )
+        self.proj = tensor_parallel.RowParallelLinear(
+            inner, cfg.d_model, config=config, bias=True, input_is_parallel=True,
+            skip_bias_add=False, init_method=seeded_normal(seed, f"layers.{layer}.attention.proj", residual_std),
+        )
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        qkv, _ = self.qkv(x)
+        qkv = qkv.view(batch, seq, self.heads_per_rank, 3 * self.head_dim).transpose(1, 2)
+        q, k, v = qkv.split(self.head_dim, dim=-1)
+        dropout_p = self.dropout if self.training else 0.0
+        with tensor_parallel_rng().fork():  # each TP rank drops different heads' weights
+            if self.band:
+                mask = banded_causal_mask(seq, self.band, x.device)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+        y = y.transpose(1, 2).reshape(batch, seq, self.heads_per_rank * self.head_dim)
+        out, _ = self.proj(y)
+        return self.resid_dropout(out)
+
+
+# --------------------------------------------------------------------------- MLP and block
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, seed: int):
+        super().__init__()
+        tp = parallel_state.get_tensor_model_parallel_world_size()
+        config = megatron_config(tp, 1)
+        width = cfg.ffn_multiplier * cfg.d_model
+        residual_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
+        self.fc = tensor_parallel.ColumnParallelLinear(
+            cfg.d_model, width, config=config, bias=True, gather_output=False,
+            init_method=seeded_normal(seed, f"layers.{layer}.mlp.fc", cfg.init_std),
+        )
+        self.proj = tensor_parallel.RowParallelLinear(
+            width, cfg.d_model, config=config, bias=True, input_is_parallel=True,
+            skip_bias_add=False, init_method=seeded_normal(seed, f"layers.{layer}.mlp.proj", residual_std),
+        )
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.fc(x)
+        out, _ = self.proj(F.gelu(h, approximate="tanh"))  # GPT-2's tanh GELU
+        return self.dropout(out)
+
+
+class Block(nn.Module):
+    """GPT-2/3: x + attn(ln(x)), then x + mlp(ln(x)). GPT-1 (post-LN): ln(x + attn(x)), ln(x + mlp(x))."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, seed: int):
+        super().__init__()
+        self.pre_norm = cfg.arch != "gpt1"
+        self.ln_1 = layer_norm(cfg.d_model)
+        self.attention = CausalSelfAttention(cfg, layer, seed)
+        self.ln_2 = layer_norm(cfg.d_model)
+        self.mlp = MLP(cfg, layer, seed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pre_norm:
+            x = x + self.attention(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+        x = self.ln_1(x + self.attention(x))
+        return self.ln_2(x + self.mlp(x))
+
+
+class FinalNorm(nn.Module):
+    """GPT-2/3's LayerNorm after the last block (GPT-1 has none)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln = layer_norm(cfg.d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ln(x)
+
+
+# --------------------------------------------------------------------------- the model
+
+class GPT(nn.Module):
+    """The whole model on one pipeline stage: tokens -> vocab-parallel logits."""
+
+    def __init__(self, cfg: ModelConfig, seed: int):
+        super().__init__()
+        self.cfg = cfg
+        self.token_embedding = TokenEmbedding(cfg, seed)
+        self.position_embedding = PositionEmbedding(cfg, seed)
+        self.blocks = nn.ModuleList(Block(cfg, layer, seed) for layer in range(cfg.n_layers))
+        self.final_norm = FinalNorm(cfg) if cfg.arch != "gpt1" else nn.Identity()
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.position_embedding(self.token_embedding(tokens))
+        for block in self.blocks:
+            x = block(x)
+        return self.token_embedding.logits(self.final_norm(x))
+
+
+def language_model_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross entropy over vocab-parallel logits (computed in fp32)."""
+    losses = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), labels)
+    return losses.mean()

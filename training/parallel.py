@@ -1,0 +1,192 @@
+"""Parallelism is applied here and only here.
+
+The GPT layers from `training/model.py` (already tensor-parallel) are cut into
+pipeline stages with DeepSpeed's `PipelineModule` (token embedding tied between the
+first and last stage) when PP > 1, and wrapped in a DeepSpeed engine that does ZeRO
+data parallelism, mixed precision, loss scaling and gradient clipping. With PP = 1 the
+plain engine runs the whole model, which also allows ZeRO stages 2 and 3.
+"""
+from __future__ import annotations
+
+import functools
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
+from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
+from megatron.core import parallel_state
+from torch.utils.checkpoint import checkpoint
+
+from training.config import Config
+from training.distributed import Layout
+from training.model import GPT, Block, FinalNorm, PositionEmbedding, TokenEmbedding, language_model_loss
+from training.rng import tensor_parallel_rng
+
+MicroBatch = tuple[torch.Tensor, torch.Tensor]  # (tokens, labels), each [micro_batch, seq]
+
+
+def recompute(function, *args):
+    """Activation checkpointing that replays dropout masks, the TP-local ones included."""
+    return checkpoint(function, *args, use_reentrant=False, context_fn=tensor_parallel_rng().checkpoint_context)
+
+
+def _output_logits(embedding: TokenEmbedding, hidden: torch.Tensor) -> torch.Tensor:
+    return embedding.logits(hidden)
+
+
+def pipeline_stages(cfg: Config, layout: Layout) -> PipelineModule:
+    m, seed = cfg.model, cfg.train.seed
+    specs = [
+        TiedLayerSpec("token_embedding", TokenEmbedding, m, seed, tied_weight_attr=["weight"]),
+        LayerSpec(PositionEmbedding, m, seed),
+        *[LayerSpec(Block, m, layer, seed) for layer in range(m.n_layers)],
+    ]
+    if m.arch != "gpt1":
+        specs.append(LayerSpec(FinalNorm, m))
+    specs.append(TiedLayerSpec("token_embedding", TokenEmbedding, m, seed,
+                               forward_fn=_output_logits, tied_weight_attr=["weight"]))
+    return PipelineModule(
+        layers=specs,
+        loss_fn=language_model_loss,
+        topology=PipeModelDataParallelTopology(num_pp=layout.pp, num_mp=layout.tp, num_dp=layout.dp),
+        partition_method=cfg.parallel.partition_method,
+        activation_checkpoint_interval=1 if cfg.parallel.activation_checkpointing else 0,
+        activation_checkpoint_func=recompute,
+        checkpointable_layers=["Block"],
+    )
+
+
+def whole_model(cfg: Config) -> GPT:
+    model = GPT(cfg.model, cfg.train.seed)
+    if cfg.parallel.activation_checkpointing:
+        for block in model.blocks:
+            block.forward = functools.partial(recompute, block.forward)
+    return model
+
+
+def deepspeed_config(cfg: Config, layout: Layout, batch_size: int) -> dict:
+    t = cfg.train
+    return {
+        "train_batch_size": batch_size,
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": batch_size // (t.micro_batch_size * layout.dp),
+        "gradient_clipping": t.grad_clip,
+        "zero_optimization": {"stage": cfg.parallel.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": cfg.precision == "bf16"},
+        "fp16": {
+            "enabled": cfg.precision == "fp16",
+            "loss_scale": 0,  # dynamic
+            "initial_scale_power": t.initial_loss_scale_power,
+            "loss_scale_window": 1000,
+            "hysteresis": 2,
+            "min_loss_scale": 1,
+        },
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+def adam_with_decoupled_decay(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; weight decay applies to matrices only, not to biases and LayerNorm parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.train.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        groups, lr=cfg.train.lr, betas=(cfg.train.adam_beta1, cfg.train.adam_beta2),
+        eps=cfg.train.adam_eps, fused=device.type == "cuda",
+    )
+
+
+class MegatronGroups:
+    """The `mpu` interface DeepSpeed's plain engine asks for, answered by megatron-core.
+
+    Used at PP = 1 only, where DeepSpeed's "model parallel" group is the TP group."""
+
+    get_model_parallel_group = staticmethod(parallel_state.get_tensor_model_parallel_group)
+    get_model_parallel_rank = staticmethod(parallel_state.get_tensor_model_parallel_rank)
+    get_model_parallel_world_size = staticmethod(parallel_state.get_tensor_model_parallel_world_size)
+    get_tensor_model_parallel_group = staticmethod(parallel_state.get_tensor_model_parallel_group)
+    get_tensor_model_parallel_rank = staticmethod(parallel_state.get_tensor_model_parallel_rank)
+    get_tensor_model_parallel_world_size = staticmethod(parallel_state.get_tensor_model_parallel_world_size)
+    get_tensor_model_parallel_src_rank = staticmethod(parallel_state.get_tensor_model_parallel_src_rank)
+    get_data_parallel_group = staticmethod(parallel_state.get_data_parallel_group)
+    get_data_parallel_rank = staticmethod(parallel_state.get_data_parallel_rank)
+    get_data_parallel_world_size = staticmethod(parallel_state.get_data_parallel_world_size)
+
+
+class ParallelEngine:
+    """One interface over DeepSpeed's pipeline engine (PP > 1) and its plain engine (PP = 1)."""
+
+    def __init__(self, cfg: Config, layout: Layout, batch_size: int):
+        self.layout = layout
+        self.pipelined = layout.pp > 1
+        model = pipeline_stages(cfg, layout) if self.pipelined else whole_model(cfg)
+        model.to(layout.device)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model,
+            optimizer=adam_with_decoupled_decay(model, cfg, layout.device),
+            config=deepspeed_config(cfg, layout, batch_size),
+            mpu=None if self.pipelined else MegatronGroups,
+        )
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.engine.module
+
+    def set_batch_size(self, batch_size: int) -> None:
+        if batch_size != self.engine.train_batch_size():
+            self.engine.set_train_batch_size(batch_size)
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
+
+    def train_step(self, micro_batches: list[MicroBatch]) -> float:
+        """Forward and backward over this rank's micro-batches, then one optimizer step.
+
+        Returns the loss averaged over micro-batches and data-parallel ranks."""
+        self.engine.train()
+        if self.pipelined:
+            return self.engine.train_batch(iter(micro_batches)).item()
+        losses = []
+        for tokens, labels in micro_batches:
+            loss = language_model_loss(self.engine(tokens.to(self.layout.device)), labels.to(self.layout.device))
+            self.engine.backward(loss)
+            self.engine.step()
+            losses.append(loss.detach().float())
+        return self._data_parallel_mean(torch.stack(losses).mean())
+
+    @torch.no_grad()
+    def eval_loss(self, micro_batches: list[MicroBatch]) -> float:
+        if self.pipelined:
+            loss = self.engine.eval_batch(iter(micro_batches), num_micro_batches=len(micro_batches))
+            return loss.item()
+        self.engine.eval()
+        losses = [language_model_loss(self.engine(t.to(self.layout.device)), l.to(self.layout.device)).float()
+                  for t, l in micro_batches]
+        self.engine.train()
+        return self._data_parallel_mean(torch.stack(losses).mean())
+
+    def _data_parallel_mean(self, value: torch.Tensor) -> float:
+        if self.layout.dp > 1:
+            dist.all_reduce(value, group=parallel_state.get_data_parallel_group())
+            value = value / self.layout.dp
+        return value.item()
+
+    @property
+    def grad_norm(self) -> float:
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    @property
+    def loss_scale(self) -> float:
+        scale = getattr(self.engine.optimizer, "cur_scale", None) or getattr(self.engine.optimizer, "loss_scale", None)
+        return float(scale) if scale else 1.0
+
+    @property
+    def skipped_steps(self) -> int:
+        return int(self.engine.skipped_steps)

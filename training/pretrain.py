@@ -1,0 +1,157 @@
+"""Pretrain a GPT with tensor x pipeline x ZeRO data parallelism.
+
+    torchrun --nproc-per-node 8 -m training.pretrain --config configs/tiny/gpt3_tiny.yaml \\
+        --run-dir runs/tiny --set parallel.tp=2 parallel.pp=2
+
+Also started by `srun` (ranks from Slurm's environment) or the `deepspeed` launcher.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from training.config import Config, ConfigError, check_layout, load_config
+from training.data import Blend, build_datasets, micro_batches, read_blend
+from training.distributed import Layout, init_distributed, shutdown, world_from_environment
+from training.metrics import MetricsLog, device_peak_tflops, training_flops_per_token
+from training.parallel import ParallelEngine
+from training.rng import seed_everything
+from training.schedule import batch_size, learning_rate
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m training.pretrain", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML run config (see configs/)")
+    parser.add_argument("--run-dir", required=True, help="directory for metrics, config, checkpoints, TensorBoard")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override config keys, e.g. parallel.tp=2 train.steps=100 precision=bf16")
+    return parser.parse_args(argv)
+
+
+def prepare(args: argparse.Namespace) -> tuple[Config, Blend, int]:
+    """Everything checkable before any process group exists: config, layout, data files."""
+    cfg = load_config(args.config, args.set)
+    _, world, _ = world_from_environment()
+    dp = check_layout(cfg, world)
+    if not cfg.data.blend:
+        raise ConfigError("data.blend is not set: name a blend JSON (e.g. tests/data/tokens/blend.json)")
+    blend = read_blend(cfg.data.blend)
+    if cfg.model.vocab_size == 0:
+        cfg.model.vocab_size = blend.vocab_size
+    elif cfg.model.vocab_size < blend.vocab_size:
+        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the blend's tokenizer "
+                          f"({blend.vocab_size} tokens)")
+    return cfg, blend, dp
+
+
+def samples_for(cfg: Config) -> int:
+    tokens, samples = 0, 0
+    for _ in range(cfg.train.steps):
+        batch = batch_size(tokens, cfg.train)
+        samples += batch
+        tokens += batch * cfg.model.seq_length
+    return samples
+
+
+def write_run_record(run_dir: Path, cfg: Config, layout: Layout) -> None:
+    """What is needed to reproduce the run: resolved config, software versions, layout."""
+    import deepspeed
+    import megatron.core
+
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    (run_dir / "environment.json").write_text(json.dumps({
+        "python": platform.python_version(), "torch": torch.__version__,
+        "deepspeed": deepspeed.__version__, "megatron_core": megatron.core.__version__,
+        "layout": {"world": layout.world, "tp": layout.tp, "pp": layout.pp, "dp": layout.dp,
+                   "device": layout.device.type},
+        "command": sys.argv,
+    }, indent=2))
+
+
+def evaluate(engine: ParallelEngine, valid, cfg: Config, layout: Layout) -> float:
+    per_rank = cfg.logging.eval_iters * cfg.train.micro_batch_size
+    return engine.eval_loss(micro_batches(valid, 0, per_rank * layout.dp, layout.dp, layout.dp_rank,
+                                          cfg.train.micro_batch_size))
+
+
+def train(cfg: Config, blend: Blend, run_dir: Path) -> None:
+    layout = init_distributed(cfg.parallel.tp, cfg.parallel.pp)
+    seed_everything(cfg.train.seed, layout.pp_rank, layout.dp_rank, layout.tp_rank)
+    is_logger = layout.rank == 0
+    if is_logger:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_record(run_dir, cfg, layout)
+        print(f"[pretrain] {layout.describe()}, {cfg.model.num_parameters(layout.tp) / 1e6:.2f}M parameters, "
+              f"{cfg.train.steps} steps", flush=True)
+    eval_samples = cfg.logging.eval_iters * cfg.train.micro_batch_size * layout.dp
+    train_data, valid_data = build_datasets(cfg, blend, samples_for(cfg), eval_samples,
+                                            cfg.data.cache_dir or str(run_dir / "data_cache"))
+    seq = cfg.model.seq_length
+    engine = ParallelEngine(cfg, layout, batch_size(0, cfg.train))
+    log = MetricsLog(run_dir, enabled=is_logger, tensorboard=cfg.logging.tensorboard)
+    peak = device_peak_tflops(layout.device, cfg.precision, cfg.logging.peak_tflops)
+    flops_per_token = training_flops_per_token(cfg.model)
+
+    tokens = consumed = 0
+    for step in range(1, cfg.train.steps + 1):
+        batch = batch_size(tokens, cfg.train)
+        lr = learning_rate(tokens + batch * seq, cfg.train)  # warmup's first step is not wasted at lr 0
+        engine.set_batch_size(batch)
+        engine.set_lr(lr)
+        data = micro_batches(train_data, consumed, batch, layout.dp, layout.dp_rank, cfg.train.micro_batch_size)
+        start = time.perf_counter()
+        loss = engine.train_step(data)
+        elapsed = time.perf_counter() - start
+        consumed += batch
+        tokens += batch * seq
+        if step % cfg.logging.interval == 0 or step == cfg.train.steps:
+            tflops = flops_per_token * batch * seq / elapsed / layout.world / 1e12
+            log.write({
+                "step": step, "loss": loss, "lr": lr, "tokens": tokens, "batch_size": batch,
+                "tokens_per_s": batch * seq / elapsed, "step_time_s": elapsed,
+                "tflops": tflops, "mfu": tflops / peak, "grad_norm": engine.grad_norm,
+                "loss_scale": engine.loss_scale, "skipped_steps": engine.skipped_steps,
+            })
+            if is_logger:
+                print(f"[pretrain] step {step:>6} loss {loss:.4f} lr {lr:.3e} "
+                      f"{batch * seq / elapsed:,.0f} tok/s", flush=True)
+        if (cfg.logging.eval_interval and step % cfg.logging.eval_interval == 0) or step == cfg.train.steps:
+            valid_loss = evaluate(engine, valid_data, cfg, layout)
+            log.write({"step": step, "valid_loss": valid_loss,
+                       "valid_ppl": float(torch.tensor(valid_loss).exp()), "tokens": tokens}, prefix="valid")
+        if cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0 or step == cfg.train.steps:
+            save_checkpoint(engine, cfg, run_dir, step, tokens, consumed)
+    log.close()
+
+
+def save_checkpoint(engine: ParallelEngine, cfg: Config, run_dir: Path, step: int, tokens: int, consumed: int) -> None:
+    directory = cfg.checkpoint.dir or str(run_dir / "checkpoints")
+    engine.engine.save_checkpoint(directory, tag=f"step{step:08d}", client_state={
+        "step": step, "tokens": tokens, "consumed_samples": consumed, "config": cfg.to_dict(),
+    })
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg, blend, _ = prepare(args)
+    except ConfigError as err:
+        print(f"training.pretrain: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        train(cfg, blend, Path(args.run_dir))
+    finally:
+        shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
