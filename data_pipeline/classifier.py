@@ -3,8 +3,9 @@
 Features: lower-cased whitespace tokens hashed into 2^18 buckets (Spark's Tokenizer +
 HashingTF, as in the paper; scikit-learn's `HashingVectorizer`, L2-normalised term
 counts). Model: logistic regression, curated text (WebText, Wikipedia, books...) as
-positives, raw Common Crawl as negatives. ``train`` holds out part of the data and
-reports the held-out ROC AUC of the saved model.
+positives, raw Common Crawl as negatives, classes weighted to equal total weight (so a
+score of 0.5 means "as likely curated as raw" whatever the class sizes). ``train``
+holds out part of the data and reports the held-out ROC AUC of the saved model.
 
 ``score`` adds a ``quality`` column (P(curated)). With the ``pareto`` keep rule a
 document is kept iff ``np.random.pareto(alpha) > 1 - quality`` (alpha = 9 in GPT-3), so
@@ -103,7 +104,7 @@ def train(positive: list[str], negative: list[str], *, holdout: float = 0.2, see
     train_texts, test_texts, y_train, y_test = train_test_split(
         pos + neg, labels, test_size=holdout, random_state=seed, stratify=labels)
     features = vectorizer()
-    model = LogisticRegression(C=regularization, max_iter=1000)
+    model = LogisticRegression(C=regularization, max_iter=1000, class_weight="balanced")
     model.fit(features.transform(train_texts), y_train)
     auc = float(roc_auc_score(y_test, model.predict_proba(features.transform(test_texts))[:, 1]))
     report = {"heldout_auc": round(auc, 6), "train_documents": len(train_texts), "heldout_documents": len(test_texts),
@@ -114,7 +115,7 @@ def train(positive: list[str], negative: list[str], *, holdout: float = 0.2, see
 
 def pareto_draws(ids: list[str], alpha: float, seed: int) -> np.ndarray:
     """One numpy-Pareto-II(alpha) draw per document id, reproducible from (seed, id)."""
-    uniform = np.array([xxhash.xxh64_intdigest(f"{seed}:{i}") for i in ids], dtype=np.float64) / 2.0**64
+    uniform = np.array([xxhash.xxh64_intdigest(f"{seed}:{i}".encode()) for i in ids], dtype=np.float64) / 2.0**64
     return (1.0 - uniform) ** (-1.0 / alpha) - 1.0
 
 

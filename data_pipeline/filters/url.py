@@ -37,7 +37,7 @@ class UrlBlocklist(Filter):
 
     def check(self, doc: Document) -> str | None:
         url = doc.url.lower()
-        if not url:
+        if not url or not (self.domains or self.banned_words or self.banned_subwords):
             return None
         host = (urlsplit(url).hostname or "").removeprefix("www.")
         parts = host.split(".")

@@ -1,0 +1,73 @@
+"""gpt-data run RECIPE.yaml: steps chained through their output directories, checked up front."""
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from data_pipeline.recipe import STEPS
+
+
+def write_recipe(path, recipe: dict):
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def test_recipe_chains_steps_like_running_them_by_hand(cli, h, tmp_path, warc_sample, ccnet_sample):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "crawl.warc.gz").write_bytes(warc_sample.read_bytes())
+    (inputs / "ccnet.jsonl.gz").write_bytes(ccnet_sample.read_bytes())
+    model = tmp_path / "quality.npz"
+    assert cli("classifier", "train", "--positive", ccnet_sample, "--negative", warc_sample, "--output", model,
+               "--holdout", "0.3")[0] == 0
+    filters = {"language": {"languages": ["en"]}, "gopher_quality": {"min_words": 20}, "c4": {"min_sentences": 2}}
+    recipe = write_recipe(tmp_path / "recipe.yaml", {
+        "input": str(inputs), "output": str(tmp_path / "run"),
+        "steps": [{"extract": {}}, {"filter": filters}, {"classifier_score": {"model": str(model), "keep": "all"}}],
+    })
+    code, _, err = cli("run", recipe)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["01-extract", "02-filter", "03-classifier_score"]
+
+    # the same stages by hand
+    filter_config = tmp_path / "filters.yaml"
+    filter_config.write_text(yaml.safe_dump(filters, sort_keys=False))  # order matters
+    assert cli("extract", "--input", inputs, "--output", tmp_path / "e")[0] == 0
+    assert cli("filter", "--input", tmp_path / "e", "--output", tmp_path / "f", "--config", filter_config)[0] == 0
+    assert cli("classifier", "score", "--input", tmp_path / "f", "--output", tmp_path / "s", "--model", model,
+               "--keep", "all")[0] == 0
+    for step, manual in (("01-extract", "e"), ("02-filter", "f"), ("03-classifier_score", "s")):
+        assert h.read_rows(tmp_path / "run" / step) == h.read_rows(tmp_path / manual), step
+        assert h.read_rows(tmp_path / "run" / step / "removed") == h.read_rows(tmp_path / manual / "removed") \
+            if (tmp_path / manual / "removed").exists() else True
+    final = h.read_rows(tmp_path / "run" / "03-classifier_score")
+    assert final and all(r["language"] == "en" and 0 <= r["quality"] <= 1 for r in final)
+
+    code, _, err = cli("run", recipe)  # a second run finds everything done
+    assert code == 0 and err.count("0 this run") == 3
+
+
+def test_recipe_errors_are_caught_before_any_step_runs(cli, tmp_path, warc_sample):
+    base = {"input": str(warc_sample), "output": str(tmp_path / "run")}
+    cases = [
+        ({**base, "stepz": []}, "recipe: unknown key 'stepz'"),
+        ({"input": str(warc_sample), "steps": [{"extract": {}}]}, "recipe: missing key 'output'"),
+        ({**base, "steps": [{"extract": {}}, {"dedupe": {}}]}, "recipe: step 2: unknown step 'dedupe'; known: "),
+        ({**base, "steps": [{"extract": {}}, {"filter": {"c4": {"min_sentence": 2}}}]},
+         "filter.c4: unknown option 'min_sentence'"),
+        ({**base, "steps": [{"extract": {"max_record_bytes": "big"}}]},
+         "extract.max_record_bytes: expected int, got 'big'"),
+        ({**base, "steps": [{"extract": {}}, {"classifier_score": {"model": str(tmp_path / "none.npz")}}]},
+         "classifier_score: model not found"),
+    ]
+    for i, (recipe, message) in enumerate(cases):
+        code, _, err = cli("run", write_recipe(tmp_path / f"r{i}.yaml", recipe))
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (message, err)
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "broken.yaml").write_text("steps: [extract: {\n")
+    code, _, err = cli("run", tmp_path / "broken.yaml")
+    assert code == 2 and "is not valid YAML" in err
+    code, _, err = cli("run", tmp_path / "missing.yaml")
+    assert code == 2 and "recipe not found" in err
+    assert set(STEPS) >= {"extract", "filter", "classifier_score"}
