@@ -27,11 +27,10 @@ _NGRAM_MULT = np.uint64(0xD6E8FEB86659FD93)
 @functools.cache
 def _tables(fold_digits: bool) -> tuple[np.ndarray, np.ndarray]:
     """(is_word[cp], folded[cp]) for every Unicode code point, built once per process."""
-    chars = [chr(cp) for cp in range(_MAX_CODE_POINT)]
-    is_word = np.fromiter((c.isalnum() for c in chars), dtype=bool, count=_MAX_CODE_POINT)
+    is_word = np.fromiter((chr(cp).isalnum() for cp in range(_MAX_CODE_POINT)), dtype=bool, count=_MAX_CODE_POINT)
     folded = np.arange(_MAX_CODE_POINT, dtype=np.uint32)
     for cp in np.flatnonzero(is_word).tolist():
-        c = chars[cp]
+        c = chr(cp)
         low = c.lower()
         if len(low) == 1:
             folded[cp] = ord(low)

@@ -160,12 +160,12 @@ def build(n_docs: int, seed: int = 0, dup_fraction: float = 0.3, max_copies: int
         members.append(ids)
     quality = rng.random(len(docs)).round(4).tolist()
     corpus = Corpus(docs, srcs, quality, np.array(fam))
-    refs = [shingles(t) for t in docs]
     for ids in members:
-        for a, b in combinations(ids, 2):
-            inter = len(refs[a] & refs[b])
-            union = len(refs[a] | refs[b])
-            corpus.truth[(a, b)] = inter / union if union else 1.0
+        if len(ids) > 1:
+            refs = {i: shingles(docs[i]) for i in ids}
+            for a, b in combinations(ids, 2):
+                union = len(refs[a] | refs[b])
+                corpus.truth[(a, b)] = len(refs[a] & refs[b]) / union if union else 1.0
     return corpus
 
 
