@@ -1,0 +1,234 @@
+"""Benchmark `gpt-data tokenize` against the tokenizer library's own batch encode, and time the
+index build of a 1B-token blended dataset.
+
+Part 1 (throughput): real text (the bundled CCNet, Wikipedia and Lee news samples,
+repeated to --text-mb) in 4 parquet shards. The ceiling is the library alone, in a fresh
+process, on the same texts already loaded into memory (tiktoken's `encode_ordinary_batch`, sentencepiece's
+`encode`), 1 and 2 threads. `gpt-data tokenize` runs as a CLI process with 1 and 2
+workers and includes process start, parquet reading, .bin/.idx writing and the merge.
+
+Part 2 (index build at 1B tokens): two synthetic uint16 sources (0.7B + 0.3B tokens,
+document lengths drawn from a log-normal with mean ~1000 tokens) are written with our
+writer as 8 parts and merged; then megatron-core builds the 0.7/0.3 blended GPTDataset
+(sequence length 2048, one pass over the budget), cold and from its cache. The files
+are deleted afterwards.
+
+    python bench/bench_tokenize.py [--text-mb 100] [--index-tokens 1e9] [--skip-index]
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "data"
+sys.path.insert(0, str(ROOT))
+
+from data_pipeline import indexed  # noqa: E402
+from data_pipeline.tokenizer_train import train_tokenizer  # noqa: E402
+from data_pipeline.tokenizers import load_tokenizer  # noqa: E402
+
+
+def real_texts() -> list[str]:
+    texts = []
+    for name in ("ccnet-head-0091.jsonl.gz", "wiki-en-sample.jsonl.gz"):
+        with gzip.open(DATA / name, "rt", encoding="utf-8") as f:
+            texts += [json.loads(line)["text"] for line in f]
+    texts += [line.strip() for line in (DATA / "lee_background.cor").read_text().splitlines() if line.strip()]
+    return texts
+
+
+def build_corpus(root: Path, megabytes: float, shards: int = 4) -> list[str]:
+    base = real_texts()
+    texts, size = [], 0
+    while size < megabytes * 1e6:
+        for t in base:
+            texts.append(t)
+            size += len(t.encode())
+    for i in range(shards):
+        part = texts[i::shards]
+        pq.write_table(pa.table({"id": [str(j) for j in range(len(part))], "text": part}),
+                       root / f"part-{i}.parquet")
+    return texts
+
+
+def ceiling_child(spec: str, corpus: Path, threads: int) -> None:
+    """In a fresh process: load every text, then time the library's batch encode alone."""
+    texts = [t for p in sorted(corpus.glob("*.parquet")) for t in pq.read_table(p, columns=["text"])["text"].to_pylist()]
+    tok = load_tokenizer(spec)
+    start = time.perf_counter()
+    ids = tok.encode_batch(texts, num_threads=threads)
+    seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "tokens": sum(map(len, ids)) + len(ids),  # + one EOD per document
+                      "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def ceiling(spec: str, corpus: Path, threads: int, repeats: int) -> dict:
+    runs = [json.loads(subprocess.run([sys.executable, __file__, "--ceiling-child", spec, str(corpus), str(threads)],
+                                      check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+            for _ in range(repeats)]
+    return min(runs, key=lambda r: r["seconds"])
+
+
+def run_cli(spec: str, corpus: Path, out: Path, workers: int, repeats: int) -> tuple[float, dict]:
+    """Best wall time of `repeats` runs of the real CLI (a fresh process each time) and its stats."""
+    best = None
+    for _ in range(repeats):
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        cmd = [sys.executable, "-m", "data_pipeline.cli", "tokenize", "--input", str(corpus), "--output",
+               str(out / "t"), "--tokenizer", spec, "--workers", str(workers)]
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL, cwd=ROOT)
+        seconds = time.perf_counter() - start
+        if best is None or seconds < best[0]:
+            best = (seconds, json.loads((out / "t.stats.json").read_text()))
+    return best
+
+
+def bench_throughput(args: argparse.Namespace, work: Path) -> None:
+    corpus = work / "corpus"
+    corpus.mkdir()
+    texts = build_corpus(corpus, args.text_mb)
+    mb = sum(len(t.encode()) for t in texts) / 1e6
+    specs = ["gpt2"]
+    if not args.skip_sentencepiece:
+        sp = train_tokenizer(corpus, work / "sp32k", vocab_size=32000, sample_docs=5000, threads=2)
+        specs.append(f"sentencepiece:{sp.path}")
+    print(f"\n## tokenize throughput: {len(texts):,} real documents, {mb:.1f} MB of text, 4 parquet shards, "
+          f"{os.cpu_count()} cores, best of {args.repeats}\n")
+    print("| tokenizer | run | wall s | tokens/s | tokens/s per core | per core vs 1-thread ceiling "
+          "| busy tokens/s per worker | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for spec in specs:
+        name = spec.split(":")[0]
+        base = None
+        for threads in (1, 2):
+            run = ceiling(spec, corpus, threads, args.repeats)
+            rate = run["tokens"] / run["seconds"]
+            base = base or rate
+            print(f"| {name} | library batch encode, {threads} thread(s), texts preloaded | {run['seconds']:.2f} | "
+                  f"{rate:,.0f} | {rate / threads:,.0f} | {rate / threads / base:.0%} | - | {run['max_rss_mb']:.0f} |")
+        outputs = []
+        for workers in (1, 2):
+            seconds, stats = run_cli(spec, corpus, work / f"out-{name}-{workers}", workers, args.repeats)
+            tokens = stats["summary"]["tokens"]
+            per_core = tokens / seconds / workers
+            busy = tokens / stats["stats"]["seconds"]  # tokens per second of shard work, summed over workers
+            print(f"| {name} | gpt-data tokenize --workers {workers} (CLI process, end to end) | {seconds:.2f} | "
+                  f"{tokens / seconds:,.0f} | {per_core:,.0f} | {per_core / base:.0%} | {busy:,.0f} | "
+                  f"{stats['stats']['max_rss_mb']:.0f} per worker |")
+            outputs.append((work / f"out-{name}-{workers}" / "t.bin").read_bytes())
+        assert outputs[0] == outputs[1], "output differs between 1 and 2 workers"
+
+
+def synth_source(prefix: Path, tokens: int, parts: int, rng: np.random.Generator) -> tuple[float, float]:
+    """Write `tokens` synthetic tokens as `parts` shards and merge them; return (write s, merge s)."""
+    start = time.perf_counter()
+    part_prefixes = []
+    per_part = tokens // parts
+    for p in range(parts):
+        lengths = np.maximum(1, rng.lognormal(mean=6.4, sigma=1.0, size=per_part // 500).astype(np.int64))
+        lengths = lengths[np.cumsum(lengths) <= per_part]
+        lengths = np.append(lengths, per_part - lengths.sum()) if lengths.sum() < per_part else lengths
+        part = prefix.parent / f"{prefix.name}.part{p}"
+        with indexed.TokenShardWriter(part, np.uint16) as writer:
+            for first in range(0, len(lengths), 100_000):
+                chunk = lengths[first:first + 100_000]
+                writer.add_array(rng.integers(0, 50256, size=int(chunk.sum()), dtype=np.uint16), chunk)
+        part_prefixes.append(part)
+    written = time.perf_counter() - start
+    start = time.perf_counter()
+    indexed.merge(part_prefixes, prefix)
+    merged = time.perf_counter() - start
+    for part in part_prefixes:
+        indexed.bin_path(part).unlink()
+        indexed.idx_path(part).unlink()
+    return written, merged
+
+
+def bench_index(args: argparse.Namespace, work: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import torch.distributed as dist
+        from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+        from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+    total = int(args.index_tokens)
+    rng = np.random.default_rng(0)
+    print(f"\n## 1B-token blended dataset: index build ({total:,} tokens, 2 sources 0.7/0.3, seq 2048)\n")
+    print("| step | seconds |")
+    print("|---|---|")
+    prefixes = []
+    for name, share in (("a", 0.7), ("b", 0.3)):
+        prefix = work / f"synth_{name}"
+        written, merged = synth_source(prefix, int(total * share), 8, rng)
+        index = indexed.read_index(prefix)
+        print(f"| source {name}: synthesise {index.tokens:,} random tokens / {index.documents:,} docs, "
+              f"write as 8 parts (RNG-bound) | {written:.1f} |")
+        print(f"| source {name}: merge 8 parts into one prefix (ours) | {merged:.1f} |")
+        prefixes.append(str(prefix))
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29533")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+
+    class Tok:
+        eod, vocab_size = 50256, 50257
+        unique_identifiers = {"eod": 50256, "vocab_size": 50257}
+
+    samples = total // 2048
+    for label in ("megatron-core BlendedMegatronDatasetBuilder, cold (builds + caches indices)",
+                  "megatron-core BlendedMegatronDatasetBuilder, from cache"):
+        config = GPTDatasetConfig(random_seed=1234, sequence_length=2048, blend=(prefixes, [0.7, 0.3]),
+                                  split="100,0,0", path_to_cache=str(work / "cache"), tokenizer=Tok(),
+                                  reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False,
+                                  create_attention_mask=False)
+        start = time.perf_counter()
+        train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [samples, 0, 0], lambda: True, config).build()
+        seconds = time.perf_counter() - start
+        assert len(train[len(train) - 1]["tokens"]) == 2048  # the last sample is readable
+        print(f"| {label}: {len(train):,} samples, {len(list((work / 'cache').iterdir()))} cache files | "
+              f"{seconds:.2f} |")
+    dist.destroy_process_group()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--text-mb", type=float, default=100.0, help="text size for the throughput runs")
+    parser.add_argument("--index-tokens", type=float, default=1e9, help="tokens in the blended dataset")
+    parser.add_argument("--skip-index", action="store_true")
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--skip-sentencepiece", action="store_true")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per measurement; the best is kept")
+    parser.add_argument("--ceiling-child", nargs=3, metavar=("SPEC", "CORPUS", "THREADS"), help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help="scratch directory (default: a temp dir, deleted afterwards)")
+    args = parser.parse_args()
+    if args.ceiling_child:
+        spec, corpus, threads = args.ceiling_child
+        return ceiling_child(spec, Path(corpus), int(threads))
+    work = Path(tempfile.mkdtemp(prefix="bench_tokenize_", dir=args.workdir))
+    try:
+        if not args.skip_throughput:
+            bench_throughput(args, work)
+        if not args.skip_index:
+            bench_index(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
