@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# GPT-3 125M (configs/gpt3/125m.yaml) on 1 node(s) x 8 GPUs: TP 1 x PP 1 x DP 8, the
+# `gpt-plan --config configs/gpt3/125m.yaml --nodes 1` choice for A100-80GB (estimate). Submit from the
+# repository root; every variable below (and sbatch options on the command line) can be overridden,
+# see slurm/train_gpt.sh.
+#SBATCH --job-name=gpt3-125m
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=8
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=12
+#SBATCH --exclusive
+#SBATCH --mem=0
+#SBATCH --time=24:00:00
+#SBATCH --signal=B:USR1@900
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=slurm-%x-%j.out
+
+export CONFIG=${CONFIG:-configs/gpt3/125m.yaml}
+export TP=${TP:-1} PP=${PP:-1} ACT_CKPT=${ACT_CKPT:-false} MICRO_BATCH=${MICRO_BATCH:-1}
+export CKPT_INTERVAL=${CKPT_INTERVAL:-2000}
+exec bash "${GPT_REPO:-${SLURM_SUBMIT_DIR:-.}}/slurm/train_gpt.sh"

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Launch training.pretrain on a Slurm allocation: one task per GPU (or per CPU rank), started
+# by srun, which hands each task its rank and the world through SLURM_PROCID/SLURM_NTASKS.
+#
+# The per-size scripts (slurm/gpt3_*.sh) carry the #SBATCH header and the layout, then run this
+# file. Everything is overridable from the environment, so the same script runs on a GPU
+# cluster and on a one-node CPU Slurm with a tiny config:
+#
+#   sbatch slurm/gpt3_175b.sh                                   # 128 nodes x 8 A100, TP8 x PP8 x DP16
+#   CONFIG=configs/tiny/gpt3_tiny.yaml TP=2 PP=2 RUN_DIR=/shared/runs/tiny \
+#     sbatch --nodes=1 --ntasks-per-node=8 --gpus-per-node=0 --cpus-per-task=1 slurm/gpt3_175b.sh
+#
+# Environment (defaults in brackets):
+#   CONFIG       trainer YAML config [set by the wrapper]
+#   TP, PP       tensor / pipeline parallel sizes [1, 1]; DP = ranks / (TP x PP)
+#   ZERO         parallel.zero_stage [config's]      MICRO_BATCH  train.micro_batch_size [config's]
+#   ACT_CKPT     parallel.activation_checkpointing, true|false [config's]
+#   BLEND        data.blend JSON [config's]
+#   RUN_DIR      metrics, config, TensorBoard and logs, on a shared filesystem
+#                [$RUNS_ROOT/$SLURM_JOB_NAME, RUNS_ROOT=<repo>/runs]; stable across requeues
+#   CKPT_DIR     checkpoint.dir [$RUN_DIR/checkpoints]; a requeued or resubmitted job resumes
+#                from its `latest`
+#   CKPT_INTERVAL checkpoint.interval in steps [config's]
+#   EXTRA_ARGS   more trainer overrides, e.g. "train.steps=40 logging.interval=5"
+#   GPT_REPO     repository root [$SLURM_SUBMIT_DIR]; VENV: virtualenv to activate [$GPT_REPO/.venv]
+#   MASTER_PORT  rendezvous port [29500]
+set -euo pipefail
+
+log() { echo "[train_gpt $(date -u +%H:%M:%S)] $*"; }
+die() { echo "[train_gpt] error: $*" >&2; exit 2; }
+
+[[ -n ${SLURM_JOB_ID:-} ]] || die "not inside a Slurm job: submit with sbatch (see the header of this file)"
+GPT_REPO=${GPT_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}
+cd "$GPT_REPO"
+[[ -f training/pretrain.py ]] || die "GPT_REPO=$GPT_REPO is not the repository root (no training/pretrain.py)"
+VENV=${VENV:-$GPT_REPO/.venv}
+# shellcheck disable=SC1091
+[[ -f $VENV/bin/activate ]] && source "$VENV/bin/activate"
+
+: "${CONFIG:?set CONFIG to a trainer config, e.g. configs/gpt3/175b.yaml}"
+[[ -f $CONFIG ]] || die "CONFIG=$CONFIG does not exist"
+TP=${TP:-1}
+PP=${PP:-1}
+RUN_DIR=${RUN_DIR:-${RUNS_ROOT:-$GPT_REPO/runs}/${SLURM_JOB_NAME:-gpt}}
+CKPT_DIR=${CKPT_DIR:-$RUN_DIR/checkpoints}
+mkdir -p "$RUN_DIR" "$CKPT_DIR"
+
+# ---- the allocation must match the requested layout ----------------------------------------
+NODES=${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}
+WORLD=${SLURM_NTASKS:-}
+[[ -n $WORLD ]] || die "the job has no task count: submit with --ntasks-per-node (one task per GPU)"
+(( WORLD % (TP * PP) == 0 )) \
+    || die "allocation has $WORLD tasks ($NODES nodes), not divisible by TP x PP = $TP x $PP"
+TASKS_PER_NODE=$(( WORLD / NODES ))
+GPUS_PER_NODE=0
+if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+    GPUS_PER_NODE=$(nvidia-smi -L | wc -l)
+fi
+if (( GPUS_PER_NODE > 0 )); then
+    (( TASKS_PER_NODE == GPUS_PER_NODE )) \
+        || die "$TASKS_PER_NODE tasks per node but $GPUS_PER_NODE GPUs per node: use --ntasks-per-node=$GPUS_PER_NODE"
+    (( TP <= GPUS_PER_NODE )) || die "TP=$TP spans nodes ($GPUS_PER_NODE GPUs per node): keep TP within a node"
+    GPU_MEMORY_GB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1 | awk '{print $1 / 1024}')
+    BACKEND=nccl
+    export NCCL_ASYNC_ERROR_HANDLING=1 TORCH_NCCL_ASYNC_ERROR_HANDLING=1
+    export NCCL_IB_TIMEOUT=${NCCL_IB_TIMEOUT:-22}
+    export CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-1}
+    [[ -n ${NCCL_SOCKET_IFNAME:-} ]] && export NCCL_SOCKET_IFNAME
+    export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
+else
+    BACKEND=gloo
+    GPU_MEMORY_GB=
+fi
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
+
+# ---- trainer overrides -----------------------------------------------------------------------
+OVERRIDES=("parallel.tp=$TP" "parallel.pp=$PP" "checkpoint.dir=$CKPT_DIR")
+[[ -n ${ZERO:-} ]] && OVERRIDES+=("parallel.zero_stage=$ZERO")
+[[ -n ${MICRO_BATCH:-} ]] && OVERRIDES+=("train.micro_batch_size=$MICRO_BATCH")
+[[ -n ${ACT_CKPT:-} ]] && OVERRIDES+=("parallel.activation_checkpointing=$ACT_CKPT")
+[[ -n ${BLEND:-} ]] && OVERRIDES+=("data.blend=$BLEND")
+[[ -n ${CKPT_INTERVAL:-} ]] && OVERRIDES+=("checkpoint.interval=$CKPT_INTERVAL")
+# shellcheck disable=SC2206
+[[ -n ${EXTRA_ARGS:-} ]] && OVERRIDES+=($EXTRA_ARGS)
+
+# Validate the config for this world (and memory, on GPUs) before any rank starts.
+python -m tools.plan_check --config "$CONFIG" --world-size "$WORLD" \
+    ${GPU_MEMORY_GB:+--gpu-memory-gb "$GPU_MEMORY_GB"} --set "${OVERRIDES[@]}" \
+    || die "the layout does not fit this allocation (see above)"
+
+# ---- rendezvous ------------------------------------------------------------------------------
+MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+export MASTER_ADDR MASTER_PORT=${MASTER_PORT:-29500}
+# Ranks come from SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID in each task; drop launcher leftovers.
+unset RANK WORLD_SIZE LOCAL_RANK
+
+log "job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}): $NODES nodes x $TASKS_PER_NODE tasks," \
+    "TP $TP x PP $PP x DP $(( WORLD / (TP * PP) )), backend $BACKEND, master $MASTER_ADDR:$MASTER_PORT"
+log "config $CONFIG, run dir $RUN_DIR, checkpoints $CKPT_DIR"
+
+# ---- preemption: Slurm sends USR1 (--signal=B:USR1@...) before the time limit -------------
+# Requeue: the tasks are stopped, the job returns to the queue with the same id and resumes
+# from $CKPT_DIR/latest when it restarts (the trainer saves every checkpoint.interval steps).
+requeue() {
+    log "USR1: time limit near, requeueing job $SLURM_JOB_ID"
+    scontrol requeue "$SLURM_JOB_ID"
+}
+trap requeue USR1
+
+srun --kill-on-bad-exit=1 \
+    python -m training.pretrain --config "$CONFIG" --run-dir "$RUN_DIR" --set "${OVERRIDES[@]}" &
+wait $! || status=$?
+status=${status:-0}
+# `wait` returns early when the USR1 trap runs; wait for srun itself.
+while kill -0 $! 2>/dev/null; do wait $! || status=$?; done
+log "training exited with status $status"
+exit "$status"
