@@ -110,7 +110,7 @@ def bench_throughput(args: argparse.Namespace, work: Path) -> None:
         sp = train_tokenizer(corpus, work / "sp32k", vocab_size=32000, sample_docs=5000, threads=2)
         specs.append(f"sentencepiece:{sp.path}")
     print(f"\n## tokenize throughput: {len(texts):,} real documents, {mb:.1f} MB of text, 4 parquet shards, "
-          f"{os.cpu_count()} cores, best of {args.repeats}\n")
+          f"{os.cpu_count()} cores, best of {args.repeats}, load average at start {os.getloadavg()[0]:.1f}\n")
     print("| tokenizer | run | wall s | tokens/s | tokens/s per core | per core vs 1-thread ceiling "
           "| busy tokens/s per worker | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|")

@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,39 @@ def tokenize(input_path: str | Path, prefix: str | Path, tokenizer: str | dict |
     if stats.get("shards_done") != len(tasks):
         return None  # another rank finishes the remaining shards and merges
     return _merge(prefix, parts, tasks, tok, stats, keep_parts)
+
+
+@dataclass(frozen=True)
+class TokenizeOptions:
+    """A recipe's ``tokenize`` step: writes ``<output>/<prefix>.bin/.idx``."""
+
+    tokenizer: str = "gpt2"
+    prefix: str = "text_document"
+    text_column: str = "text"
+    quality_column: str = "quality"
+    batch_size: int = DEFAULT_BATCH
+    keep_parts: bool = False
+
+
+def check_step(config: dict) -> None:
+    """Recipe hook: reject unknown keys and bad values before any step runs."""
+    from data_pipeline.recipe import options_from_config
+
+    options = options_from_config(TokenizeOptions, config, "tokenize")
+    load_tokenizer(options.tokenizer)
+
+
+def run_step(input_path: Path, output: Path, config: dict, *, workers: int, executor: str) -> Stats:
+    """Recipe hook (``data_pipeline.recipe.STEPS``): tokenize into ``output/<prefix>``."""
+    from data_pipeline.recipe import options_from_config
+
+    options = options_from_config(TokenizeOptions, config, "tokenize")
+    Path(output).mkdir(parents=True, exist_ok=True)
+    tokenize(input_path, Path(output) / options.prefix, options.tokenizer, workers=workers, executor=executor,
+             text_column=options.text_column, quality_column=options.quality_column,
+             batch_size=options.batch_size, keep_parts=options.keep_parts)
+    stats_file = Path(output) / f"{options.prefix}.stats.json"
+    return Stats(json.loads(stats_file.read_text())["stats"] if stats_file.exists() else {})
 
 
 def tokenize_shard(task: ShardTask, stats: Stats, *, tokenizer: dict, text_column: str,

@@ -206,3 +206,17 @@ def test_cli_tokenize(tmp_path, capsys):
     assert "5 tokens (uint16), 2 documents" in capsys.readouterr().err
     assert main(["tokenize", "--input", str(tmp_path / "docs.parquet"), "--output", str(tmp_path),
                  "--tokenizer", "gpt2"]) == 2
+
+
+def test_recipe_step_hooks(tmp_path):
+    from data_pipeline.tokenize import check_step, run_step
+
+    with pytest.raises(UserError, match="unknown option 'tokenizr'"):
+        check_step({"tokenizr": "gpt2"})
+    with pytest.raises(UserError, match="unknown tokenizer"):
+        check_step({"tokenizer": "bpe"})
+    stats = run_step(DATA / "ccnet-head-0091.jsonl.gz", tmp_path / "05-tokenize", {"prefix": "cc_gpt2_text_document"},
+                     workers=1, executor="local")
+    assert stats.get("tokens_out") == 21814
+    assert (tmp_path / "05-tokenize" / "cc_gpt2_text_document.bin").read_bytes() == \
+        (TOKENS / "ccnet_gpt2_text_document.bin").read_bytes()
