@@ -204,6 +204,8 @@ def main() -> None:
     parser.add_argument("--tools", default=",".join(TOOLS))
     parser.add_argument("--shard-docs", type=int, default=10_000, help="documents per input shard")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--datatrove-all-sizes", action="store_true",
+                        help="run datatrove (~10x slower than the others) at every size, not only the largest")
     parser.add_argument("--child", choices=TOOLS, help=argparse.SUPPRESS)
     parser.add_argument("--src", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -214,7 +216,8 @@ def main() -> None:
         return child(args.child, args.src, args.work, args.result, args.shards)
     texts = source_texts()
     rows = []
-    for size in [int(s) for s in args.sizes.split(",")]:
+    sizes = [int(s) for s in args.sizes.split(",")]
+    for size in sizes:
         start = time.perf_counter()
         corpus = dc.build(size, seed=args.seed, texts=texts)
         n_shards = max(1, len(corpus.texts) // args.shard_docs)
@@ -225,6 +228,8 @@ def main() -> None:
               f"{len(corpus.true_pairs()):,} true pairs >= 0.8; built in {time.perf_counter() - start:.0f} s",
               flush=True)
         for tool in args.tools.split(","):
+            if tool == "datatrove" and size != max(sizes) and not args.datatrove_all_sizes:
+                continue
             out, rss, cpu = measure(tool, work / "in", work, n_shards)
             s = score(corpus, out)
             rows.append((len(corpus.texts), tool, len(corpus.texts) / cpu, out["seconds"], rss, s))

@@ -51,7 +51,7 @@ class ShingleStore:
             column = pq.ParquetFile(self.files[shard]).read_row_group(group, columns=["shingles"])["shingles"]
             first = int(self._row_groups(shard)[group])
             for doc in docs:
-                sets[doc] = column[int(row_of(np.int64(doc))) - first].values.to_numpy()
+                sets[doc] = np.frombuffer(column[int(row_of(np.int64(doc))) - first].as_py(), dtype="<u4")
         return sets
 
 

@@ -78,17 +78,14 @@ class Words:
 
 def words(texts: list[str], fold_digits: bool = False) -> Words:
     """Split a batch of texts into normalised words, all at once."""
-    joined = "\n".join(texts)
+    # Texts joined by, and wrapped in, newlines: every word starts and ends inside.
+    joined = "\n" + "\n".join(texts) + "\n"
     cps = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-    text_starts = np.zeros(len(texts), dtype=np.int64)
+    text_starts = np.ones(len(texts), dtype=np.int64)
     if len(texts) > 1:
-        text_starts[1:] = np.cumsum(np.fromiter((len(t) + 1 for t in texts[:-1]), np.int64))
+        text_starts[1:] += np.cumsum(np.fromiter((len(t) + 1 for t in texts[:-1]), np.int64))
     is_word = _tables(fold_digits)[0][cps]
     change = np.flatnonzero(is_word[1:] != is_word[:-1]) + 1
-    if len(cps) and is_word[0]:
-        change = np.concatenate([[0], change])
-    if len(cps) and is_word[-1]:
-        change = np.concatenate([change, [len(cps)]])
     starts, ends = change[0::2], change[1::2]
     # Prefix sums of c_j * P**(j+1); a word's slice times P**-(start+1) is its
     # polynomial hash, independent of where the word sits in the batch.
