@@ -174,7 +174,10 @@ def read_index(prefix: str | os.PathLike) -> Index:
 
 def read_tokens(prefix: str | os.PathLike) -> np.ndarray:
     """All tokens of a shard as one memory-mapped array."""
-    return np.memmap(bin_path(prefix), dtype=read_index(prefix).dtype, mode="r")
+    dtype = read_index(prefix).dtype
+    if bin_path(prefix).stat().st_size == 0:
+        return np.zeros(0, dtype)  # numpy cannot map an empty file
+    return np.memmap(bin_path(prefix), dtype=dtype, mode="r")
 
 
 def merge(prefixes: Sequence[str | os.PathLike], output: str | os.PathLike) -> Index:
