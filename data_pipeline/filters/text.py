@@ -10,6 +10,7 @@ import re
 import string
 import unicodedata
 from functools import lru_cache
+from itertools import repeat
 
 PUNCTUATION = "".join(
     sorted(set(string.punctuation) | {chr(i) for i in range(0x2000, 0x2070)
@@ -24,8 +25,7 @@ def words(text: str) -> list[str]:
     """Whitespace tokens of `text` with leading/trailing punctuation removed; empty ones dropped.
 
     The returned list is shared between callers: do not modify it."""
-    stripped = (token.strip(PUNCTUATION) for token in text.split())
-    return [w for w in stripped if w]
+    return list(filter(None, map(str.strip, text.split(), repeat(PUNCTUATION))))
 
 
 def paragraphs(text: str) -> list[str]:

@@ -1,0 +1,199 @@
+"""Extract + language ID + Gopher + C4: gpt-data vs datatrove, side by side, one core each.
+
+    python bench/bench_extract_filter.py [--copies 10] [--big-copies 40]
+
+Input: the real Common Crawl WARC sample (22 HTML pages) replicated ``--copies`` times
+into one file (gzip members concatenated, as in a real crawl file). Every variant runs
+in its own fresh process on one core and reports documents, wall and CPU seconds and
+peak RSS; throughput "per core" is documents (or input MB) per CPU second, which stays
+meaningful on a shared machine. Variants:
+
+- ``ceiling``: a bare fastwarc + resiliparse loop (no output): the extraction floor cost.
+- ``ours_extract``: ``gpt-data extract`` (fastwarc + resiliparse, parquet output).
+- ``ours_full``: ``gpt-data filter`` straight on the WARC: extract + LID + Gopher
+  repetition + Gopher quality + C4, kept and removed/ parquet output.
+- ``dt_extract``: datatrove WarcReader + a Resiliparse extractor (datatrove 0.10 has none;
+  a 10-line step with the same resiliparse options as ours) + ParquetWriter.
+- ``dt_full``: the same plus datatrove's LanguageFilter (pointed at the same offline
+  lid.176.ftz), GopherRepetitionFilter, GopherQualityFilter, C4QualityFilter.
+- ``ours_full_big``: ``ours_full`` on ``--big-copies`` replicas: peak RSS must stay flat.
+
+datatrove is not a project dependency: ``pip install 'datatrove[processing,io]' spacy
+python-magic`` into the venv to run its variants (they are skipped otherwise).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "tests" / "data" / "cc-sample-0000.warc.gz"
+VARIANTS = ("ceiling", "ours_extract", "ours_full", "dt_extract", "dt_full", "ours_full_big")
+
+
+def run_ceiling(warc: Path, out: Path) -> tuple[int, int]:
+    from fastwarc.warc import ArchiveIterator, WarcRecordType
+    from resiliparse.extract.html2text import extract_plain_text
+    from resiliparse.parse.encoding import bytes_to_str, detect_encoding
+    from resiliparse.parse.html import HTMLTree
+
+    docs = 0
+    for record in ArchiveIterator(open(warc, "rb"), record_types=WarcRecordType.response):
+        if record.http_content_type != "text/html":
+            continue
+        body = record.reader.read()
+        extract_plain_text(HTMLTree.parse(bytes_to_str(body, detect_encoding(body))), main_content=True,
+                           preserve_formatting=True)
+        docs += 1
+    return docs, docs
+
+
+def run_ours(warc: Path, out: Path, full: bool) -> tuple[int, int]:
+    if full:
+        from data_pipeline.filters.stage import run
+    else:
+        from data_pipeline.extract.stage import run
+    stats = run(warc, out, workers=1, executor="local")
+    return stats.get("documents_in"), stats.get("documents_out")
+
+
+def run_datatrove(warc: Path, out: Path, full: bool) -> tuple[int, int]:
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.extractors.base import BaseExtractor
+    from datatrove.pipeline.filters import (C4QualityFilter, GopherQualityFilter, GopherRepetitionFilter,
+                                            LanguageFilter)
+    from datatrove.pipeline.readers import WarcReader
+    from datatrove.pipeline.writers import ParquetWriter
+    from datatrove.utils import lid as datatrove_lid
+
+    from data_pipeline.filters.language import bundled_model_path
+
+    class ResiliparseExtractor(BaseExtractor):
+        """datatrove 0.10 ships no Resiliparse step: the same options as gpt-data extract."""
+
+        name = "resiliparse"
+
+        def __init__(self, timeout: float = 1):
+            super().__init__(timeout)
+
+        def extract(self, text: str) -> str:
+            from resiliparse.extract.html2text import extract_plain_text
+            from resiliparse.parse.html import HTMLTree
+
+            return extract_plain_text(HTMLTree.parse(text), main_content=True, preserve_formatting=True,
+                                      list_bullets=True, alt_texts=False, links=False, form_fields=False)
+
+    steps = [WarcReader(str(warc.parent), glob_pattern=warc.name), ResiliparseExtractor()]
+    if full:
+        # offline: hand datatrove the bundled lid.176.ftz instead of downloading lid.176.bin
+        datatrove_lid.cached_asset_path_or_download = lambda *args, **kwargs: str(bundled_model_path())
+        steps += [LanguageFilter(languages=["en"]), GopherRepetitionFilter(), GopherQualityFilter(), C4QualityFilter()]
+    steps.append(ParquetWriter(str(out / "kept")))
+    executor = LocalPipelineExecutor(pipeline=steps, tasks=1, workers=1, logging_dir=str(out / "logs"))
+    stats = {s.name: {k: getattr(v, "total", v) for k, v in s.stats.items()} for s in executor.run().stats}
+    read = next(v for k, v in stats.items() if "READER" in k)
+    written = next(v for k, v in stats.items() if "WRITER" in k)
+    return int(read.get("documents", 0)), int(written.get("total", 0))
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM; ru_maxrss would include the parent's peak before exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def preload(variant: str) -> None:
+    """Import the variant's libraries before the clock starts (model loading stays timed)."""
+    import fastwarc.warc  # noqa: F401
+    import resiliparse.extract.html2text  # noqa: F401
+
+    if variant.startswith("ours"):
+        import data_pipeline.extract.stage  # noqa: F401
+        import data_pipeline.filters.stage  # noqa: F401
+    elif variant.startswith("dt"):
+        import datatrove.executor  # noqa: F401
+        import datatrove.pipeline.filters  # noqa: F401
+        import datatrove.pipeline.readers  # noqa: F401
+        import datatrove.pipeline.writers  # noqa: F401
+
+
+def child(variant: str, warc: Path, out: Path) -> dict:
+    """Run one variant in this process and report its numbers as a dict."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core
+    preload(variant)
+    start_wall, start_cpu = time.perf_counter(), time.process_time()
+    if variant == "ceiling":
+        docs, kept = run_ceiling(warc, out)
+    elif variant.startswith("ours"):
+        docs, kept = run_ours(warc, out, full=variant != "ours_extract")
+    else:
+        docs, kept = run_datatrove(warc, out, full=variant == "dt_full")
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"variant": variant, "documents": docs, "kept": kept, "wall_s": time.perf_counter() - start_wall,
+            "cpu_s": time.process_time() - start_cpu + children.ru_utime + children.ru_stime,
+            "peak_rss_mb": peak_rss_mb(),
+            "input_mb": warc.stat().st_size / 1e6}
+
+
+def replicate(copies: int, directory: Path) -> Path:
+    path = directory / f"cc-sample-x{copies}.warc.gz"
+    path.write_bytes(SAMPLE.read_bytes() * copies)  # gzip members concatenate into a valid file
+    return path
+
+
+def have_datatrove() -> bool:
+    return all(importlib.util.find_spec(name) for name in ("datatrove", "magic", "spacy"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--copies", type=int, default=10, help="replicas of the 22-page sample (default 10)")
+    parser.add_argument("--big-copies", type=int, default=40, help="replicas for the RSS check (default 40)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--warc", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, Path(args.warc), Path(args.out))))
+        return
+    variants = [v for v in args.variants if have_datatrove() or not v.startswith("dt_")]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        inputs = {"small": replicate(args.copies, tmp), "big": replicate(args.big_copies, tmp)}
+        results = {}
+        for variant in variants:
+            warc = inputs["big" if variant.endswith("_big") else "small"]
+            proc = subprocess.run([sys.executable, __file__, "--child", variant, "--warc", str(warc),
+                                   "--out", str(tmp / variant)], capture_output=True, text=True, cwd=REPO)
+            if proc.returncode != 0:
+                sys.exit(f"{variant} failed:\n{proc.stderr[-3000:]}")
+            results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+    print_table(results)
+
+
+def print_table(results: dict[str, dict]) -> None:
+    reference = results.get("dt_full")
+    header = (f"{'variant':<14} {'docs':>6} {'kept':>6} {'wall s':>7} {'CPU s':>7} {'docs/s/core':>12} "
+              f"{'MB/s/core':>10} {'peak RSS MB':>12} {'vs dt_full':>10}")
+    print(header)
+    print("-" * len(header))
+    for r in results.values():
+        rate = r["documents"] / r["cpu_s"]
+        ratio = f"{rate / (reference['documents'] / reference['cpu_s']):.1f}x" if reference else "-"
+        print(f"{r['variant']:<14} {r['documents']:>6} {r['kept']:>6} {r['wall_s']:>7.2f} {r['cpu_s']:>7.2f} "
+              f"{rate:>12.1f} {r['input_mb'] / r['cpu_s']:>10.2f} {r['peak_rss_mb']:>12.0f} {ratio:>10}")
+
+
+if __name__ == "__main__":
+    main()
