@@ -98,7 +98,7 @@ class DataConfig:
 class LoggingConfig:
     interval: int = 1  # steps between metrics.jsonl lines
     eval_interval: int = 0  # steps between validation runs; 0: only at the end
-    eval_iters: int = 4  # validation micro-batches per data-parallel rank
+    eval_iters: int = 4  # validation batches of train.global_batch_size sequences
     tensorboard: bool = True
     peak_tflops: float = 0.0  # per device, for MFU; 0: guess from the device (A100/H100 bf16, CPU)
 

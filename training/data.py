@@ -8,24 +8,15 @@ data-parallel rank r takes the r-th contiguous slice of them.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
+from data_pipeline.blend import Blend, load_blend
+from data_pipeline.errors import UserError
 from training.config import Config, ConfigError
-
-
-@dataclass(frozen=True)
-class Blend:
-    prefixes: list[str]
-    weights: list[float]
-    names: list[str]
-    vocab_size: int
-    eod_id: int
 
 
 @dataclass(frozen=True)
@@ -40,23 +31,10 @@ class TokenizerInfo:
 
 
 def read_blend(path: str) -> Blend:
-    blend_path = Path(path)
-    if not blend_path.is_file():
-        raise ConfigError(f"data.blend: blend file {path!r} does not exist (write one with `gpt-data mixture`)")
     try:
-        raw = json.loads(blend_path.read_text())
-        sources, tokenizer = raw["sources"], raw["tokenizer"]
-        prefixes = [str((blend_path.parent / s["prefix"]).resolve()) for s in sources]
-        weights = [float(s["weight"]) for s in sources]
-        names = [s.get("name", Path(s["prefix"]).name) for s in sources]
-        vocab_size, eod_id = int(tokenizer["vocab_size"]), int(tokenizer["eod_id"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f"data.blend: {path} is not a valid blend file ({type(err).__name__}: {err})") from None
-    for prefix in prefixes:
-        for suffix in (".bin", ".idx"):
-            if not Path(prefix + suffix).is_file():
-                raise ConfigError(f"data.blend: {path} names {prefix + suffix}, which does not exist")
-    return Blend(prefixes, weights, names, vocab_size, eod_id)
+        return load_blend(path)
+    except UserError as err:
+        raise ConfigError(f"data.blend: {err}") from None
 
 
 def build_datasets(cfg: Config, blend: Blend, train_samples: int, valid_samples: int, cache_dir: str):
@@ -64,10 +42,10 @@ def build_datasets(cfg: Config, blend: Blend, train_samples: int, valid_samples:
     config = GPTDatasetConfig(
         random_seed=cfg.train.seed,
         sequence_length=cfg.model.seq_length,
-        blend=(blend.prefixes, blend.weights),
+        blend=blend.megatron_blend(),
         split=cfg.data.split,
         path_to_cache=cache_dir,
-        tokenizer=TokenizerInfo(eod=blend.eod_id, vocab_size=blend.vocab_size),
+        tokenizer=TokenizerInfo(eod=blend.tokenizer["eod_id"], vocab_size=blend.tokenizer["vocab_size"]),
         reset_position_ids=False,
         reset_attention_mask=False,
         eod_mask_loss=False,

@@ -44,11 +44,12 @@ def prepare(args: argparse.Namespace) -> tuple[Config, Blend, int]:
     if not cfg.data.blend:
         raise ConfigError("data.blend is not set: name a blend JSON (e.g. tests/data/tokens/blend.json)")
     blend = read_blend(cfg.data.blend)
+    vocab = blend.tokenizer["vocab_size"]
     if cfg.model.vocab_size == 0:
-        cfg.model.vocab_size = blend.vocab_size
-    elif cfg.model.vocab_size < blend.vocab_size:
+        cfg.model.vocab_size = vocab
+    elif cfg.model.vocab_size < vocab:
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the blend's tokenizer "
-                          f"({blend.vocab_size} tokens)")
+                          f"({vocab} tokens)")
     return cfg, blend, dp
 
 
@@ -77,9 +78,9 @@ def write_run_record(run_dir: Path, cfg: Config, layout: Layout) -> None:
 
 
 def evaluate(engine: ParallelEngine, valid, cfg: Config, layout: Layout) -> float:
-    per_rank = cfg.logging.eval_iters * cfg.train.micro_batch_size
-    return engine.eval_loss(micro_batches(valid, 0, per_rank * layout.dp, layout.dp, layout.dp_rank,
-                                          cfg.train.micro_batch_size))
+    """Loss on the same first validation samples every time (independent of the layout)."""
+    samples = cfg.logging.eval_iters * cfg.train.global_batch_size
+    return engine.eval_loss(micro_batches(valid, 0, samples, layout.dp, layout.dp_rank, cfg.train.micro_batch_size))
 
 
 def train(cfg: Config, blend: Blend, run_dir: Path) -> None:
@@ -91,7 +92,7 @@ def train(cfg: Config, blend: Blend, run_dir: Path) -> None:
         write_run_record(run_dir, cfg, layout)
         print(f"[pretrain] {layout.describe()}, {cfg.model.num_parameters(layout.tp) / 1e6:.2f}M parameters, "
               f"{cfg.train.steps} steps", flush=True)
-    eval_samples = cfg.logging.eval_iters * cfg.train.micro_batch_size * layout.dp
+    eval_samples = cfg.logging.eval_iters * cfg.train.global_batch_size
     train_data, valid_data = build_datasets(cfg, blend, samples_for(cfg), eval_samples,
                                             cfg.data.cache_dir or str(run_dir / "data_cache"))
     seq = cfg.model.seq_length

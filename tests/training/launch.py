@@ -1,0 +1,45 @@
+"""Run `training.pretrain` in fresh processes (1 with python, N with torchrun) and read its metrics."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "configs" / "tiny" / "gpt3_tiny.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_pretrain(run_dir: Path, nproc: int = 1, overrides: list[str] = (), config: Path = TINY,
+                 timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+    if nproc == 1:
+        command = [sys.executable, "-m", "training.pretrain"]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+                   "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "training.pretrain"]
+    command += ["--config", str(config), "--run-dir", str(run_dir), "--set", "logging.tensorboard=false", *overrides]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env.pop("RANK", None), env.pop("WORLD_SIZE", None)
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"pretrain failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """(training records, validation records) from metrics.jsonl."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if "loss" in r], [r for r in records if "valid_loss" in r]
+
+
+def max_relative_difference(a: list[float], b: list[float]) -> float:
+    assert len(a) == len(b) and a, (a, b)
+    return max(abs(x - y) / abs(x) for x, y in zip(a, b))
