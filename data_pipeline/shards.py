@@ -17,6 +17,7 @@ API (everything a stage needs besides `executor.run_shards`):
   that want columns, not objects (tokenization).
 - `ShardWriter(path, schema)` -> context manager; `write(doc)` / `write_table(table)`;
   rows go to ``<path>.tmp-<pid>`` and are renamed to `path` only on a clean exit.
+  `AtomicOutput` is its context-manager base, for other writers with `close`/`abort`.
 - `is_done(output_dir, name)`, `mark_done(output_dir, name, record)`,
   `load_markers(output_dir)`: per-shard completion markers in ``output_dir/.done/``.
   A marker is written after all of the shard's outputs are renamed into place, so a
@@ -184,7 +185,27 @@ def document_from_json(record: dict, default_id: str) -> Document | None:
 # ---------------------------------------------------------------- writing
 
 
-class ShardWriter:
+class AtomicOutput:
+    """Context-manager protocol for writers that publish on success and clean up on error:
+    subclasses define `close()` (rename into place) and `abort()` (delete the tmp files)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class ShardWriter(AtomicOutput):
     """Writes documents to one parquet file (zstd) atomically: tmp file, then rename.
 
     On an exception inside the `with` block the tmp file is deleted and `path` is left
@@ -232,15 +253,6 @@ class ShardWriter:
     def abort(self) -> None:
         self._writer.close()
         self._tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> ShardWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -118,8 +118,14 @@ class GopherRepetition(Filter):
         for n, keys in ngram_keys(ids, max(top | repeated)):
             if n in top and top_ngram_chars(keys, lengths, n) / size > top[n]:
                 return f"top_{n}gram_char_fraction"
-            if n in repeated and repeated_ngram_chars(keys, lengths, n) / size > repeated[n]:
-                return f"duplicate_{n}gram_char_fraction"
+            if n in repeated:
+                fraction = repeated_ngram_chars(keys, lengths, n) / size
+                if fraction > repeated[n]:
+                    return f"duplicate_{n}gram_char_fraction"
+                # coverage by repeated n-grams can only shrink as n grows: stop once no
+                # larger n's threshold can be reached (and no top-n-gram check is left)
+                if all(fraction <= t for m, t in repeated.items() if m > n) and max(top, default=0) <= n:
+                    return None
         return None
 
 

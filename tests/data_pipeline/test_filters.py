@@ -271,7 +271,7 @@ def test_filter_stage_on_real_documents_records_every_removal(cli, h, tmp_path, 
                itertools.groupby(sorted(r["removed_by"] for r in removed))}
     assert stats["removed"] == by_rule
     assert stats["documents_in"] == 33 and stats["documents_out"] == len(kept)
-    assert set(stats["filter_seconds"]) == {"language", "gopher_repetition", "gopher_quality", "c4"}
+    assert set(stats["filter_cpu_seconds"]) == {"language", "gopher_repetition", "gopher_quality", "c4"}
     # C4 rewrote the kept texts: no kept line lacks terminal punctuation
     assert all(line.endswith((".", "?", "!", '"', "'", "”", "’")) for r in kept for line in r["text"].split("\n"))
 
