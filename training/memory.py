@@ -118,16 +118,17 @@ def block_parameters(config: Config, tp: int) -> int:
 
 
 def _layer_weights(config: Config, tp: int) -> tuple[int, ...]:
-    """Per-layer parameter counts in the order the pipeline is cut: embedding, blocks, head.
+    """Parameter counts of the trainer's pipeline layers, in order (training/parallel.py):
+    token embedding, position embedding, blocks, final LayerNorm (not GPT-1), output layer.
 
-    The head (final LayerNorm and the output projection tied to the word embedding) holds its
-    own copy of the embedding on the last stage, as DeepSpeed's TiedLayerSpec does.
+    The output layer is the token embedding again (tied): DeepSpeed's TiedLayerSpec keeps a
+    copy on the last stage, and counts it when it balances stages by parameters.
     """
     h = config.model.d_model
     word = _vocab(config, tp) * h // tp
-    embedding = word + config.model.seq_length * h
-    head = word + 2 * h
-    return (embedding, *[block_parameters(config, tp)] * config.model.n_layers, head)
+    final_norm = () if config.model.arch == "gpt1" else (2 * h,)
+    return (word, config.model.seq_length * h, *[block_parameters(config, tp)] * config.model.n_layers,
+            *final_norm, word)
 
 
 @functools.lru_cache(maxsize=None)
@@ -143,15 +144,14 @@ def _cut(weights: tuple[int, ...], pp: int, method: str) -> tuple[int, ...]:
 def stage_layers(config: Config, tp: int, pp: int) -> list[tuple[int, int, bool, bool]]:
     """Per stage: (parameters per TP rank, transformer blocks, has embedding, has head)."""
     weights = _layer_weights(config, tp)
-    if pp == 1:  # embedding and head on one stage share the tied word embedding
-        tied = _vocab(config, tp) * config.model.d_model // tp
-        return [(sum(weights) - tied, config.model.n_layers, True, True)]
+    n_blocks = config.model.n_layers
+    if pp == 1:  # embedding and output layer on one stage share the tied word embedding
+        return [(sum(weights) - weights[-1], n_blocks, True, True)]
     bounds = _cut(weights, pp, config.parallel.partition_method)
-    last = len(weights) - 1
     stages = []
     for start, stop in zip(bounds[:-1], bounds[1:]):
-        blocks = sum(1 for i in range(start, stop) if 0 < i < last)
-        stages.append((sum(weights[start:stop]), blocks, start == 0, stop > last))
+        blocks = len(set(range(start, stop)) & set(range(2, 2 + n_blocks)))
+        stages.append((sum(weights[start:stop]), blocks, start == 0, stop == len(weights)))
     return stages
 
 
@@ -195,8 +195,8 @@ def _stage_activations(config: Config, layout: Layout, blocks: int, has_embeddin
     return activations
 
 
-def estimate_memory(config: Config, layout: Layout) -> MemoryEstimate:
-    """Memory of the most loaded pipeline stage of `config` laid out as `layout`."""
+def estimate_stages(config: Config, layout: Layout) -> list[MemoryEstimate]:
+    """Memory of each pipeline stage of `config` laid out as `layout`."""
     e = BYTES[config.precision]
     z, dp, pp = layout.zero_stage, layout.dp, layout.pp
     micro_batches = layout.grad_accumulation(config.train.global_batch_size)
@@ -206,14 +206,14 @@ def estimate_memory(config: Config, layout: Layout) -> MemoryEstimate:
     # ZeRO-3 gathers whole blocks for compute (the current one and one prefetched), and ZeRO-2/3
     # hold a block's full gradients until they are reduce-scattered.
     gathered = block_parameters(config, layout.tp) * e if z >= 2 and dp > 1 else 0
-    worst = None
+    estimates = []
     for stage, (params, blocks, has_embedding, has_head) in enumerate(stage_layers(config, layout.tp, pp)):
         in_flight = min(pp - stage, micro_batches)
         if pp > 1:  # DeepSpeed keeps max(2, in_flight) input/output buffers plus a gradient buffer
             buffers = (2 * max(2, in_flight) + 1) * s * b * h * e
         else:
             buffers = 0
-        estimate = MemoryEstimate(
+        estimates.append(MemoryEstimate(
             stage=stage,
             parameters=params * e // dp + 2 * gathered if z >= 3 else params * e,
             gradients=(params * e // dp + gathered + (ZERO3_BUCKET_ELEMENTS * e if z >= 3 else 0)
@@ -222,10 +222,13 @@ def estimate_memory(config: Config, layout: Layout) -> MemoryEstimate:
             optimizer_step=params * 4 // dp if z >= 1 else 0,
             activations=_stage_activations(config, layout, blocks, has_embedding, has_head, in_flight),
             pipeline_buffers=buffers,
-        )
-        if worst is None or estimate.peak > worst.peak:
-            worst = estimate
-    return worst
+        ))
+    return estimates
+
+
+def estimate_memory(config: Config, layout: Layout) -> MemoryEstimate:
+    """Memory of the pipeline stage with the highest peak."""
+    return max(estimate_stages(config, layout), key=lambda estimate: estimate.peak)
 
 
 def check_fits(config: Config, world_size: int, gpu_memory_gb: float,

@@ -70,7 +70,7 @@ class TokenEmbedding(nn.Module):
         self.embedding = tensor_parallel.VocabParallelEmbedding(
             cfg.padded_vocab_size(tp), cfg.d_model,
             init_method=seeded_normal(seed, "token_embedding", cfg.init_std),
-            config=megatron_config(tp, 1),
+            config=megatron_config(tp, 1), tp_group=parallel_state.get_tensor_model_parallel_group(),
         )
 
     @property
@@ -82,7 +82,8 @@ class TokenEmbedding(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """This rank's slice of the vocabulary logits: [batch, seq, padded_vocab / TP]."""
-        hidden = tensor_parallel.copy_to_tensor_model_parallel_region(hidden)
+        hidden = tensor_parallel.copy_to_tensor_model_parallel_region(
+            hidden, group=parallel_state.get_tensor_model_parallel_group())
         return F.linear(hidden, self.embedding.weight)
 
 
@@ -118,6 +119,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int, seed: int):
         super().__init__()
         tp = parallel_state.get_tensor_model_parallel_world_size()
+        tp_group = parallel_state.get_tensor_model_parallel_group()
         config = megatron_config(tp, 1)
         self.heads_per_rank = cfg.n_heads // tp
         self.head_dim = cfg.head_dim
@@ -127,11 +129,12 @@ class CausalSelfAttention(nn.Module):
         residual_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)  # GPT-2's scaled residual init
         self.qkv = tensor_parallel.ColumnParallelLinear(
             cfg.d_model, 3 * inner, config=config, bias=True, gather_output=False,
-            init_method=seeded_normal(seed, f"layers.{layer}.attention.qkv", cfg.init_std),
+            init_method=seeded_normal(seed, f"layers.{layer}.attention.qkv", cfg.init_std), tp_group=tp_group,
         )
         self.proj = tensor_parallel.RowParallelLinear(
             inner, cfg.d_model, config=config, bias=True, input_is_parallel=True,
             skip_bias_add=False, init_method=seeded_normal(seed, f"layers.{layer}.attention.proj", residual_std),
+            tp_group=tp_group,
         )
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
@@ -158,16 +161,18 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int, seed: int):
         super().__init__()
         tp = parallel_state.get_tensor_model_parallel_world_size()
+        tp_group = parallel_state.get_tensor_model_parallel_group()
         config = megatron_config(tp, 1)
         width = cfg.ffn_multiplier * cfg.d_model
         residual_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
         self.fc = tensor_parallel.ColumnParallelLinear(
             cfg.d_model, width, config=config, bias=True, gather_output=False,
-            init_method=seeded_normal(seed, f"layers.{layer}.mlp.fc", cfg.init_std),
+            init_method=seeded_normal(seed, f"layers.{layer}.mlp.fc", cfg.init_std), tp_group=tp_group,
         )
         self.proj = tensor_parallel.RowParallelLinear(
             width, cfg.d_model, config=config, bias=True, input_is_parallel=True,
             skip_bias_add=False, init_method=seeded_normal(seed, f"layers.{layer}.mlp.proj", residual_std),
+            tp_group=tp_group,
         )
         self.dropout = nn.Dropout(cfg.dropout)
 

@@ -1,0 +1,140 @@
+"""The model itself, in one process: attention, initialisation, tying, GPT-1 vs GPT-2 blocks, dropout RNG."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from training.config import ModelConfig
+from training.distributed import init_distributed, shutdown
+from training.model import GPT, Block, CausalSelfAttention, banded_causal_mask, language_model_loss
+from training.parallel import recompute
+from training.rng import seed_everything, tensor_parallel_rng
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_process_group():
+    init_distributed(tp=1, pp=1)
+    yield
+    shutdown()
+
+
+def tiny(**changes) -> ModelConfig:
+    cfg = ModelConfig(arch="gpt3", n_layers=2, d_model=32, n_heads=4, seq_length=24, vocab_size=300,
+                      dropout=0.0, sparse_every=2, sparse_offset=1, sparse_window=5)
+    for key, value in changes.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def reference_attention(attention: CausalSelfAttention, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Textbook masked softmax attention with the module's weights (per-head [q|k|v] layout)."""
+    b, s, _ = x.shape
+    heads, d = attention.heads_per_rank, attention.head_dim
+    qkv = x @ attention.qkv.weight.T + attention.qkv.bias
+    qkv = qkv.view(b, s, heads, 3, d)
+    q, k, v = (qkv[:, :, :, i].transpose(1, 2) for i in range(3))
+    scores = q @ k.transpose(-1, -2) / math.sqrt(d)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, heads * d)
+    return y @ attention.proj.weight.T + attention.proj.bias
+
+
+def test_sparse_layer_equals_dense_attention_under_the_band_mask():
+    cfg = tiny()
+    x = torch.randn(3, cfg.seq_length, cfg.d_model)
+    sparse = CausalSelfAttention(cfg, layer=1, seed=0).eval()
+    band = banded_causal_mask(cfg.seq_length, cfg.sparse_window)
+    torch.testing.assert_close(sparse(x), reference_attention(sparse, x, band), rtol=1e-5, atol=1e-6)
+    # and it really is sparse: the dense layer (same weights) sees further back and differs
+    dense = CausalSelfAttention(cfg, layer=0, seed=0).eval()
+    dense.load_state_dict(sparse.state_dict())
+    causal = banded_causal_mask(cfg.seq_length, cfg.seq_length)
+    torch.testing.assert_close(dense(x), reference_attention(dense, x, causal), rtol=1e-5, atol=1e-6)
+    assert (dense(x) - sparse(x)).abs().max() > 1e-3
+
+
+def test_band_mask_shape():
+    mask = banded_causal_mask(6, 3)
+    assert mask.tolist()[5] == [False, False, False, True, True, True]
+    assert mask.tolist()[1] == [True, True, False, False, False, False]
+
+
+def test_gpt2_initialisation_and_tied_output():
+    cfg = tiny(n_layers=8, d_model=128, n_heads=4, vocab_size=1000)
+    model = GPT(cfg, seed=7)
+    block = model.blocks[3]
+    assert block.attention.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert block.mlp.proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+    assert block.attention.proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+    assert torch.count_nonzero(block.attention.qkv.bias) == 0
+    # one output matrix only: the token embedding (padded to 1024 rows) doubles as the LM head
+    assert model.token_embedding.weight.shape == (cfg.padded_vocab_size(1), cfg.d_model) == (1024, 128)
+    assert sum(p.numel() for p in model.parameters()) == cfg.num_parameters(tp=1)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 10))
+    hidden = model.position_embedding(model.token_embedding(tokens))
+    for block in model.blocks:
+        hidden = block(hidden)
+    expected = model.final_norm(hidden) @ model.token_embedding.weight.T
+    torch.testing.assert_close(model(tokens), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_same_seed_same_weights_different_seed_different_weights():
+    a, b, c = GPT(tiny(), seed=1), GPT(tiny(), seed=1), GPT(tiny(), seed=2)
+    for (name, pa), pb, pc in zip(a.named_parameters(), b.parameters(), c.parameters()):
+        assert torch.equal(pa, pb), name
+        if pa.std() > 0:
+            assert not torch.equal(pa, pc), name
+
+
+def test_gpt1_is_post_norm_and_gpt2_pre_norm():
+    x = torch.randn(2, 8, 32)
+    for arch in ("gpt1", "gpt2"):
+        block = Block(tiny(arch=arch, sparse_every=0), layer=0, seed=3).eval()
+        a, m = block.attention, block.mlp
+        if arch == "gpt1":
+            h = block.ln_1(x + a(x))
+            expected = block.ln_2(h + m(h))
+        else:
+            h = x + a(block.ln_1(x))
+            expected = h + m(block.ln_2(h))
+        torch.testing.assert_close(block(x), expected, rtol=0, atol=0)
+    assert isinstance(GPT(tiny(arch="gpt1"), 0).final_norm, torch.nn.Identity)
+
+
+def test_loss_is_cross_entropy_over_the_real_vocabulary():
+    logits = torch.randn(2, 5, 300)
+    labels = torch.randint(0, 300, (2, 5))
+    expected = F.cross_entropy(logits.reshape(-1, 300), labels.reshape(-1))
+    torch.testing.assert_close(language_model_loss(logits, labels), expected)
+
+
+def test_tensor_parallel_rng_is_a_separate_stream():
+    seed_everything(5, pp_rank=0, dp_rank=0, tp_rank=0)
+    with tensor_parallel_rng().fork():
+        tp0 = torch.rand(4)
+    after_fork = torch.rand(4)
+    seed_everything(5, pp_rank=0, dp_rank=0, tp_rank=0)
+    assert torch.equal(torch.rand(4), after_fork)  # forking leaves the shared stream untouched
+    seed_everything(5, pp_rank=0, dp_rank=0, tp_rank=1)
+    with tensor_parallel_rng().fork():
+        tp1 = torch.rand(4)
+    assert not torch.equal(tp0, tp1)  # each TP rank drops different attention weights
+
+
+def test_activation_recomputation_replays_dropout_exactly():
+    cfg = tiny(dropout=0.3)
+    tokens = torch.randint(0, cfg.vocab_size, (2, cfg.seq_length))
+    grads = []
+    for recompute_blocks in (False, True):
+        seed_everything(11, 0, 0, 0)
+        model = GPT(cfg, seed=4).train()
+        if recompute_blocks:
+            for block in model.blocks:
+                block.forward = (lambda f: lambda x: recompute(f, x))(block.forward)
+        loss = language_model_loss(model(tokens[:, :-1]), tokens[:, 1:])
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for p in model.parameters()]))
+    assert grads[0][0] == grads[1][0]
+    for g0, g1 in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(g0, g1, rtol=0, atol=0)
