@@ -77,30 +77,29 @@ def ceiling_child(spec: str, corpus: Path, threads: int) -> None:
                       "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def ceiling(spec: str, corpus: Path, threads: int, repeats: int) -> dict:
-    runs = [json.loads(subprocess.run([sys.executable, __file__, "--ceiling-child", spec, str(corpus), str(threads)],
-                                      check=True, capture_output=True, text=True).stdout.splitlines()[-1])
-            for _ in range(repeats)]
-    return min(runs, key=lambda r: r["seconds"])
+def ceiling(spec: str, corpus: Path, threads: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--ceiling-child", spec, str(corpus), str(threads)],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out.splitlines()[-1])
 
 
-def run_cli(spec: str, corpus: Path, out: Path, workers: int, repeats: int) -> tuple[float, dict]:
-    """Best wall time of `repeats` runs of the real CLI (a fresh process each time) and its stats."""
-    best = None
-    for _ in range(repeats):
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
-        cmd = [sys.executable, "-m", "data_pipeline.cli", "tokenize", "--input", str(corpus), "--output",
-               str(out / "t"), "--tokenizer", spec, "--workers", str(workers)]
-        start = time.perf_counter()
-        subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL, cwd=ROOT)
-        seconds = time.perf_counter() - start
-        if best is None or seconds < best[0]:
-            best = (seconds, json.loads((out / "t.stats.json").read_text()))
-    return best
+def run_cli(spec: str, corpus: Path, out: Path, workers: int) -> dict:
+    """One run of the real CLI (a fresh process): wall seconds, tokens, stats."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "data_pipeline.cli", "tokenize", "--input", str(corpus), "--output",
+           str(out / "t"), "--tokenizer", spec, "--workers", str(workers)]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL, cwd=ROOT)
+    seconds = time.perf_counter() - start
+    stats = json.loads((out / "t.stats.json").read_text())
+    return {"seconds": seconds, "tokens": stats["summary"]["tokens"], "busy_seconds": stats["stats"]["seconds"],
+            "max_rss_mb": stats["stats"]["max_rss_mb"], "bin": (out / "t.bin").read_bytes()}
 
 
 def bench_throughput(args: argparse.Namespace, work: Path) -> None:
+    """Ceilings and CLI runs are interleaved, best of `repeats` each, so that load from other
+    processes on a shared machine hits both sides alike."""
     corpus = work / "corpus"
     corpus.mkdir()
     texts = build_corpus(corpus, args.text_mb)
@@ -110,30 +109,30 @@ def bench_throughput(args: argparse.Namespace, work: Path) -> None:
         sp = train_tokenizer(corpus, work / "sp32k", vocab_size=32000, sample_docs=5000, threads=2)
         specs.append(f"sentencepiece:{sp.path}")
     print(f"\n## tokenize throughput: {len(texts):,} real documents, {mb:.1f} MB of text, 4 parquet shards, "
-          f"{os.cpu_count()} cores, best of {args.repeats}, load average at start {os.getloadavg()[0]:.1f}\n")
+          f"{os.cpu_count()} cores, best of {args.repeats} interleaved runs, "
+          f"load average at start {os.getloadavg()[0]:.1f}\n")
     print("| tokenizer | run | wall s | tokens/s | tokens/s per core | per core vs 1-thread ceiling "
           "| busy tokens/s per worker | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|")
     for spec in specs:
         name = spec.split(":")[0]
-        base = None
-        for threads in (1, 2):
-            run = ceiling(spec, corpus, threads, args.repeats)
+        runs: dict[tuple[str, int], list[dict]] = {}
+        for _ in range(args.repeats):
+            for n in (1, 2):
+                runs.setdefault(("ceiling", n), []).append(ceiling(spec, corpus, n))
+                runs.setdefault(("cli", n), []).append(run_cli(spec, corpus, work / f"out-{name}-{n}", n))
+        best = {key: min(values, key=lambda r: r["seconds"]) for key, values in runs.items()}
+        base = best[("ceiling", 1)]["tokens"] / best[("ceiling", 1)]["seconds"]
+        for (kind, n), run in sorted(best.items()):
             rate = run["tokens"] / run["seconds"]
-            base = base or rate
-            print(f"| {name} | library batch encode, {threads} thread(s), texts preloaded | {run['seconds']:.2f} | "
-                  f"{rate:,.0f} | {rate / threads:,.0f} | {rate / threads / base:.0%} | - | {run['max_rss_mb']:.0f} |")
-        outputs = []
-        for workers in (1, 2):
-            seconds, stats = run_cli(spec, corpus, work / f"out-{name}-{workers}", workers, args.repeats)
-            tokens = stats["summary"]["tokens"]
-            per_core = tokens / seconds / workers
-            busy = tokens / stats["stats"]["seconds"]  # tokens per second of shard work, summed over workers
-            print(f"| {name} | gpt-data tokenize --workers {workers} (CLI process, end to end) | {seconds:.2f} | "
-                  f"{tokens / seconds:,.0f} | {per_core:,.0f} | {per_core / base:.0%} | {busy:,.0f} | "
-                  f"{stats['stats']['max_rss_mb']:.0f} per worker |")
-            outputs.append((work / f"out-{name}-{workers}" / "t.bin").read_bytes())
-        assert outputs[0] == outputs[1], "output differs between 1 and 2 workers"
+            if kind == "ceiling":
+                label, busy, rss = f"library batch encode, {n} thread(s), texts preloaded", "-", run["max_rss_mb"]
+            else:
+                label = f"gpt-data tokenize --workers {n} (CLI process, end to end)"
+                busy, rss = f"{run['tokens'] / run['busy_seconds']:,.0f}", f"{run['max_rss_mb']:.0f} per worker"
+            print(f"| {name} | {label} | {run['seconds']:.2f} | {rate:,.0f} | {rate / n:,.0f} | {rate / n / base:.0%} "
+                  f"| {busy} | {rss if isinstance(rss, str) else f'{rss:.0f}'} |")
+        assert best[("cli", 1)]["bin"] == best[("cli", 2)]["bin"], "output differs between 1 and 2 workers"
 
 
 def synth_source(prefix: Path, tokens: int, parts: int, rng: np.random.Generator) -> tuple[float, float]:
@@ -213,7 +212,7 @@ def main() -> None:
     parser.add_argument("--skip-index", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-sentencepiece", action="store_true")
-    parser.add_argument("--repeats", type=int, default=2, help="runs per measurement; the best is kept")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement; the best is kept")
     parser.add_argument("--ceiling-child", nargs=3, metavar=("SPEC", "CORPUS", "THREADS"), help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help="scratch directory (default: a temp dir, deleted afterwards)")
     args = parser.parse_args()
