@@ -104,14 +104,6 @@ def run_datatrove(warc: Path, out: Path, full: bool) -> tuple[int, int]:
     return int(read.get("documents", 0)), int(written.get("total", 0))
 
 
-def peak_rss_mb() -> float:
-    """This process's own peak RSS (VmHWM; ru_maxrss would include the parent's peak before exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def preload(variant: str) -> None:
     """Import the variant's libraries before the clock starts (model loading stays timed)."""
     import fastwarc.warc  # noqa: F401
@@ -129,6 +121,8 @@ def preload(variant: str) -> None:
 
 def child(variant: str, warc: Path, out: Path) -> dict:
     """Run one variant in this process and report its numbers as a dict."""
+    from data_pipeline.stats import peak_rss_mb
+
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core
     preload(variant)
     start_wall, start_cpu = time.perf_counter(), time.process_time()
@@ -141,7 +135,7 @@ def child(variant: str, warc: Path, out: Path) -> dict:
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {"variant": variant, "documents": docs, "kept": kept, "wall_s": time.perf_counter() - start_wall,
             "cpu_s": time.process_time() - start_cpu + children.ru_utime + children.ru_stime,
-            "peak_rss_mb": peak_rss_mb(),
+            "peak_rss_mb": peak_rss_mb(),  # VmHWM of this process
             "input_mb": warc.stat().st_size / 1e6}
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
-import resource
 import sys
 import time
 import traceback
@@ -49,7 +48,7 @@ from tqdm import tqdm
 
 from data_pipeline.errors import UserError
 from data_pipeline.shards import is_done, load_markers, mark_done, shard_name, write_json
-from data_pipeline.stats import Stats
+from data_pipeline.stats import Stats, peak_rss_mb
 
 EXECUTORS = ("auto", "local", "mpi", "slurm")
 
@@ -194,7 +193,7 @@ def run_one(process: ProcessFn, task: ShardTask) -> tuple[str, str | None, dict]
         traceback.print_exc()
         return task.name, f"{type(err).__name__}: {err}", {}
     stats.add("seconds", n=round(time.perf_counter() - start, 4))
-    stats.set_max("max_rss_mb", value=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+    stats.set_max("max_rss_mb", value=round(peak_rss_mb(), 1))
     mark_done(task.output_dir, task.name, {"shard": task.name, "input": str(task.path), "stats": stats.to_dict()})
     return task.name, None, stats.to_dict()
 

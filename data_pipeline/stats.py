@@ -82,6 +82,20 @@ def _copy(value: Any) -> Any:
     return value
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB. Reads VmHWM, which starts afresh in a
+    spawned worker (``ru_maxrss`` would carry over the parent's peak from before exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def count_output(stats: Stats, text: str) -> None:
     """Count one written document: ``documents_out`` and its UTF-8 ``bytes_out``."""
     stats.add("documents_out")

@@ -71,3 +71,37 @@ def test_recipe_errors_are_caught_before_any_step_runs(cli, tmp_path, warc_sampl
     code, _, err = cli("run", tmp_path / "missing.yaml")
     assert code == 2 and "recipe not found" in err
     assert set(STEPS) >= {"extract", "filter", "classifier_score"}
+
+
+def test_stats_summarises_a_stage_output(cli, h, tmp_path, warc_sample, ccnet_sample):
+    from collections import Counter
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "crawl.warc.gz").write_bytes(warc_sample.read_bytes())
+    (inputs / "ccnet.jsonl.gz").write_bytes(ccnet_sample.read_bytes())
+    model = tmp_path / "quality.npz"
+    assert cli("classifier", "train", "--positive", ccnet_sample, "--negative", warc_sample, "--output", model,
+               "--holdout", "0.3")[0] == 0
+    assert cli("filter", "--input", inputs, "--output", tmp_path / "f")[0] == 0
+    assert cli("classifier", "score", "--input", tmp_path / "f", "--output", tmp_path / "s", "--model", model,
+               "--keep", "all")[0] == 0
+    code, out, err = cli("stats", "--input", tmp_path / "s")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    rows = h.read_rows(tmp_path / "s")
+    assert summary["documents"] == len(rows) and summary["shards"] == 2
+    assert summary["bytes"] == sum(len(r["text"].encode()) for r in rows)
+    assert summary["estimated_tokens"] == summary["bytes"] // 4
+    assert summary["language"] == dict(Counter(r["language"] for r in rows))
+    histogram = Counter(min(int(r["quality"] * 10), 9) for r in rows)
+    assert summary["quality_histogram"] == {f"{i / 10:.1f}-{(i + 1) / 10:.1f}": histogram.get(i, 0)
+                                            for i in range(10)}
+    assert "Quality score histogram" in out and (tmp_path / "s" / "summary.txt").read_text().strip()
+
+    code, out, _ = cli("stats", "--input", tmp_path / "f", "--output", tmp_path / "report")
+    assert code == 0
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    removed = Counter(r["removed_by"] for r in h.read_rows(tmp_path / "f" / "removed"))
+    assert summary["removed"] == dict(removed) == json.loads((tmp_path / "f" / "stats.json").read_text())["removed"]
+    assert "Removed per rule" in out
