@@ -25,7 +25,7 @@ import numpy as np
 
 from data_pipeline import indexed
 from data_pipeline.errors import UserError
-from data_pipeline.executor import ShardTask, add_executor_args, make_tasks, run_shards
+from data_pipeline.executor import ShardTask, add_executor_args, detect_rank, make_tasks, run_shards
 from data_pipeline.shards import DONE_DIR, PARQUET_SUFFIXES, discover_shards, read_batches, read_documents, write_json
 from data_pipeline.stats import Stats
 from data_pipeline.tokenizers import Tokenizer, load_tokenizer
@@ -60,7 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     summary = tokenize(args.input, args.output, args.tokenizer, workers=args.workers, executor=args.executor,
-                       text_column=args.text_column, quality_column=args.quality_column, batch_size=args.batch_size, keep_parts=args.keep_parts)
+                       text_column=args.text_column, quality_column=args.quality_column,
+                       batch_size=args.batch_size, keep_parts=args.keep_parts)
     if summary is not None:
         print(f"tokenize: wrote {args.output}.bin/.idx: {summary['tokens']:,} tokens "
               f"({summary['dtype']}), {summary['documents']:,} documents", file=sys.stderr)
@@ -93,7 +94,9 @@ def tokenize(input_path: str | Path, prefix: str | Path, tokenizer: str | dict |
                        executor=executor, stage=STAGE, quiet=quiet)
     if stats.get("shards_done") != len(tasks):
         return None  # another rank finishes the remaining shards and merges
-    return _merge(prefix, parts, tasks, tok, stats, keep_parts)
+    # Other ranks may still be writing the stage stats in the work dir: then only drop the parts.
+    cleanup = "none" if keep_parts else ("dir" if detect_rank(executor).world == 1 else "parts")
+    return _merge(prefix, parts, tasks, tok, stats, cleanup)
 
 
 @dataclass(frozen=True)
@@ -219,9 +222,9 @@ def _already_merged(prefix: Path, names: list[str], tok: Tokenizer) -> bool:
 
 
 def _merge(prefix: Path, parts: Path, tasks: list[ShardTask], tok: Tokenizer, stats: Stats,
-           keep_parts: bool) -> dict:
+           cleanup: str) -> dict:
     """Concatenate the parts in task order into ``prefix``, once even if ranks race here,
-    then drop the work dir (unless `keep_parts`)."""
+    then remove the work `dir`, only the `parts` files, or `none`."""
     names = [t.name for t in tasks]
     lock = os.open(prefix.parent, os.O_RDONLY)  # a lock that outlives the work dir
     try:
@@ -234,8 +237,13 @@ def _merge(prefix: Path, parts: Path, tasks: list[ShardTask], tok: Tokenizer, st
                 "dtype": index.dtype.name, "tokenizer": tok.spec(), "shard_names": names,
             }
             write_json(f"{prefix}.stats.json", {"summary": summary, "stats": stats.to_dict()})
-            if not keep_parts:
+            if cleanup == "dir":
                 shutil.rmtree(parts, ignore_errors=True)
+            elif cleanup == "parts":
+                for name in names:
+                    for path in (indexed.bin_path(parts / name), indexed.idx_path(parts / name),
+                                 quality_path(parts / name)):
+                        path.unlink(missing_ok=True)
     finally:
         os.close(lock)
     return _summary(prefix)

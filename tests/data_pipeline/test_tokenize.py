@@ -220,3 +220,21 @@ def test_recipe_step_hooks(tmp_path):
     assert stats.get("tokens_out") == 21814
     assert (tmp_path / "05-tokenize" / "cc_gpt2_text_document.bin").read_bytes() == \
         (TOKENS / "ccnet_gpt2_text_document.bin").read_bytes()
+
+
+@pytest.mark.mpi
+def test_mpi_ranks_write_the_same_shard(tmp_path):
+    import subprocess
+    import sys
+
+    write_shards(tmp_path / "in", real_documents(), 4)
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    result = subprocess.run([str(mpiexec), "-n", "2", sys.executable, "-m", "data_pipeline.cli", "tokenize",
+                             "--input", str(tmp_path / "in"), "--output", str(tmp_path / "mpi" / "t")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "[0/2]" in result.stderr and "[1/2]" in result.stderr  # both ranks took shards
+    tokenize(tmp_path / "in", tmp_path / "one" / "t", "gpt2", quiet=True)
+    for suffix in (".bin", ".idx"):
+        assert (tmp_path / "mpi" / f"t{suffix}").read_bytes() == (tmp_path / "one" / f"t{suffix}").read_bytes()
+    assert not list((tmp_path / "mpi" / "t.parts").glob("*.bin"))  # parts dropped, markers kept
