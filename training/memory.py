@@ -14,8 +14,8 @@ engine (DeepSpeed ZeRO on megatron-core tensor-parallel layers) actually keeps:
   sbh(10 + 24/t + 5as/(ht)) bytes in 16-bit with dropout, or 2sbh with full recomputation,
   held for min(pp - stage, micro-batches) micro-batches in flight under 1F1B;
 * DeepSpeed's pipeline buffers (stage inputs received and outputs kept for backward);
-* ZeRO-3's working set: two gathered blocks, one block of unreduced gradients and its
-  contiguous gradient bucket.
+* ZeRO's gradient reduction bucket (DeepSpeed's default size) and ZeRO-3's working set: two
+  gathered blocks and one block of unreduced gradients.
 
 All sizes are bytes for the worst pipeline stage.
 """
@@ -31,9 +31,11 @@ BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 # What a GPU loses before the model allocates: CUDA context, NCCL buffers, allocator
 # fragmentation and communication buckets. Deliberately round; override per cluster.
 DEFAULT_RESERVE_GB = 4.0
-# DeepSpeed's default zero_optimization.reduce_bucket_size: ZeRO-3 allocates one contiguous
-# gradient bucket of this many elements (measured: 2.0 GB in fp32, 1.0 GB in bf16).
-ZERO3_BUCKET_ELEMENTS = 500_000_000
+# DeepSpeed's default zero_optimization.reduce_bucket_size. With gradient accumulation, ZeRO-1/2
+# allocate one contiguous reduction bucket of this many elements in the training dtype at the
+# first backward, whatever the model size, and ZeRO-3 one as well (measured with
+# tools/plan_measure: 2.0 GB in fp32, 1.0 GB in bf16).
+REDUCE_BUCKET_ELEMENTS = 500_000_000
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,7 @@ def estimate_stages(config: Config, layout: Layout) -> list[MemoryEstimate]:
     # ZeRO-3 gathers whole blocks for compute (the current one and one prefetched), and ZeRO-2/3
     # hold a block's full gradients until they are reduce-scattered.
     gathered = block_parameters(config, layout.tp) * e if z >= 2 and dp > 1 else 0
+    bucket = REDUCE_BUCKET_ELEMENTS * e if z >= 1 and micro_batches > 1 else 0
     estimates = []
     for stage, (params, blocks, has_embedding, has_head) in enumerate(stage_layers(config, layout.tp, pp)):
         in_flight = min(pp - stage, micro_batches)
@@ -216,8 +219,7 @@ def estimate_stages(config: Config, layout: Layout) -> list[MemoryEstimate]:
         estimates.append(MemoryEstimate(
             stage=stage,
             parameters=params * e // dp + 2 * gathered if z >= 3 else params * e,
-            gradients=(params * e // dp + gathered + (ZERO3_BUCKET_ELEMENTS * e if z >= 3 else 0)
-                       if z >= 2 else params * e),
+            gradients=(params * e // dp + gathered if z >= 2 else params * e) + bucket,
             optimizer=params * (master + 8) // (dp if z >= 1 else 1),
             optimizer_step=params * 4 // dp if z >= 1 else 0,
             activations=_stage_activations(config, layout, blocks, has_embedding, has_head, in_flight),

@@ -118,10 +118,24 @@ class MegatronGroups:
     get_data_parallel_world_size = staticmethod(parallel_state.get_data_parallel_world_size)
 
 
+def allow_fp16_on_cpu() -> None:
+    """DeepSpeed's CPU accelerator refuses fp16 unless oneDNN has native fp16 kernels.
+
+    torch computes fp16 on any CPU (slowly); fp16 on a CPU serves to test the GPU
+    recipe (dynamic loss scaling, overflow skips) where no GPU is at hand."""
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    if accelerator.device_name() == "cpu":
+        accelerator.is_fp16_supported = lambda: True
+
+
 class ParallelEngine:
     """One interface over DeepSpeed's pipeline engine (PP > 1) and its plain engine (PP = 1)."""
 
     def __init__(self, cfg: Config, layout: Layout, batch_size: int):
+        if cfg.precision == "fp16":
+            allow_fp16_on_cpu()
         self.layout = layout
         self.pipelined = layout.pp > 1
         model = pipeline_stages(cfg, layout) if self.pipelined else whole_model(cfg)

@@ -1,0 +1,183 @@
+"""Autoregressive decoding with a key/value cache over `training.model.GPT`'s own layers.
+
+The model stays a training model that knows nothing of generation: this module runs its
+embeddings, blocks and output layer itself, keeping every attention layer's keys and
+values, so that each new token costs one position of compute instead of the whole
+prefix. Prompts of different lengths are left-padded; padding is masked out of attention
+and positions count from each prompt's first real token (as Hugging Face's GPT-2 does),
+so a prompt decodes the same alone or in a batch. Works under tensor parallelism: the
+layers do their own all-reduces and the vocabulary shards are gathered before sampling.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state, tensor_parallel
+
+from training.model import GPT, Block, CausalSelfAttention
+
+
+@dataclass
+class Sampling:
+    """How the next token is chosen. GPT-2's samples used top-k 40; `greedy` takes the argmax."""
+
+    greedy: bool = False
+    temperature: float = 1.0
+    top_k: int = 40  # 0: no top-k cut
+    top_p: float = 1.0  # nucleus: keep the smallest set of tokens whose probability reaches top_p
+    seed: int = 0
+
+
+@dataclass
+class KVCache:
+    """Per layer keys and values [batch, heads, positions, head_dim]; `valid` is False on padding."""
+
+    keys: list[torch.Tensor] = field(default_factory=list)
+    values: list[torch.Tensor] = field(default_factory=list)
+    valid: torch.Tensor | None = None  # [batch, positions]
+
+    @property
+    def length(self) -> int:
+        return 0 if self.valid is None else self.valid.shape[1]
+
+
+# --------------------------------------------------------------------------- one forward step
+
+def _attention(attention: CausalSelfAttention, x: torch.Tensor, past: tuple | None,
+               allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    batch, seq, _ = x.shape
+    qkv, _ = attention.qkv(x)
+    qkv = qkv.view(batch, seq, attention.heads_per_rank, 3 * attention.head_dim).transpose(1, 2)
+    q, k, v = qkv.split(attention.head_dim, dim=-1)
+    if past is not None:
+        k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
+    out, _ = attention.proj(y.transpose(1, 2).reshape(batch, seq, attention.heads_per_rank * attention.head_dim))
+    return out, k, v
+
+
+def _block(block: Block, x: torch.Tensor, past: tuple | None, allowed: torch.Tensor):
+    """`Block.forward` with cached attention (pre-LN GPT-2/3 or post-LN GPT-1)."""
+    if block.pre_norm:
+        attended, k, v = _attention(block.attention, block.ln_1(x), past, allowed)
+        x = x + attended
+        return x + block.mlp(block.ln_2(x)), k, v
+    attended, k, v = _attention(block.attention, x, past, allowed)
+    x = block.ln_1(x + attended)
+    return block.ln_2(x + block.mlp(x)), k, v
+
+
+def attention_masks(model: GPT, valid: torch.Tensor, new: int) -> list[torch.Tensor]:
+    """Per layer [batch, new, positions]: causal (and banded on GPT-3's sparse layers), no padding keys.
+
+    A padding query may see itself, so that no softmax row is empty (no NaN reaches real tokens)."""
+    total = valid.shape[1]
+    query = torch.arange(total - new, total, device=valid.device)[:, None]
+    key = torch.arange(total, device=valid.device)[None, :]
+    causal = key <= query
+    masks: dict[int, torch.Tensor] = {}
+    for block in model.blocks:
+        band = block.attention.band
+        if band not in masks:
+            allowed = causal & (query - key < band) if band else causal
+            masks[band] = (allowed[None] & valid[:, None, :]) | (query == key)[None]
+    return [masks[block.attention.band] for block in model.blocks]
+
+
+def forward(model: GPT, tokens: torch.Tensor, valid: torch.Tensor, cache: KVCache | None,
+            last_only: bool = False) -> torch.Tensor:
+    """Logits over the real vocabulary for `tokens` [batch, new] appended after `cache` (updated in place).
+
+    `valid` [batch, new] marks real tokens. Without a cache this is the plain (padded) forward pass."""
+    cache = cache if cache is not None else KVCache()
+    all_valid = valid if cache.valid is None else torch.cat([cache.valid, valid], dim=1)
+    positions = (all_valid.long().cumsum(1) - 1).clamp(min=0)[:, cache.length:]
+    if int(positions.max()) >= model.cfg.seq_length:
+        raise ValueError(f"sequence longer than the model's context ({model.cfg.seq_length} positions)")
+    x = model.position_embedding.dropout(model.token_embedding(tokens) + model.position_embedding.weight[positions])
+    masks = attention_masks(model, all_valid, tokens.shape[1])
+    empty = not cache.keys
+    for layer, block in enumerate(model.blocks):
+        past = None if empty else (cache.keys[layer], cache.values[layer])
+        x, k, v = _block(block, x, past, masks[layer])
+        if empty:
+            cache.keys.append(k)
+            cache.values.append(v)
+        else:
+            cache.keys[layer], cache.values[layer] = k, v
+    cache.valid = all_valid
+    if last_only:
+        x = x[:, -1:]
+    logits = model.token_embedding.logits(model.final_norm(x))
+    if parallel_state.get_tensor_model_parallel_world_size() > 1:
+        logits = tensor_parallel.gather_from_tensor_model_parallel_region(
+            logits, group=parallel_state.get_tensor_model_parallel_group())
+    return logits[..., : model.cfg.vocab_size].float()
+
+
+# --------------------------------------------------------------------------- choosing tokens
+
+def next_token(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> torch.Tensor:
+    """[batch, vocab] logits -> [batch] token ids."""
+    if sampling.greedy:
+        return logits.argmax(-1)
+    logits = logits / sampling.temperature
+    if 0 < sampling.top_k < logits.shape[-1]:
+        kth = logits.topk(sampling.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p < 1.0:
+        sorted_logits, order = logits.sort(-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) >= sampling.top_p  # keep the token that crosses top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(logits.device)
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens, valid) [batch, longest], each prompt right-aligned."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    width = max(len(p) for p in prompts)
+    tokens = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    valid = torch.zeros((len(prompts), width), dtype=torch.bool)
+    for row, prompt in enumerate(prompts):
+        tokens[row, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
+        valid[row, width - len(prompt):] = True
+    return tokens.to(device), valid.to(device)
+
+
+@torch.no_grad()
+def generate(model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: Sampling,
+             eod_id: int | None = None, stop: Callable[[list[int]], bool] | None = None,
+             use_cache: bool = True) -> list[list[int]]:
+    """New tokens for each prompt. A row ends at `eod_id` (kept) or once `stop(row's new tokens)` is true.
+
+    Seeded: the same prompts, options and seed give the same tokens. `use_cache=False` recomputes
+    the whole prefix at every step (the reference the cache is tested against)."""
+    model.eval()
+    device = model.token_embedding.weight.device
+    tokens, valid = left_pad(prompts, eod_id if eod_id is not None else 0, device)
+    generator = torch.Generator().manual_seed(sampling.seed)
+    outputs: list[list[int]] = [[] for _ in prompts]
+    running = torch.ones(len(prompts), dtype=torch.bool, device=device)
+    cache = KVCache() if use_cache else None
+    step_tokens, step_valid = tokens, valid
+    for _ in range(max_new_tokens):
+        if use_cache:
+            logits = forward(model, step_tokens, step_valid, cache, last_only=True)
+        else:
+            logits = forward(model, tokens, valid, None, last_only=True)
+        chosen = next_token(logits[:, -1], sampling, generator)
+        for row in running.nonzero().flatten().tolist():
+            outputs[row].append(int(chosen[row]))
+            if (eod_id is not None and outputs[row][-1] == eod_id) or (stop is not None and stop(outputs[row])):
+                running[row] = False
+        if not running.any():
+            break
+        step_tokens, step_valid = chosen[:, None], running[:, None].clone()
+        tokens, valid = torch.cat([tokens, step_tokens], 1), torch.cat([valid, step_valid], 1)
+    return outputs
