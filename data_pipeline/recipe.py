@@ -16,19 +16,29 @@ this instead of the previous step's output) and ``output`` (write here instead o
 ``out/<i>-<step>``). Every step's configuration is checked before the first step
 starts, so a typo fails in a second, not after hours.
 
-Adding a step (dedup, decontaminate, tokenize, mixture, ...): add one `STEPS` entry
-``name: Step("module:run_function", "module:check_function")``. The run function is
-``run(input, output, config, *, workers, executor) -> Stats``; the optional check
-function is ``check(config) -> None`` and raises `UserError` on a bad key or value.
+Adding a step: add one `STEPS` entry, either
+
+- ``name: cli_step("dedup", "exact")``: any `gpt-data` subcommand that takes ``--input``,
+  ``--output``, ``--workers`` and ``--executor``. The step's options become its flags
+  (``min_sentences: 3`` -> ``--min-sentences 3``, ``true`` -> a bare flag, a list ->
+  several values) and are checked by the subcommand's own parser up front; or
+- ``name: Step("module:run_function", "module:check_function")``: ``run(input, output,
+  config, *, workers, executor) -> Stats``, and an optional ``check(config) -> None`` that
+  raises `UserError` on a bad key or value.
+
 Modules are imported only when a recipe uses the step.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
+import io
 import types
 import typing
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -38,14 +48,62 @@ from data_pipeline.errors import UserError
 
 
 class Step(NamedTuple):
-    run: str  # "module:function"
-    check: str | None = None
+    run: str | Callable  # "module:function" or the function
+    check: str | Callable | None = None
+
+
+def cli_argv(command: tuple[str, ...], input: Path | str, output: Path | str, config: dict[str, Any],
+             workers: int, executor: str) -> list[str]:
+    """`gpt-data` arguments for a subcommand step: options become flags."""
+    argv = [*command, "--input", str(input), "--output", str(output), "--workers", str(workers),
+            "--executor", executor]
+    for key, value in config.items():
+        flag = "--" + str(key).replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, list):
+            argv += [flag, *map(str, value)]
+        elif value is not None and value is not False:
+            argv += [flag, str(value)]
+    return argv
+
+
+def _parse_cli(command: tuple[str, ...], argv: list[str]) -> argparse.Namespace:
+    from data_pipeline.cli import build_parser
+
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return build_parser().parse_args(argv)
+    except SystemExit:
+        message = (captured.getvalue().strip().splitlines() or ["invalid options"])[-1]
+        raise UserError(f"{' '.join(command)}: {message.split('error: ', 1)[-1]}") from None
+
+
+def _check_cli(command: tuple[str, ...], config: dict[str, Any]) -> None:
+    _parse_cli(command, cli_argv(command, "INPUT", "OUTPUT", config, 1, "auto"))
+
+
+def _run_cli(command: tuple[str, ...], input, output, config, *, workers: int, executor: str) -> None:
+    args = _parse_cli(command, cli_argv(command, input, output, config, workers, executor))
+    code = args.func(args)
+    if code:
+        raise UserError(f"{' '.join(command)} exited with code {code}")
+
+
+def cli_step(*command: str) -> Step:
+    """A recipe step that runs ``gpt-data COMMAND...`` with the step's options as flags."""
+    return Step(partial(_run_cli, command), partial(_check_cli, command))
 
 
 STEPS: dict[str, Step] = {
     "extract": Step("data_pipeline.extract.stage:run", "data_pipeline.extract.stage:check"),
     "filter": Step("data_pipeline.filters.stage:run", "data_pipeline.filters.stage:check"),
     "classifier_score": Step("data_pipeline.classifier:run_score", "data_pipeline.classifier:check_score"),
+    "dedup_exact": cli_step("dedup", "exact"),
+    "dedup_minhash": cli_step("dedup", "minhash"),
+    "decontaminate": cli_step("decontaminate"),
+    "tokenize": cli_step("tokenize"),  # output is a prefix: <output>/<i>-tokenize.bin/.idx
 }
 RECIPE_KEYS = ("input", "output", "workers", "executor", "steps")
 
@@ -85,7 +143,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-def _resolve(spec: str):
+def _resolve(spec: str | Callable) -> Callable:
+    if callable(spec):
+        return spec
     module, _, name = spec.partition(":")
     return getattr(importlib.import_module(module), name)
 

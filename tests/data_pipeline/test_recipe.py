@@ -60,6 +60,10 @@ def test_recipe_errors_are_caught_before_any_step_runs(cli, tmp_path, warc_sampl
          "extract.max_record_bytes: expected int, got 'big'"),
         ({**base, "steps": [{"extract": {}}, {"classifier_score": {"model": str(tmp_path / "none.npz")}}]},
          "classifier_score: model not found"),
+        ({**base, "steps": [{"extract": {}}, {"dedup_exact": {"fold_digitz": True}}]},
+         "dedup exact: unrecognized arguments: --fold-digitz"),
+        ({**base, "steps": [{"extract": {}}, {"decontaminate": {}}]},
+         "decontaminate: the following arguments are required: --benchmarks"),
     ]
     for i, (recipe, message) in enumerate(cases):
         code, _, err = cli("run", write_recipe(tmp_path / f"r{i}.yaml", recipe))
@@ -105,3 +109,26 @@ def test_stats_summarises_a_stage_output(cli, h, tmp_path, warc_sample, ccnet_sa
     removed = Counter(r["removed_by"] for r in h.read_rows(tmp_path / "f" / "removed"))
     assert summary["removed"] == dict(removed) == json.loads((tmp_path / "f" / "stats.json").read_text())["removed"]
     assert "Removed per rule" in out
+
+
+def test_recipe_runs_other_stages_through_their_cli(cli, h, tmp_path, ccnet_sample, wiki_sample):
+    """dedup and tokenize steps are the `gpt-data` subcommands with the step's options as flags."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "ccnet.jsonl.gz").write_bytes(ccnet_sample.read_bytes())
+    (inputs / "copy.jsonl.gz").write_bytes(ccnet_sample.read_bytes())  # every document twice
+    (inputs / "wiki.jsonl.gz").write_bytes(wiki_sample.read_bytes())
+    recipe = write_recipe(tmp_path / "recipe.yaml", {
+        "input": str(inputs), "output": str(tmp_path / "run"),
+        "steps": [{"extract": {}}, {"dedup_exact": {"fold_digits": True}}, {"tokenize": {"tokenizer": "gpt2"}}],
+    })
+    code, _, err = cli("run", recipe)
+    assert code == 0, err
+    unique = h.read_rows(tmp_path / "run" / "02-dedup_exact")
+    assert len(unique) == 10 + 16  # the copies are gone
+    assert len({r["text"] for r in unique}) == len(unique)
+    assert cli("tokenize", "--input", tmp_path / "run" / "02-dedup_exact", "--output", tmp_path / "manual",
+               "--tokenizer", "gpt2")[0] == 0
+    for suffix in (".bin", ".idx"):
+        produced = (tmp_path / "run" / f"03-tokenize{suffix}").read_bytes()
+        assert produced and produced == (tmp_path / f"manual{suffix}").read_bytes()
