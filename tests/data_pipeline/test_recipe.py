@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import yaml
 
@@ -13,7 +14,8 @@ def write_recipe(path, recipe: dict):
     return path
 
 
-def test_recipe_chains_steps_like_running_them_by_hand(cli, h, tmp_path, warc_sample, ccnet_sample):
+def crawl_inputs_and_model(cli, tmp_path, warc_sample, ccnet_sample):
+    """An input directory with the WARC and CCNet samples, and a quality model trained on them."""
     inputs = tmp_path / "in"
     inputs.mkdir()
     (inputs / "crawl.warc.gz").write_bytes(warc_sample.read_bytes())
@@ -21,6 +23,11 @@ def test_recipe_chains_steps_like_running_them_by_hand(cli, h, tmp_path, warc_sa
     model = tmp_path / "quality.npz"
     assert cli("classifier", "train", "--positive", ccnet_sample, "--negative", warc_sample, "--output", model,
                "--holdout", "0.3")[0] == 0
+    return inputs, model
+
+
+def test_recipe_chains_steps_like_running_them_by_hand(cli, h, tmp_path, warc_sample, ccnet_sample):
+    inputs, model = crawl_inputs_and_model(cli, tmp_path, warc_sample, ccnet_sample)
     filters = {"language": {"languages": ["en"]}, "gopher_quality": {"min_words": 20}, "c4": {"min_sentences": 2}}
     recipe = write_recipe(tmp_path / "recipe.yaml", {
         "input": str(inputs), "output": str(tmp_path / "run"),
@@ -78,15 +85,7 @@ def test_recipe_errors_are_caught_before_any_step_runs(cli, tmp_path, warc_sampl
 
 
 def test_stats_summarises_a_stage_output(cli, h, tmp_path, warc_sample, ccnet_sample):
-    from collections import Counter
-
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    (inputs / "crawl.warc.gz").write_bytes(warc_sample.read_bytes())
-    (inputs / "ccnet.jsonl.gz").write_bytes(ccnet_sample.read_bytes())
-    model = tmp_path / "quality.npz"
-    assert cli("classifier", "train", "--positive", ccnet_sample, "--negative", warc_sample, "--output", model,
-               "--holdout", "0.3")[0] == 0
+    inputs, model = crawl_inputs_and_model(cli, tmp_path, warc_sample, ccnet_sample)
     assert cli("filter", "--input", inputs, "--output", tmp_path / "f")[0] == 0
     assert cli("classifier", "score", "--input", tmp_path / "f", "--output", tmp_path / "s", "--model", model,
                "--keep", "all")[0] == 0
