@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The test suite, as CI runs it: install, start a one-node Slurm (for the sbatch tests),
+# run pytest, stop Slurm. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/setup.sh
+# shellcheck disable=SC1091
+. .venv/bin/activate
+# DeepSpeed JIT-compiles its CPU shared-memory op once (~1 min); keep it with the venv.
+export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.venv/torch_extensions}
+export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore}
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    if bash slurm/ci/start_slurm.sh; then
+        trap 'bash slurm/ci/stop_slurm.sh' EXIT
+    else
+        echo "warning: Slurm did not start; the sbatch tests will be skipped" >&2
+    fi
+fi
+python -m pytest "$@"
