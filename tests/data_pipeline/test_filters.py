@@ -17,8 +17,8 @@ from data_pipeline.document import Document
 from data_pipeline.errors import UserError
 from data_pipeline.filters import build_filters
 from data_pipeline.filters.c4 import C4Filter, C4Options
-from data_pipeline.filters.gopher import (GopherQuality, GopherQualityOptions, GopherRepetition,
-                                          GopherRepetitionOptions, ngram_keys, repeated_ngram_chars, word_ids)
+from data_pipeline.filters.gopher import (GopherQuality, GopherQualityOptions, GopherRepetition, ngram_keys,
+                                          repeated_ngram_chars, word_ids)
 from data_pipeline.filters.language import LanguageFilter, LanguageOptions
 from data_pipeline.filters.text import words
 from data_pipeline.filters.url import UrlBlocklist, UrlOptions
