@@ -23,6 +23,7 @@ from itertools import islice
 from pathlib import Path
 
 import numpy as np
+import xxhash
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -232,6 +233,9 @@ def contamination(doc_hashes: np.ndarray, index_hashes: np.ndarray, index_bench:
 
 
 def run(args: argparse.Namespace) -> int:
+    for name in ("ngram", "window", "min_fragment", "max_pieces", "max_documents"):
+        if getattr(args, name) < (1 if name == "ngram" else 0):
+            raise UserError(f"--{name.replace('_', '-')} must be {'at least 1' if name == 'ngram' else 'non-negative'}")
     rules = Rules(args.ngram, args.window, args.min_fragment, args.max_pieces, args.max_documents)
     runner = StageRunner(args, discover_shards(args.input))
     out = Path(args.output)
@@ -240,6 +244,8 @@ def run(args: argparse.Namespace) -> int:
     benchmarks = read_benchmarks(args.benchmarks, [f for f in args.fields.split(",") if f])
     names = sorted(benchmarks)
     table, sizes = build_index(benchmarks, rules.ngram)
+    runner.check_settings(work, dict(vars(rules), benchmarks=sorted(benchmarks),
+                                     index=xxhash.xxh3_64_hexdigest(table["hash"].to_numpy().tobytes())))
     index_path = work / f"index-{runner.rank.rank}.parquet"
     with ShardWriter(index_path, INDEX_SCHEMA) as writer:  # rebuilt each run from the benchmark files
         writer.write_table(table)

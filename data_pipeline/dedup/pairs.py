@@ -22,8 +22,9 @@ PAIR_SCHEMA = pa.schema([pa.field("a", pa.int64()), pa.field("b", pa.int64()), p
 
 
 def read_keys(path: Path) -> np.ndarray:
+    """The (documents x bands) band keys of a signature file."""
     column = pq.read_table(path, columns=["keys"])["keys"].combine_chunks()
-    return column.values.to_numpy().reshape(len(column), -1)
+    return column.values.to_numpy().reshape(len(column), column.type.list_size)
 
 
 def local_band_keys(signature_files: dict[int, Path], partition: int, partitions: int

@@ -77,7 +77,7 @@ def decision_stats(decisions: pa.Table, examples: list[dict] | None = None) -> d
         "clusters": int(len(np.unique(cluster))),
         "documents_in_clusters": int(decisions.num_rows),
         "cluster_size_histogram": size_histogram(cluster),
-        "removed_per_source": {str(v["values"]): int(v["counts"]) for v in per_source},
+        "removed_per_source": {str(v["values"]) or "unknown": int(v["counts"]) for v in per_source},
         "removed_total": int(removed.num_rows),
         "example_pairs": examples or [],
     }

@@ -5,8 +5,9 @@ normalisation (lower case, punctuation and whitespace folded, digits optionally
 folded to 0). Hashing one n-gram at a time in Python is what makes other tools
 slow, so a whole batch of documents is turned into one array of code points and
 every word and n-gram hash is computed with array arithmetic: a polynomial hash
-over code points (wrapping uint64 arithmetic) gives each word a hash, word hashes
-are combined into n-gram hashes, and a splitmix64 finaliser spreads the bits.
+over code points (wrapping uint64 arithmetic, one step per character position for
+all words at once) gives each word a hash, word hashes are combined into n-gram
+hashes, and a splitmix64 finaliser spreads the bits.
 """
 from __future__ import annotations
 
@@ -17,10 +18,7 @@ import numpy as np
 import xxhash
 
 _MAX_CODE_POINT = 0x110000
-_SEED = np.uint64(0x9E3779B97F4A7C15)
-_POLY_INT = 0x100000001B3  # odd, so it has an inverse mod 2**64
-_POLY = np.uint64(_POLY_INT)
-_POLY_INV = np.uint64(pow(_POLY_INT, -1, 1 << 64))
+_POLY = np.uint64(0x100000001B3)
 _NGRAM_MULT = np.uint64(0xD6E8FEB86659FD93)
 
 
@@ -39,12 +37,6 @@ def _tables(fold_digits: bool) -> tuple[np.ndarray, np.ndarray]:
     return is_word, folded
 
 
-@functools.cache
-def _hash_codes(fold_digits: bool) -> np.ndarray:
-    """Per code point, the value the word hash sums: folded code point + 1, as uint64."""
-    return _tables(fold_digits)[1].astype(np.uint64) + np.uint64(1)
-
-
 def mix64(x: np.ndarray) -> np.ndarray:
     """splitmix64 finaliser: turns structured uint64 values into well-spread hashes."""
     x = x ^ (x >> np.uint64(30))
@@ -52,18 +44,6 @@ def mix64(x: np.ndarray) -> np.ndarray:
     x = x ^ (x >> np.uint64(27))
     x = x * np.uint64(0x94D049BB133111EB)
     return x ^ (x >> np.uint64(31))
-
-
-_POWERS: dict[int, np.ndarray] = {}
-
-
-def _poly_powers(n: int, base: np.uint64) -> np.ndarray:
-    """base**1 .. base**n (mod 2**64); one cached array per base, grown by doubling."""
-    cached = _POWERS.get(int(base))
-    if cached is None or len(cached) < n:
-        size = 1 << max(16, int(n - 1).bit_length())
-        cached = _POWERS[int(base)] = np.cumprod(np.full(size, base, dtype=np.uint64))
-    return cached[:n]
 
 
 @dataclass
@@ -78,23 +58,27 @@ class Words:
 
 def words(texts: list[str], fold_digits: bool = False) -> Words:
     """Split a batch of texts into normalised words, all at once."""
+    is_word_table, folded_table = _tables(fold_digits)
     # Texts joined by, and wrapped in, newlines: every word starts and ends inside.
     joined = "\n" + "\n".join(texts) + "\n"
     cps = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
     text_starts = np.ones(len(texts), dtype=np.int64)
     if len(texts) > 1:
         text_starts[1:] += np.cumsum(np.fromiter((len(t) + 1 for t in texts[:-1]), np.int64))
-    is_word = _tables(fold_digits)[0][cps]
+    is_word = is_word_table[cps]
     change = np.flatnonzero(is_word[1:] != is_word[:-1]) + 1
     starts, ends = change[0::2], change[1::2]
-    # Prefix sums of c_j * P**(j+1); a word's slice times P**-(start+1) is its
-    # polynomial hash, independent of where the word sits in the batch.
-    prefix = np.zeros(len(cps) + 1, dtype=np.uint64)
-    terms = _hash_codes(fold_digits)[cps]
-    terms *= _poly_powers(len(cps), _POLY)
-    np.cumsum(terms, out=prefix[1:])
-    span = (prefix[ends] - prefix[starts]) * _poly_powers(len(cps), _POLY_INV)[starts]
-    hashes = mix64(span + (ends - starts).astype(np.uint64))
+    # Polynomial hash of each word, one character position at a time for all words
+    # still going (a shrinking set: a few long tokens cost little).
+    lengths = ends - starts
+    h = np.zeros(len(starts), dtype=np.uint64)
+    going = np.arange(len(starts))
+    k = 0
+    while len(going):
+        h[going] = h[going] * _POLY + folded_table[cps[starts[going] + k]] + np.uint64(1)
+        k += 1
+        going = going[lengths[going] > k]
+    hashes = mix64(h + lengths.astype(np.uint64))
     doc = np.searchsorted(text_starts, starts, side="right") - 1
     return Words(starts - text_starts[doc], ends - text_starts[doc], doc, hashes)
 

@@ -139,3 +139,14 @@ def test_bad_benchmark_file_is_a_clear_error(cli, tmp_path):
     (bench / "broken.jsonl").write_text('{"q": "fine"}\nnot json\n')
     code, _, err = cli("decontaminate", "--input", src, "--output", tmp_path / "out", "--benchmarks", bench)
     assert code == 2 and "broken.jsonl:2: not a JSON line" in err
+
+
+def test_resume_with_other_benchmarks_or_rules_is_refused(cli, tmp_path):
+    src, bench = write(tmp_path, {"a": filler(0, 300)}, {"qa": [{"q": SENTENCES[60]}]})
+    assert cli("decontaminate", "--input", src, "--output", tmp_path / "out", "--benchmarks", bench)[0] == 0
+    (bench / "qa.jsonl").write_text(json.dumps({"q": SENTENCES[61]}) + "\n")
+    code, _, err = cli("decontaminate", "--input", src, "--output", tmp_path / "out", "--benchmarks", bench)
+    assert code == 2 and "other settings (index)" in err
+    code, _, err = cli("decontaminate", "--input", src, "--output", tmp_path / "out", "--benchmarks", bench,
+                       "--ngram", "0")
+    assert code == 2 and "--ngram must be at least 1" in err
