@@ -63,6 +63,9 @@ class ParallelConfig:
     zero_stage: int = 1
     activation_checkpointing: bool = False  # recompute each transformer block in backward
     partition_method: str = "parameters"  # DeepSpeed pipeline partitioning: parameters | uniform
+    # Per-device memory the layout must fit in (training/memory.py's model), checked before
+    # anything is allocated. 0: the GPU's own size; no check on CPU.
+    device_memory_gb: float = 0.0
 
 
 @dataclass
@@ -85,6 +88,14 @@ class TrainConfig:
     adam_eps: float = 1.0e-8
     grad_clip: float = 1.0
     initial_loss_scale_power: int = 16  # fp16 only: dynamic loss scale starts at 2^this
+    exit_interval: int = 0  # save and exit 0 after every this many steps (a job-length budget); 0: never
+    # Bad steps: a NaN/Inf loss, or one above spike_threshold x the mean of the last spike_window good
+    # steps (0: no spike test), has its update skipped. After bad_step_limit in a row: rollback (reload
+    # the last checkpoint and skip the data since) or stop.
+    spike_threshold: float = 0.0
+    spike_window: int = 50
+    bad_step_limit: int = 5
+    bad_step_policy: str = "rollback"
 
 
 @dataclass
@@ -107,6 +118,9 @@ class LoggingConfig:
 class CheckpointConfig:
     dir: str = ""  # default <run_dir>/checkpoints
     interval: int = 0  # steps between saves; 0: only at the end
+    keep_last: int = 0  # keep only the newest N checkpoints (plus every keep_every-th step); 0: keep all
+    keep_every: int = 0
+    load: str = ""  # start from this checkpoint when checkpoint.dir has none (e.g. `gpt-convert from-hf` output)
 
 
 @dataclass
@@ -248,6 +262,10 @@ def check_values(config: Config) -> None:
             f"parallel.zero_stage={p.zero_stage} with parallel.pp={p.pp}: DeepSpeed's pipeline engine "
             "supports ZeRO stage 0 or 1 only; use zero_stage=1 or pp=1"
         )
+    if t.bad_step_policy not in ("rollback", "stop"):
+        raise ConfigError(f"train.bad_step_policy must be rollback or stop, got {t.bad_step_policy!r}")
+    if t.bad_step_limit < 1 or t.spike_window < 1:
+        raise ConfigError("train.bad_step_limit and train.spike_window must be >= 1")
     if t.rampup_start_batch_size and (t.rampup_batch_increment < 1 or t.rampup_tokens < 1):
         raise ConfigError("train.rampup_start_batch_size needs train.rampup_batch_increment and train.rampup_tokens")
 

@@ -17,11 +17,16 @@ from pathlib import Path
 import torch
 import yaml
 
+from data_pipeline.errors import UserError
+from training import checkpoint
 from training.config import Config, ConfigError, check_layout, load_config
 from training.data import Blend, build_datasets, micro_batches, read_blend
+from training.memory import check_fits
 from training.distributed import Layout, init_distributed, shutdown, world_from_environment
+from training.faults import BadStepGuard, StopRequest
 from training.metrics import MetricsLog, device_peak_tflops, training_flops_per_token
 from training.parallel import ParallelEngine
+from training.progress import Progress, roll_back
 from training.rng import seed_everything
 from training.schedule import batch_size, learning_rate
 
@@ -41,6 +46,10 @@ def prepare(args: argparse.Namespace) -> tuple[Config, Blend, int]:
     cfg = load_config(args.config, args.set)
     _, world, _ = world_from_environment()
     dp = check_layout(cfg, world)
+    memory_gb = cfg.parallel.device_memory_gb or (
+        torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else 0)
+    if memory_gb:
+        check_fits(cfg, world, memory_gb)
     if not cfg.data.blend:
         raise ConfigError("data.blend is not set: name a blend JSON (e.g. tests/data/tokens/blend.json)")
     blend = read_blend(cfg.data.blend)
@@ -86,58 +95,82 @@ def evaluate(engine: ParallelEngine, valid, cfg: Config, layout: Layout) -> floa
 def train(cfg: Config, blend: Blend, run_dir: Path) -> None:
     layout = init_distributed(cfg.parallel.tp, cfg.parallel.pp)
     seed_everything(cfg.train.seed, layout.pp_rank, layout.dp_rank, layout.tp_rank)
+    resume_from = checkpoint.find_resume_point(cfg, run_dir)
+    if resume_from:
+        checkpoint.fit_config(cfg, resume_from)
     is_logger = layout.rank == 0
     if is_logger:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_record(run_dir, cfg, layout)
         print(f"[pretrain] {layout.describe()}, {cfg.model.num_parameters(layout.tp) / 1e6:.2f}M parameters, "
               f"{cfg.train.steps} steps", flush=True)
-    eval_samples = cfg.logging.eval_iters * cfg.train.global_batch_size
-    train_data, valid_data = build_datasets(cfg, blend, samples_for(cfg), eval_samples,
-                                            cfg.data.cache_dir or str(run_dir / "data_cache"))
     seq = cfg.model.seq_length
     engine = ParallelEngine(cfg, layout, batch_size(0, cfg.train))
+    guard = BadStepGuard(engine, cfg.train.spike_threshold, cfg.train.spike_window, layout.device)
+    stop = StopRequest()
+    progress = Progress()
+    if resume_from:
+        progress.restore(checkpoint.load(engine, cfg, layout, resume_from), guard)
+        if is_logger:
+            print(f"[pretrain] resumed from {resume_from['path']} at step {progress.step}", flush=True)
+    eval_samples = cfg.logging.eval_iters * cfg.train.global_batch_size
+    cache_dir = cfg.data.cache_dir or str(run_dir / "data_cache")
+    train_data, valid_data = build_datasets(cfg, blend, samples_for(cfg) + progress.skipped_samples, eval_samples,
+                                            cache_dir)
     log = MetricsLog(run_dir, enabled=is_logger, tensorboard=cfg.logging.tensorboard)
     peak = device_peak_tflops(layout.device, cfg.precision, cfg.logging.peak_tflops)
     flops_per_token = training_flops_per_token(cfg.model)
+    ckpt_dir = checkpoint.checkpoint_dir(cfg, run_dir)
 
-    tokens = consumed = 0
-    for step in range(1, cfg.train.steps + 1):
-        batch = batch_size(tokens, cfg.train)
-        lr = learning_rate(tokens + batch * seq, cfg.train)  # warmup's first step is not wasted at lr 0
+    while progress.step < cfg.train.steps:
+        step = progress.step + 1
+        batch = batch_size(progress.tokens, cfg.train)
+        lr = learning_rate(progress.tokens + batch * seq, cfg.train)  # warmup's first step is not wasted at lr 0
         engine.set_batch_size(batch)
         engine.set_lr(lr)
-        data = micro_batches(train_data, consumed, batch, layout.dp, layout.dp_rank, cfg.train.micro_batch_size)
+        data = micro_batches(train_data, progress.consumed, batch, layout.dp, layout.dp_rank,
+                             cfg.train.micro_batch_size)
         start = time.perf_counter()
         loss = engine.train_step(data)
         elapsed = time.perf_counter() - start
-        consumed += batch
-        tokens += batch * seq
-        if step % cfg.logging.interval == 0 or step == cfg.train.steps:
+        progress.advance(batch, seq)
+        if step % cfg.logging.interval == 0 or step == cfg.train.steps or guard.last_bad:
             tflops = flops_per_token * batch * seq / elapsed / layout.world / 1e12
             log.write({
-                "step": step, "loss": loss, "lr": lr, "tokens": tokens, "batch_size": batch,
+                "step": step, "loss": loss, "lr": lr, "tokens": progress.tokens, "batch_size": batch,
                 "tokens_per_s": batch * seq / elapsed, "step_time_s": elapsed,
                 "tflops": tflops, "mfu": tflops / peak, "grad_norm": engine.grad_norm,
                 "loss_scale": engine.loss_scale, "skipped_steps": engine.skipped_steps,
+                "bad_step": guard.last_bad, "bad_steps": guard.total,
             })
             if is_logger:
                 print(f"[pretrain] step {step:>6} loss {loss:.4f} lr {lr:.3e} "
-                      f"{batch * seq / elapsed:,.0f} tok/s", flush=True)
+                      f"{batch * seq / elapsed:,.0f} tok/s" + (" (update skipped: bad step)" if guard.last_bad else ""),
+                      flush=True)
+        if guard.consecutive >= cfg.train.bad_step_limit:
+            skipped_before = progress.skipped_samples
+            roll_back(engine, cfg, layout, ckpt_dir, progress, guard)
+            train_data, _ = build_datasets(cfg, blend, samples_for(cfg) + progress.skipped_samples, eval_samples,
+                                           cache_dir)
+            if is_logger:
+                print(f"[pretrain] rolled back to step {progress.step}, skipping "
+                      f"{progress.skipped_samples - skipped_before} samples", flush=True)
+            continue
         if (cfg.logging.eval_interval and step % cfg.logging.eval_interval == 0) or step == cfg.train.steps:
             valid_loss = evaluate(engine, valid_data, cfg, layout)
             log.write({"step": step, "valid_loss": valid_loss,
-                       "valid_ppl": float(torch.tensor(valid_loss).exp()), "tokens": tokens}, prefix="valid")
-        if cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0 or step == cfg.train.steps:
-            save_checkpoint(engine, cfg, run_dir, step, tokens, consumed)
+                       "valid_ppl": float(torch.tensor(valid_loss).exp()), "tokens": progress.tokens}, prefix="valid")
+        stopping = stop.agreed() or (cfg.train.exit_interval and step % cfg.train.exit_interval == 0)
+        if stopping or (cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0) or step == cfg.train.steps:
+            path = checkpoint.save(engine, cfg, layout, ckpt_dir, progress.state(guard))
+            if is_logger:
+                print(f"[pretrain] saved {path}", flush=True)
+        if stopping and step < cfg.train.steps:
+            if is_logger:
+                print(f"[pretrain] stopping after step {step} as asked"
+                      f"{f' (signal {stop.signal})' if stop.signal else ''}; rerun to resume", flush=True)
+            break
     log.close()
-
-
-def save_checkpoint(engine: ParallelEngine, cfg: Config, run_dir: Path, step: int, tokens: int, consumed: int) -> None:
-    directory = cfg.checkpoint.dir or str(run_dir / "checkpoints")
-    engine.engine.save_checkpoint(directory, tag=f"step{step:08d}", client_state={
-        "step": step, "tokens": tokens, "consumed_samples": consumed, "config": cfg.to_dict(),
-    })
 
 
 def main(argv=None) -> int:
@@ -149,6 +182,9 @@ def main(argv=None) -> int:
         return 2
     try:
         train(cfg, blend, Path(args.run_dir))
+    except UserError as err:  # a checkpoint that cannot be used, a run that cannot go on
+        print(f"training.pretrain: error: {err}", file=sys.stderr, flush=True)
+        return 2
     finally:
         shutdown()
     return 0

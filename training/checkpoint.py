@@ -1,0 +1,347 @@
+"""Save and load training state: atomic, layout-independent, verified before anything is loaded.
+
+Save (every rank, collectively): each parameter's fp32 master weight and Adam moments
+are gathered over its ZeRO data-parallel group (DeepSpeed's `safe_get_full_*`), and
+the data-parallel ranks share the writing. Files go to `<tag>.partial/`; once every
+rank has written, the files are checksummed (spread over ranks), rank 0 writes the
+manifest, renames the directory to `<tag>` and only then moves `latest`. A process
+killed at any point before leaves `latest` on the previous, complete checkpoint.
+
+Load: the manifest is checked against the model config, every file's size and
+checksum is verified, each rank assembles its own shards (merging and re-cutting TP
+shards, finding parameters whatever pipeline stage held them) and all ranks agree that
+nothing is missing before any tensor is copied in. The same layout restores every
+rank's RNG streams too, so the continued run is bit-for-bit the uninterrupted one.
+The format is described in `training/checkpoint_files.py` and docs/checkpoints.md.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from deepspeed.pipe import PipelineModule
+from deepspeed.utils import (safe_get_full_fp32_param, safe_get_full_optimizer_state, safe_set_full_fp32_param,
+                             safe_set_full_optimizer_state)
+
+from training.checkpoint_files import (FORMAT, LATEST, MANIFEST, OPTIMIZER_KEYS, CheckpointError, ShardReader,
+                                       check_files, check_model_matches, file_digest, fsync_dir, latest_tag,
+                                       read_manifest, rng_file, state_file, tag_for, vocab_multiple_for,
+                                       write_text_atomically)
+from training.config import Config
+from training.distributed import Layout
+from training.faults import fault_point
+from training.rng import seed_everything, tensor_parallel_rng
+
+
+def checkpoint_dir(cfg: Config, run_dir: Path) -> Path:
+    return Path(cfg.checkpoint.dir or run_dir / "checkpoints")
+
+
+# --------------------------------------------------------------------------- parameter names
+
+def partition_dim(param: torch.nn.Parameter) -> int | None:
+    """The dimension megatron-core split this parameter along under TP (None: replicated)."""
+    return int(param.partition_dim) if getattr(param, "tensor_model_parallel", False) else None
+
+
+def canonical_parameters(module: torch.nn.Module, n_layers: int) -> list[tuple[str, torch.nn.Parameter]]:
+    """(name in the single-process GPT, parameter) for this rank's module, sorted by name.
+
+    DeepSpeed's PipelineModule names layers by their index in the layer list
+    [token embedding (tied), positions, blocks..., final norm, token embedding (tied)].
+    """
+    named = []
+    for name, param in module.named_parameters():
+        if isinstance(module, PipelineModule):
+            head, _, rest = name.partition(".")
+            if head == "tied_modules":
+                name = rest
+            else:
+                index = int(head)
+                if index == 1:
+                    name = f"position_embedding.{rest}"
+                elif index < n_layers + 2:
+                    name = f"blocks.{index - 2}.{rest}"
+                else:
+                    name = f"final_norm.{rest}"
+        named.append((name, param))
+    return sorted(named, key=lambda item: item[0])
+
+
+def _written_here(name: str, param, layout: Layout) -> bool:
+    """Replicated tensors are written by TP rank 0 only, the tied embedding by the first stage only."""
+    if partition_dim(param) is None and layout.tp_rank != 0:
+        return False
+    return not (name.startswith("token_embedding.") and layout.pp > 1 and layout.pp_rank != 0)
+
+
+# --------------------------------------------------------------------------- optimizer access
+
+def _full_state(param, key: str | None, optimizer) -> torch.Tensor | None:
+    """This TP rank's full fp32 weight (key None) or Adam moment, gathered over ZeRO partitions."""
+    if hasattr(param, "_hp_mapping") or hasattr(param, "ds_id"):
+        value = safe_get_full_fp32_param(param) if key is None else safe_get_full_optimizer_state(param, key)
+    else:  # no ZeRO: the torch optimizer holds the parameter itself
+        value = param.data if key is None else optimizer.state.get(param, {}).get(key)
+    return None if value is None else value.detach().float().cpu()
+
+
+def _set_full_state(param, key: str | None, value: torch.Tensor, optimizer) -> None:
+    if hasattr(param, "_hp_mapping") or hasattr(param, "ds_id"):
+        value = value.to(param.device)
+        if key is None:
+            safe_set_full_fp32_param(param, value)
+        else:
+            safe_set_full_optimizer_state(param, value, key)
+    elif key is not None:
+        optimizer.state[param][key] = value.to(param.device).clone()
+    if key is None:  # the low-precision copy the forward pass uses
+        with torch.no_grad():
+            param.data.copy_(value.to(param.dtype))
+
+
+def _base_optimizer(engine):
+    return getattr(engine.optimizer, "optimizer", engine.optimizer)
+
+
+def _adam_step(engine) -> int:
+    steps = [int(s["step"]) for s in _base_optimizer(engine).state.values() if "step" in s]
+    return max(steps, default=0)
+
+
+def _set_adam_step(engine, step: int) -> None:
+    for state in _base_optimizer(engine).state.values():
+        if "step" in state:
+            state["step"] = torch.tensor(float(step)) if torch.is_tensor(state["step"]) else step
+
+
+def _loss_scaler_state(engine) -> dict:
+    scaler = getattr(engine.optimizer, "loss_scaler", None)
+    if scaler is None:
+        return {}
+    return {k: v for k, v in vars(scaler).items() if isinstance(v, (int, float, bool)) and not k.startswith("_")}
+
+
+def _link_optimizer_state(engine) -> None:
+    """Make every parameter's view of its slice of Adam's state exist.
+
+    DeepSpeed (0.19.8) links these lazily after the first parameter group's step, when the
+    later groups (here: the no-weight-decay group) have no state yet, so their views stay
+    empty; a fresh engine has no Adam state at all. Create zero state where missing, relink.
+    """
+    base = _base_optimizer(engine)
+    for group in base.param_groups:
+        for param in group["params"]:
+            state = base.state[param]
+            if not state:
+                state["step"] = torch.tensor(0.0)
+                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+    if hasattr(engine.optimizer, "_lazy_init_hp_params_optimizer_state"):
+        engine.optimizer._hp_optimizer_states_linked = False
+        engine.optimizer._lazy_init_hp_params_optimizer_state()
+
+
+# --------------------------------------------------------------------------- RNG
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+             "tp": tensor_parallel_rng().state}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    tensor_parallel_rng().state = state["tp"]
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# --------------------------------------------------------------------------- save
+
+def _layout_record(layout: Layout, cfg: Config) -> dict:
+    return {"tp": layout.tp, "pp": layout.pp, "dp": layout.dp, "world": layout.world,
+            "zero_stage": cfg.parallel.zero_stage, "precision": cfg.precision}
+
+
+def save(engine, cfg: Config, layout: Layout, directory: Path, trainer_state: dict) -> Path:
+    """Write a checkpoint of the current step on every rank; returns its directory once `latest` names it."""
+    deepspeed_engine = engine.engine
+    step = trainer_state["step"]
+    tag = tag_for(step)
+    partial = directory / f"{tag}.partial"
+    if layout.rank == 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        for sub in ("state", "rng"):
+            (partial / sub).mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+
+    _link_optimizer_state(deepspeed_engine)
+    shard, entries = {}, {}
+    for index, (name, param) in enumerate(canonical_parameters(engine.module, cfg.model.n_layers)):
+        values = {"param": _full_state(param, None, deepspeed_engine.optimizer)}  # collective over DP
+        for key in OPTIMIZER_KEYS:
+            values[key] = _full_state(param, key, deepspeed_engine.optimizer)
+        if index % layout.dp == layout.dp_rank and _written_here(name, param, layout):
+            shard[name] = values
+            entries[name] = {"shape": list(values["param"].shape), "partition_dim": partition_dim(param),
+                             "tp_rank": layout.tp_rank}
+    own_file = state_file(layout.pp_rank, layout.tp_rank, layout.dp_rank)
+    torch.save(shard, partial / own_file)
+    del shard
+    torch.save(rng_state(), partial / rng_file(layout.rank))
+    fault_point("save", step)
+    dist.barrier()
+
+    files = sorted(str(p.relative_to(partial)) for p in partial.rglob("*.pt"))
+    digests = {name: {"bytes": (partial / name).stat().st_size, "xxh3": file_digest(partial / name)}
+               for i, name in enumerate(files) if i % layout.world == layout.rank}
+    gathered = [None] * layout.world
+    dist.all_gather_object(gathered, (own_file, entries, digests))
+    if layout.rank == 0:
+        manifest = {
+            "format": FORMAT, "tag": tag, "optimizer": True,
+            "layout": _layout_record(layout, cfg),
+            "padded_vocab_size": cfg.model.padded_vocab_size(layout.tp),
+            "config": cfg.to_dict(),
+            "trainer": dict(trainer_state, adam_step=_adam_step(deepspeed_engine),
+                            global_steps=deepspeed_engine.global_steps,
+                            global_samples=deepspeed_engine.global_samples,
+                            skipped_steps=deepspeed_engine.skipped_steps,
+                            loss_scaler=_loss_scaler_state(deepspeed_engine)),
+            "params": _parameter_index(gathered),
+            "files": {name: info for _, _, d in gathered for name, info in sorted(d.items())},
+        }
+        write_text_atomically(partial / MANIFEST, json.dumps(manifest, indent=1))
+        final = directory / tag
+        if final.exists():  # a newer timeline's save of the same step, never pointed to by `latest` now
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        fsync_dir(directory)
+        write_text_atomically(directory / LATEST, tag)
+        apply_retention(directory, cfg.checkpoint.keep_last, cfg.checkpoint.keep_every)
+    dist.barrier()
+    return directory / tag
+
+
+def _parameter_index(gathered) -> dict:
+    """name -> full shape, partition dim and the files holding its TP shards in TP order."""
+    pieces: dict[str, list] = {}
+    for own_file, entries, _ in gathered:
+        for name, entry in entries.items():
+            pieces.setdefault(name, []).append((entry, own_file))
+    index = {}
+    for name, found in sorted(pieces.items()):
+        found.sort(key=lambda item: item[0]["tp_rank"])
+        dim, shape = found[0][0]["partition_dim"], list(found[0][0]["shape"])
+        if dim is not None:
+            shape[dim] = sum(entry["shape"][dim] for entry, _ in found)
+        index[name] = {"shape": shape, "partition_dim": dim, "shards": [f for _, f in found]}
+    return index
+
+
+def apply_retention(directory: Path, keep_last: int, keep_every: int) -> None:
+    """Keep the newest `keep_last` checkpoints plus every `keep_every`-th step (0: no such rule)."""
+    if keep_last <= 0:
+        return
+    current = latest_tag(directory)
+    complete = sorted(p for p in directory.glob("step*") if (p / MANIFEST).exists())
+    for path in complete[:-keep_last]:
+        step = int(path.name[len("step"):])
+        if path.name != current and not (keep_every and step % keep_every == 0):
+            shutil.rmtree(path, ignore_errors=True)
+    for stale in directory.glob("step*.partial"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- load
+
+def find_resume_point(cfg: Config, run_dir: Path) -> dict | None:
+    """The manifest to start from: this run's `latest`, else `checkpoint.load`, else None (fresh start)."""
+    directory = checkpoint_dir(cfg, run_dir)
+    if latest_tag(directory):
+        return read_manifest(directory)
+    if cfg.checkpoint.load:
+        return read_manifest(cfg.checkpoint.load)
+    return None
+
+
+def fit_config(cfg: Config, manifest: dict) -> None:
+    """Check the model config against the checkpoint and keep its padded vocabulary at this TP."""
+    check_model_matches(manifest, cfg.to_dict()["model"])
+    cfg.model.make_vocab_size_divisible_by = vocab_multiple_for(manifest, cfg.parallel.tp)
+
+
+def _agree(layout: Layout, problems: list[str]) -> None:
+    """Raise the same CheckpointError on every rank if any rank found a problem."""
+    gathered = [None] * layout.world
+    dist.all_gather_object(gathered, problems)
+    found = [p for rank_problems in gathered for p in rank_problems]
+    if found:
+        more = f" (and {len(found) - 1} more problems)" if len(found) > 1 else ""
+        raise CheckpointError(found[0] + more)
+
+
+def load(engine, cfg: Config, layout: Layout, manifest: dict, restore_rng: bool = True) -> dict:
+    """Load a checkpoint into the engine on every rank; returns the trainer state (step 0 for weights-only)."""
+    deepspeed_engine = engine.engine
+    files = sorted(manifest["files"])
+    _agree(layout, check_files(manifest, [f for i, f in enumerate(files) if i % layout.world == layout.rank]))
+
+    reader = ShardReader(manifest)
+    params = canonical_parameters(engine.module, cfg.model.n_layers)
+    keys = ["param", *OPTIMIZER_KEYS] if manifest["optimizer"] else ["param"]
+    staged, problems = [], []
+    for name, param in params:
+        try:
+            values = {k: reader.shard(name, layout.tp, layout.tp_rank, k) if partition_dim(param) is not None
+                      else reader.full(name, k) for k in keys}
+        except CheckpointError as err:
+            problems.append(str(err))
+            continue
+        if values["param"].shape != param.shape:
+            problems.append(f"checkpoint {manifest['path']}: {name} has shape {list(values['param'].shape)} "
+                            f"here but the model's is {list(param.shape)}")
+        staged.append((param, values))
+    _agree(layout, problems)
+
+    _link_optimizer_state(deepspeed_engine)
+    for param, values in staged:  # every rank has everything: now copy in
+        _set_full_state(param, None, values["param"], deepspeed_engine.optimizer)
+        for key in OPTIMIZER_KEYS if manifest["optimizer"] else ():
+            _set_full_state(param, key, values[key], deepspeed_engine.optimizer)
+    trainer = manifest["trainer"]
+    if trainer is None:  # weights only (e.g. converted from Hugging Face): a fresh run from these weights
+        return {}
+    _set_adam_step(deepspeed_engine, trainer["adam_step"])
+    deepspeed_engine.global_steps = trainer["global_steps"]
+    deepspeed_engine.global_samples = trainer["global_samples"]
+    deepspeed_engine.skipped_steps = trainer["skipped_steps"]
+    scaler = getattr(deepspeed_engine.optimizer, "loss_scaler", None)
+    for key, value in trainer["loss_scaler"].items():
+        if scaler is not None and hasattr(scaler, key):
+            setattr(scaler, key, value)
+    _restore_rng(manifest, cfg, layout, restore_rng)
+    return trainer
+
+
+def _restore_rng(manifest: dict, cfg: Config, layout: Layout, restore: bool) -> None:
+    """Same layout: every rank continues its own streams. Another layout: fresh streams derived from the step."""
+    saved = manifest["layout"]
+    same_layout = all(saved[k] == v for k, v in (("tp", layout.tp), ("pp", layout.pp), ("dp", layout.dp)))
+    step = manifest["trainer"]["step"]
+    if restore and same_layout:
+        path = Path(manifest["path"]) / rng_file(layout.rank)
+        set_rng_state(torch.load(path, weights_only=False))
+    else:
+        seed_everything(cfg.train.seed + step, layout.pp_rank, layout.dp_rank, layout.tp_rank)

@@ -1,0 +1,158 @@
+"""Surviving faults: stop requests (SIGTERM, Slurm's SIGUSR1), bad steps (NaN/Inf, loss spikes), fault injection.
+
+- `StopRequest`: SIGTERM or SIGUSR1 (`sbatch --signal=USR1@120`) sets a flag; the loop
+  finishes its step, all ranks agree, it saves and exits 0. A requeued job then resumes
+  from `latest` by itself.
+- `BadStepGuard`: hooks DeepSpeed's optimizer step (the one point every engine passes
+  through once per global batch, after all micro-batches' backward). All ranks learn the
+  global mean loss from one all-reduce; a NaN/Inf loss, or one above
+  `train.spike_threshold` x the mean of the last `train.spike_window` good steps, discards
+  the gradients instead of stepping. The trainer rolls back or stops after
+  `train.bad_step_limit` bad steps in a row.
+- `GPT_FAULT_*` environment variables inject faults on purpose (tests, fire drills):
+  `GPT_FAULT_NAN_STEPS=3,4` poisons those steps' activations with NaN,
+  `GPT_FAULT_KILL_IN_SAVE=4` SIGKILLs the process in the middle of step 4's save.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+from collections import deque
+
+import torch
+import torch.distributed as dist
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def _steps_from_env(name: str) -> set[int]:
+    return {int(s) for s in os.environ.get(name, "").split(",") if s.strip()}
+
+
+def fault_point(where: str, step: int) -> None:
+    """Die here, as a node failure or OOM-killer would, when the environment asks for it."""
+    if where == "save" and step in _steps_from_env("GPT_FAULT_KILL_IN_SAVE"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class StopRequest:
+    """Remembers a stop signal until the end of the current step."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, _frame) -> None:
+        self.signal = signum
+
+    def agreed(self) -> bool:
+        """True on every rank if any rank was signalled (Slurm may signal only some of them)."""
+        flag = torch.tensor([1.0 if self.signal is not None else 0.0])
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+class BadStepGuard:
+    """Decides, before each optimizer update, whether the step's loss deserves one."""
+
+    def __init__(self, engine, spike_threshold: float, spike_window: int, device: torch.device):
+        self.engine = engine  # training.parallel.ParallelEngine
+        self.spike_threshold = spike_threshold
+        self.history: deque[float] = deque(maxlen=max(spike_window, 1))
+        self.device = device
+        self.last_bad = False
+        self.consecutive = 0
+        self.total = 0
+        self._local: list[torch.Tensor] = []
+        self._nan_steps = _steps_from_env("GPT_FAULT_NAN_STEPS")
+        self._install()
+
+    # ------------------------------------------------------------------ hooks into DeepSpeed
+    def _install(self) -> None:
+        ds = self.engine.engine
+        take_step, optimizer_step = ds._take_model_step, ds.optimizer.step
+
+        def guarded_take_step(*args, **kwargs):
+            bad = self._decide()
+            ds.optimizer.step = self._discard_gradients if bad else optimizer_step
+            try:
+                return take_step(*args, **kwargs)
+            finally:
+                ds.optimizer.step = optimizer_step
+
+        ds._take_model_step = guarded_take_step
+        if not self.engine.pipelined:  # the plain engine: each micro-batch's loss passes through backward()
+            backward = ds.backward
+
+            def recording_backward(loss, *args, **kwargs):
+                self._local.append(loss.detach().float().reshape(1))
+                return backward(loss, *args, **kwargs)
+
+            ds.backward = recording_backward
+        if self._nan_steps:
+            first_block = next((m for m in self.engine.module.modules() if type(m).__name__ == "Block"), None)
+            if first_block is not None:
+                first_block.register_forward_hook(self._inject_nan)
+
+    def _inject_nan(self, _module, _inputs, output):
+        if self.engine.engine.global_steps + 1 in self._nan_steps:
+            return output * float("nan")
+        return output
+
+    def _local_loss(self) -> tuple[float, float]:
+        """(sum, count) of this rank's micro-batch losses; zero on pipeline stages without the loss."""
+        if self.engine.pipelined:
+            ds = self.engine.engine
+            if not ds.is_last_stage() or ds.total_loss is None:
+                return 0.0, 0.0
+            return float(ds.total_loss.sum()), float(ds.micro_batches)
+        values, self._local = self._local, []
+        return float(torch.cat(values).sum()) if values else 0.0, float(len(values))
+
+    def _decide(self) -> bool:
+        total, count = self._local_loss()
+        reduced = torch.tensor([total, count], dtype=torch.float64, device=self.device)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(reduced)
+        loss = (reduced[0] / reduced[1]).item() if reduced[1] > 0 else float("nan")
+        bad = not math.isfinite(loss) or self._is_spike(loss)
+        self.last_bad = bad
+        if bad:
+            self.consecutive += 1
+            self.total += 1
+        else:
+            self.consecutive = 0
+            self.history.append(loss)
+        return bad
+
+    def _is_spike(self, loss: float) -> bool:
+        if self.spike_threshold <= 0 or len(self.history) < self.history.maxlen:
+            return False
+        return loss > self.spike_threshold * (sum(self.history) / len(self.history))
+
+    def _discard_gradients(self, *_args, **_kwargs) -> None:
+        """In place of the optimizer step: drop this step's gradients, as ZeRO does on fp16 overflow."""
+        optimizer = self.engine.engine.optimizer
+        optimizer.zero_grad(set_to_none=True)
+        for name in ("averaged_gradients", "all_grad_tensors"):
+            buffers = getattr(optimizer, name, None)
+            if isinstance(buffers, dict):
+                for key in buffers:
+                    buffers[key] = None
+        if hasattr(optimizer, "_release_preflattened_grad_buffers"):
+            optimizer._release_preflattened_grad_buffers()
+        if hasattr(optimizer, "overflow"):
+            optimizer.overflow = True  # DeepSpeed then counts it in engine.skipped_steps and skips its scheduler
+
+    # ------------------------------------------------------------------ checkpointed state
+    def state_dict(self) -> dict:
+        return {"history": list(self.history), "consecutive": self.consecutive, "total": self.total}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history.clear()
+        self.history.extend(state.get("history", []))
+        self.consecutive = state.get("consecutive", 0)
+        self.total = state.get("total", 0)
