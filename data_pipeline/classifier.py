@@ -207,7 +207,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train_parser.add_argument("--negative", nargs="+", required=True, help="raw crawl documents")
     train_parser.add_argument("--output", required=True, help="model file to write (.npz)")
     train_parser.add_argument("--holdout", type=float, default=0.2, help="held-out fraction (default %(default)s)")
-    train_parser.add_argument("--seed", type=int, default=0)
+    train_parser.add_argument("--seed", type=int, default=0, help="seed of the held-out split (default 0)")
     train_parser.add_argument("--max-docs", type=int, default=None, help="cap per class")
     train_parser.add_argument("--regularization", type=float, default=1.0, help="inverse L2 strength C")
     train_parser.set_defaults(func=_train_main)
@@ -219,9 +219,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "np.random.pareto(alpha) > 1 - quality, seeded per document id.")
     add_executor_args(score_parser)
     score_parser.add_argument("--model", required=True, help="model from `gpt-data classifier train`")
-    score_parser.add_argument("--keep", choices=KEEP_RULES, default=defaults.keep)
+    score_parser.add_argument("--keep", choices=KEEP_RULES, default=defaults.keep,
+                              help="pareto: GPT-3's sampling rule (default); all: only add the quality column")
     score_parser.add_argument("--alpha", type=float, default=defaults.alpha, help="Pareto shape (default %(default)s)")
-    score_parser.add_argument("--seed", type=int, default=defaults.seed)
+    score_parser.add_argument("--seed", type=int, default=defaults.seed,
+                              help="seed of the per-document Pareto draws (default %(default)s)")
     score_parser.set_defaults(func=_score_main)
 
 
