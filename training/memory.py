@@ -197,6 +197,15 @@ def _stage_activations(config: Config, layout: Layout, blocks: int, has_embeddin
     return activations
 
 
+def _gradients(params: int, e: int, z: int, dp: int, gathered: int, bucket: int) -> int:
+    if z <= 1:
+        return params * e + bucket
+    if z == 2:  # gradients live until a bucket's worth is reduce-scattered into the owned partition
+        partition = params * e // dp if params > REDUCE_BUCKET_ELEMENTS else 0
+        return partition + min(params, REDUCE_BUCKET_ELEMENTS) * e
+    return params * e // dp + gathered + bucket
+
+
 def estimate_stages(config: Config, layout: Layout) -> list[MemoryEstimate]:
     """Memory of each pipeline stage of `config` laid out as `layout`."""
     e = BYTES[config.precision]
@@ -208,7 +217,8 @@ def estimate_stages(config: Config, layout: Layout) -> list[MemoryEstimate]:
     # ZeRO-3 gathers whole blocks for compute (the current one and one prefetched), and ZeRO-2/3
     # hold a block's full gradients until they are reduce-scattered.
     gathered = block_parameters(config, layout.tp) * e if z >= 2 and dp > 1 else 0
-    bucket = REDUCE_BUCKET_ELEMENTS * e if z >= 1 and micro_batches > 1 else 0
+    # ZeRO-1 and -3 allocate the contiguous bucket once gradients accumulate or a pipeline runs.
+    bucket = REDUCE_BUCKET_ELEMENTS * e if z in (1, 3) and (micro_batches > 1 or pp > 1) else 0
     estimates = []
     for stage, (params, blocks, has_embedding, has_head) in enumerate(stage_layers(config, layout.tp, pp)):
         in_flight = min(pp - stage, micro_batches)
@@ -219,7 +229,7 @@ def estimate_stages(config: Config, layout: Layout) -> list[MemoryEstimate]:
         estimates.append(MemoryEstimate(
             stage=stage,
             parameters=params * e // dp + 2 * gathered if z >= 3 else params * e,
-            gradients=(params * e // dp + gathered if z >= 2 else params * e) + bucket,
+            gradients=_gradients(params, e, z, dp, gathered, bucket),
             optimizer=params * (master + 8) // (dp if z >= 1 else 1),
             optimizer_step=params * 4 // dp if z >= 1 else 0,
             activations=_stage_activations(config, layout, blocks, has_embedding, has_head, in_flight),

@@ -1,0 +1,155 @@
+"""The real sbatch scripts on a real (one-node, CPU) Slurm, started by slurm/ci/start_slurm.sh.
+
+`sbatch slurm/gpt3_175b.sh` runs unchanged with a tiny config and a TP2 x PP2 x DP2 layout on
+8 CPU ranks (gloo), overridden only through the environment and sbatch's command line.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests/data"
+
+
+def _slurm_problem() -> str | None:
+    if shutil.which("sbatch") is None:
+        return "no sbatch on PATH: start a one-node Slurm with `bash slurm/ci/start_slurm.sh` (root)"
+    try:
+        info = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        return "sinfo timed out: no Slurm controller answering"
+    if info.returncode != 0 or not re.search(r"idle|mixed|allocated", info.stdout):
+        return f"no running Slurm controller with a usable node: {(info.stderr or info.stdout).strip()[:200]}"
+    return None
+
+
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(_slurm_problem() is not None, reason=str(_slurm_problem()))]
+
+# The 175B script's GPU request and layout, replaced for 8 CPU ranks on one node.
+CPU_ALLOCATION = ["--nodes=1", "--ntasks-per-node=8", "--gpus-per-node=0", "--cpus-per-task=1",
+                  "--time=00:20:00"]
+TINY_3D = {"CONFIG": "configs/tiny/gpt3_tiny.yaml", "TP": "2", "PP": "2", "MICRO_BATCH": "2",
+           "ACT_CKPT": "false", "CKPT_INTERVAL": "3", "MASTER_PORT": "29631"}
+
+
+def sbatch(script: str, env: dict[str, str], args: list[str]) -> str:
+    result = subprocess.run(["sbatch", "--parsable", *args, script], cwd=ROOT, env={**os.environ, **env},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().split(";")[0]
+
+
+def wait(job: str, timeout: float = 900) -> list[dict[str, str]]:
+    """Wait until every task of `job` (an array job has several) has finished; their records."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        shown = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True)
+        records = [dict(re.findall(r"(\w+)=(\S*)", line)) for line in shown.stdout.splitlines()]
+        if records and all(r["JobState"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL",
+                                             "OUT_OF_MEMORY") for r in records):
+            return records
+        time.sleep(2)
+    subprocess.run(["scancel", job])
+    pytest.fail(f"Slurm job {job} did not finish within {timeout} s")
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [row for row in map(json.loads, lines) if "loss" in row]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """`sbatch slurm/gpt3_175b.sh` with the tiny config on 8 CPU ranks, 6 steps."""
+    run_dir = tmp_path_factory.mktemp("slurm_run")
+    env = {**TINY_3D, "RUN_DIR": str(run_dir), "EXTRA_ARGS": "train.steps=6 logging.eval_interval=0"}
+    job = sbatch("slurm/gpt3_175b.sh", env, [*CPU_ALLOCATION, f"--output={run_dir}/slurm-%j.out"])
+    (record,) = wait(job)
+    return job, record, run_dir, (run_dir / f"slurm-{job}.out").read_text()
+
+
+def test_gpt3_175b_script_trains_tiny_model_on_cpu_slurm(trained):
+    job, record, run_dir, log = trained
+    assert record["JobState"] == "COMPLETED" and record["ExitCode"] == "0:0", log[-3000:]
+    assert "8 tasks, TP 2 x PP 2 x DP 2, backend gloo" in log
+    rows = metrics(run_dir)
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.3, [r["loss"] for r in rows]
+    ckpt = run_dir / "checkpoints"
+    latest = (ckpt / "latest").read_text().strip()
+    assert (ckpt / latest).is_dir() and any((ckpt / latest).iterdir())
+
+
+@pytest.mark.xfail(reason="resuming from <checkpoint.dir>/latest is issue 4, not in training.pretrain yet",
+                   strict=False)
+def test_resubmitted_job_resumes_from_latest_checkpoint(trained):
+    _, first, run_dir, _ = trained
+    assert first["JobState"] == "COMPLETED"
+    done = len(metrics(run_dir))
+    env = {**TINY_3D, "RUN_DIR": str(run_dir), "EXTRA_ARGS": "train.steps=9 logging.eval_interval=0"}
+    job = sbatch("slurm/gpt3_175b.sh", env, [*CPU_ALLOCATION, f"--output={run_dir}/slurm-%j.out"])
+    (record,) = wait(job)
+    log = (run_dir / f"slurm-{job}.out").read_text()
+    assert record["JobState"] == "COMPLETED", log[-3000:]
+    resumed = metrics(run_dir)[done:]
+    assert [r["step"] for r in resumed] == [7, 8, 9], log[-3000:]
+    assert (run_dir / "checkpoints/latest").read_text().strip().endswith("9")
+
+
+def test_allocation_that_does_not_match_the_layout_fails_clearly(tmp_path):
+    env = {**TINY_3D, "TP": "3", "PP": "1", "RUN_DIR": str(tmp_path)}
+    job = sbatch("slurm/gpt3_175b.sh", env, [*CPU_ALLOCATION, f"--output={tmp_path}/slurm-%j.out"])
+    (record,) = wait(job, timeout=120)
+    log = (tmp_path / f"slurm-{job}.out").read_text()
+    assert record["JobState"] == "FAILED"
+    assert "allocation has 8 tasks (1 nodes), not divisible by TP x PP = 3 x 1" in log
+
+
+def _documents(directory: Path) -> list[str]:
+    return sorted(text for shard in sorted(directory.glob("*.parquet"))
+                  for text in pq.read_table(shard, columns=["text"]).column("text").to_pylist())
+
+
+def test_data_prep_array_and_mpi_dedup_jobs_match_a_local_run(tmp_path):
+    shards = tmp_path / "in"
+    shards.mkdir()
+    for name in ("cc-sample-0000.warc.gz", "ccnet-head-0091.jsonl.gz"):
+        (shards / name).symlink_to(DATA / name)
+    allocation = ["--cpus-per-task=1", "--time=00:10:00"]
+    extract = sbatch("slurm/data_array.sh",
+                     {"STAGE": "extract", "INPUT": str(shards), "OUTPUT": str(tmp_path / "docs")},
+                     ["--array=0-1", *allocation, f"--output={tmp_path}/extract-%a.out"])
+    dedup = sbatch("slurm/data_dedup_mpi.sh", {"INPUT": str(tmp_path / "docs"), "OUTPUT": str(tmp_path / "unique")},
+                   ["--nodes=1", "--ntasks-per-node=2", f"--dependency=afterok:{extract}", *allocation,
+                    f"--output={tmp_path}/dedup.out"])
+    tasks = wait(extract, timeout=300)
+    assert len(tasks) == 2 and all(t["JobState"] == "COMPLETED" for t in tasks)
+    # Each array task did one of the two shards.
+    logs = [(tmp_path / f"extract-{i}.out").read_text() for i in (0, 1)]
+    assert all("1 this run" in log for log in logs), logs
+    (record,) = wait(dedup, timeout=300)
+    assert record["JobState"] == "COMPLETED", (tmp_path / "dedup.out").read_text()[-3000:]
+    assert "[0/2]" in (tmp_path / "dedup.out").read_text() and "[1/2]" in (tmp_path / "dedup.out").read_text()
+
+    with gzip.open(DATA / "ccnet-head-0091.jsonl.gz", "rt") as lines:
+        ccnet_docs = sum(1 for line in lines if line.strip())
+    extracted = _documents(tmp_path / "docs")
+    assert len(extracted) == 22 + ccnet_docs  # 22 HTML responses in the WARC (tests/data/README.md)
+
+    # The same two stages in one local process give the same documents.
+    for stage, src, dst in (("extract", shards, "local_docs"), ("dedup minhash", tmp_path / "local_docs", "local_unique")):
+        subprocess.run([sys.executable, "-m", "data_pipeline.cli", *stage.split(), "--input", str(src), "--output", str(tmp_path / dst),
+                        "--executor", "local"], check=True, capture_output=True, timeout=300)
+    assert _documents(tmp_path / "local_docs") == extracted
+    assert _documents(tmp_path / "unique") == _documents(tmp_path / "local_unique")
