@@ -158,19 +158,23 @@ def _run_tasks(process: ProcessFn, todo: list[ShardTask], workers: int, desc: st
                quiet: bool) -> list[tuple[str, str]]:
     failures: list[tuple[str, str]] = []
     bar = tqdm(total=len(todo), desc=desc, unit="shard", disable=quiet or not todo, dynamic_ncols=True)
-    documents = 0
+    documents = 0  # read so far: live when shards run in this process, per shard otherwise
 
-    def finished(name: str, error: str | None, stats: dict) -> None:
+    def read(n: int) -> None:
         nonlocal documents
+        documents += n
+        bar.set_postfix(docs=documents, failed=len(failures), refresh=False)
+        bar.update(0)  # redraws at most every `mininterval`
+
+    def finished(name: str, error: str | None, stats: dict, counted_live: bool = False) -> None:
         if error is not None:
             failures.append((name, error))
-        documents += stats.get("documents_out", 0)
-        bar.set_postfix(docs=documents, failed=len(failures), refresh=False)
+        read(0 if counted_live else stats.get("documents_in", 0))
         bar.update()
 
     if workers == 1 or len(todo) <= 1:
         for task in todo:
-            finished(*run_one(process, task))
+            finished(*run_one(process, task, LiveStats(read)), counted_live=True)
     else:
         with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=get_context("spawn")) as pool:
             futures = [pool.submit(run_one, process, task) for task in todo]
@@ -181,9 +185,22 @@ def _run_tasks(process: ProcessFn, todo: list[ShardTask], workers: int, desc: st
     return failures
 
 
-def run_one(process: ProcessFn, task: ShardTask) -> tuple[str, str | None, dict]:
+class LiveStats(Stats):
+    """Stats that report each ``documents_in`` to a callback (the progress bar)."""
+
+    def __init__(self, on_documents: Callable[[int], None]):
+        super().__init__()
+        self._on_documents = on_documents
+
+    def add(self, *keys: str, n: float = 1) -> None:
+        super().add(*keys, n=n)
+        if keys == ("documents_in",):
+            self._on_documents(int(n))
+
+
+def run_one(process: ProcessFn, task: ShardTask, stats: Stats | None = None) -> tuple[str, str | None, dict]:
     """Run one shard and mark it done; a failure is returned as a message, not raised."""
-    stats = Stats()
+    stats = stats if stats is not None else Stats()
     start = time.perf_counter()
     try:
         process(task, stats)

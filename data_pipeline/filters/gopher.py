@@ -171,13 +171,20 @@ def _sorted_groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def top_ngram_chars(keys: np.ndarray, lengths: np.ndarray, n: int) -> int:
-    """Characters in all occurrences of the most frequent n-gram (words joined by spaces)."""
+    """Characters in all occurrences of the most frequent n-gram (words joined by spaces).
+
+    Ties go to the longest n-gram, so the answer does not depend on hash order; an
+    n-gram seen only once is not repetition (0)."""
     order, starts = _sorted_groups(keys)
     group_starts = np.flatnonzero(starts)
     counts = np.diff(np.append(group_starts, len(keys)))
-    best = int(np.argmax(counts))
-    first = int(order[group_starts[best]])
-    return (int(lengths[first:first + n].sum()) + n - 1) * int(counts[best])
+    top = counts.max()
+    if top < 2:
+        return 0
+    firsts = order[group_starts[counts == top]]
+    ends = np.concatenate([[0], np.cumsum(lengths)])
+    longest = int((ends[firsts + n] - ends[firsts]).max())
+    return (longest + n - 1) * int(top)
 
 
 def repeated_ngram_chars(keys: np.ndarray, lengths: np.ndarray, n: int) -> int:

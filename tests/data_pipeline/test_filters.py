@@ -10,6 +10,7 @@ import itertools
 import json
 import random
 import re
+from collections import Counter
 
 import pytest
 
@@ -18,7 +19,7 @@ from data_pipeline.errors import UserError
 from data_pipeline.filters import build_filters
 from data_pipeline.filters.c4 import C4Filter, C4Options
 from data_pipeline.filters.gopher import (GopherQuality, GopherQualityOptions, GopherRepetition, ngram_keys,
-                                          repeated_ngram_chars, word_ids)
+                                          repeated_ngram_chars, top_ngram_chars, word_ids)
 from data_pipeline.filters.language import LanguageFilter, LanguageOptions
 from data_pipeline.filters.text import words
 from data_pipeline.filters.url import UrlBlocklist, UrlOptions
@@ -181,6 +182,28 @@ def test_repeated_ngram_characters_match_a_set_based_reference(vocabulary):
         ids, lengths = word_ids(ws)
         got = {n: repeated_ngram_chars(keys, lengths, n) for n, keys in ngram_keys(ids, 10) if n >= 5}
         assert got == {n: reference_repeated_chars(ws, n) for n in got}, trial
+
+
+def test_top_ngram_characters_match_a_counter_reference(vocabulary):
+    rng = random.Random(2)
+    for trial in range(200):
+        ws = [rng.choice(vocabulary[:rng.randint(2, 8)]) for _ in range(rng.randint(2, 80))]
+        ids, lengths = word_ids(ws)
+        for n, keys in ngram_keys(ids, 4):
+            counts = Counter(zip(*(ws[i:] for i in range(n))))
+            top = max(counts.values())
+            longest = max(sum(map(len, gram)) + n - 1 for gram, c in counts.items() if c == top)
+            assert top_ngram_chars(keys, lengths, n) == (longest * top if top > 1 else 0), (trial, n)
+
+
+def test_filter_decisions_do_not_depend_on_the_hash_seed(h, tmp_path, warc_sample):
+    """Word keys are Python string hashes, salted per process: results must not change."""
+    for seed in ("1", "2"):
+        proc = h.gpt_data_process("filter", "--input", warc_sample, "--output", tmp_path / seed,
+                                  env={"PYTHONHASHSEED": seed})
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    for part in ("", "removed"):
+        assert h.read_rows(tmp_path / "1" / part) == h.read_rows(tmp_path / "2" / part)
 
 
 # ---------------------------------------------------------------- C4
