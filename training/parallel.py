@@ -167,7 +167,10 @@ class ParallelEngine:
         if self.pipelined:
             return self.engine.train_batch(iter(micro_batches)).item()
         losses = []
-        for tokens, labels in micro_batches:
+        for index, (tokens, labels) in enumerate(micro_batches):
+            # Say where the boundary is: DeepSpeed's micro-step counter misplaces it once the
+            # batch-size ramp changes the number of micro-batches.
+            self.engine.set_gradient_accumulation_boundary(index == len(micro_batches) - 1)
             loss = language_model_loss(self.engine(tokens.to(self.layout.device)), labels.to(self.layout.device))
             self.engine.backward(loss)
             self.engine.step()

@@ -3,8 +3,11 @@
 Same seed, same data, fp32, dropout 0: every layout's per-step losses must match a
 single process within 1e-5 relative (float summation order is the only difference).
 """
+import json
+
 import pytest
 
+from training.config import load_config
 from tests.training.launch import max_relative_difference, read_metrics, run_pretrain
 
 pytestmark = pytest.mark.multiproc
@@ -16,10 +19,26 @@ COMMON = ["train.steps=10", "model.make_vocab_size_divisible_by=1024", "model.dr
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("single")
-    run_pretrain(run_dir, 1, COMMON)
-    return read_metrics(run_dir)
+    run_pretrain(run_dir, 1, COMMON + ["logging.tensorboard=true"])
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run):
+    return read_metrics(reference_run)
+
+
+def test_run_directory_records_how_to_reproduce_it(reference_run):
+    resolved = load_config(reference_run / "config.yaml")
+    assert resolved.model.vocab_size == 50257  # taken from the blend's tokenizer
+    assert resolved.train.steps == 10 and resolved.data.blend.endswith("blend2.json")
+    environment = json.loads((reference_run / "environment.json").read_text())
+    assert environment["layout"] == {"world": 1, "tp": 1, "pp": 1, "dp": 1, "device": "cpu"}
+    assert {"torch", "deepspeed", "megatron_core"} <= set(environment)
+    events = list((reference_run / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
 
 
 def test_loss_falls_on_real_text(reference):

@@ -36,3 +36,16 @@ def test_recomputation_with_dropout_is_exact_in_the_pipeline(tmp_path):
     stored, _ = read_metrics(tmp_path / "stored")
     recomputed, _ = read_metrics(tmp_path / "recomputed")
     assert [r["loss"] for r in stored] == [r["loss"] for r in recomputed]
+
+
+def test_batch_size_ramp_runs_in_both_engines(tmp_path):
+    """GPT-3's ramp changes gradient accumulation mid-run; the pipeline and plain engines agree."""
+    ramp = BASE + ["precision=fp32", "model.dropout=0.0", "train.global_batch_size=8",
+                   "train.rampup_start_batch_size=4", "train.rampup_batch_increment=2", "train.rampup_tokens=768"]
+    run_pretrain(tmp_path / "one", 1, ramp)
+    run_pretrain(tmp_path / "pp2", 2, ramp + ["parallel.pp=2"])
+    one, _ = read_metrics(tmp_path / "one")
+    pp2, _ = read_metrics(tmp_path / "pp2")
+    assert [r["batch_size"] for r in one] == [4, 4, 6, 8, 8, 8]  # 384 tokens per +2 sequences
+    assert [r["batch_size"] for r in pp2] == [r["batch_size"] for r in one]
+    assert max_relative_difference([r["loss"] for r in one], [r["loss"] for r in pp2]) < 1e-5
