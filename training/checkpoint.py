@@ -292,8 +292,11 @@ def _agree(layout: Layout, problems: list[str]) -> None:
         raise CheckpointError(found[0] + more)
 
 
-def load(engine, cfg: Config, layout: Layout, manifest: dict, restore_rng: bool = True) -> dict:
-    """Load a checkpoint into the engine on every rank; returns the trainer state (step 0 for weights-only)."""
+def load(engine, cfg: Config, layout: Layout, manifest: dict) -> dict:
+    """Load a checkpoint into the engine on every rank; returns the trainer state ({} for weights-only).
+
+    RNG streams are restored separately (`restore_rng`), just before training goes on: building
+    datasets and the like in between may draw from them."""
     deepspeed_engine = engine.engine
     files = sorted(manifest["files"])
     _agree(layout, check_files(manifest, [f for i, f in enumerate(files) if i % layout.world == layout.rank]))
@@ -331,16 +334,17 @@ def load(engine, cfg: Config, layout: Layout, manifest: dict, restore_rng: bool 
     for key, value in trainer["loss_scaler"].items():
         if scaler is not None and hasattr(scaler, key):
             setattr(scaler, key, value)
-    _restore_rng(manifest, cfg, layout, restore_rng)
     return trainer
 
 
-def _restore_rng(manifest: dict, cfg: Config, layout: Layout, restore: bool) -> None:
+def restore_rng(manifest: dict, cfg: Config, layout: Layout) -> None:
     """Same layout: every rank continues its own streams. Another layout: fresh streams derived from the step."""
+    if manifest["trainer"] is None:
+        return
     saved = manifest["layout"]
     same_layout = all(saved[k] == v for k, v in (("tp", layout.tp), ("pp", layout.pp), ("dp", layout.dp)))
     step = manifest["trainer"]["step"]
-    if restore and same_layout:
+    if same_layout:
         path = Path(manifest["path"]) / rng_file(layout.rank)
         set_rng_state(torch.load(path, weights_only=False))
     else:

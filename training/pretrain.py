@@ -121,6 +121,8 @@ def train(cfg: Config, blend: Blend, run_dir: Path) -> None:
     peak = device_peak_tflops(layout.device, cfg.precision, cfg.logging.peak_tflops)
     flops_per_token = training_flops_per_token(cfg.model)
     ckpt_dir = checkpoint.checkpoint_dir(cfg, run_dir)
+    if resume_from:  # last: the lines above draw random numbers (e.g. the CPU peak measurement)
+        checkpoint.restore_rng(resume_from, cfg, layout)
 
     while progress.step < cfg.train.steps:
         step = progress.step + 1
@@ -149,9 +151,10 @@ def train(cfg: Config, blend: Blend, run_dir: Path) -> None:
                       flush=True)
         if guard.consecutive >= cfg.train.bad_step_limit:
             skipped_before = progress.skipped_samples
-            roll_back(engine, cfg, layout, ckpt_dir, progress, guard)
+            rolled_back_to = roll_back(engine, cfg, layout, ckpt_dir, progress, guard)
             train_data, _ = build_datasets(cfg, blend, samples_for(cfg) + progress.skipped_samples, eval_samples,
                                            cache_dir)
+            checkpoint.restore_rng(rolled_back_to, cfg, layout)
             if is_logger:
                 print(f"[pretrain] rolled back to step {progress.step}, skipping "
                       f"{progress.skipped_samples - skipped_before} samples", flush=True)

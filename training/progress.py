@@ -45,9 +45,11 @@ class Progress:
         guard.load_state_dict(trainer.get("guard", {}))
 
 
-def roll_back(engine, cfg: Config, layout: Layout, ckpt_dir: Path, progress: Progress, guard: BadStepGuard) -> None:
+def roll_back(engine, cfg: Config, layout: Layout, ckpt_dir: Path, progress: Progress, guard: BadStepGuard) -> dict:
     """After `train.bad_step_limit` bad steps in a row: reload the last checkpoint but keep the data position,
-    so the batches since that checkpoint are skipped (PaLM, OPT), or stop if so configured."""
+    so the batches since that checkpoint are skipped (PaLM, OPT), or stop if so configured.
+
+    Returns the checkpoint's manifest (for `checkpoint.restore_rng` once the data is rebuilt)."""
     limit = cfg.train.bad_step_limit
     reason = f"{limit} bad steps in a row (NaN/Inf or spiking loss) up to step {progress.step}"
     if cfg.train.bad_step_policy == "stop":
@@ -60,3 +62,4 @@ def roll_back(engine, cfg: Config, layout: Layout, ckpt_dir: Path, progress: Pro
     if consumed > progress.consumed:
         progress.skipped_windows.append([progress.consumed, consumed])
         progress.consumed = consumed
+    return manifest
