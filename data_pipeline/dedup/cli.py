@@ -20,7 +20,7 @@ def _common(parser: argparse.ArgumentParser, stages: tuple[str, ...]) -> None:
                         help="numeric column that breaks ties between sources (default %(default)s)")
     parser.add_argument("--fold-digits", action="store_true", help="treat every digit as 0 when comparing")
     parser.add_argument("--partitions", type=int, default=0,
-                        help="hash partitions for the grouping stage (default: one per input shard; "
+                        help="hash partitions for the grouping stage (default: enough for ~2M keys each; "
                              "under MPI one per rank)")
     parser.add_argument("--stage", choices=("all",) + stages, default="all",
                         help="run only this stage (for one Slurm job per stage; default all)")

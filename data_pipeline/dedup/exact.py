@@ -75,19 +75,20 @@ def run(args) -> int:
     """`gpt-data dedup exact`: the stages selected by --stage, in order."""
     inputs = discover_shards(args.input)
     runner = StageRunner(args, inputs)
-    partitions = args.partitions or len(inputs)
     work = work_dir(args.output, "exact")
     hash_dir, group_dir = work / "hashes", work / "groups"
     hash_files = runner.files(hash_dir)
-    decision_files = [group_dir / f"part-{k:05d}.parquet" for k in range(partitions)]
-    runner.check_settings(work, {"fold_digits": args.fold_digits, "partitions": partitions,
+    runner.check_settings(work, {"fold_digits": args.fold_digits, "partitions": args.partitions,
                                  "priority": parse_priority(args.priority), "quality_column": args.quality_column})
     stages = STAGES if args.stage == "all" else (args.stage,)
     if "hashes" in stages:
         runner.per_shard(partial(hashes_shard, fold_digits=args.fold_digits, quality_column=args.quality_column),
                          hash_dir, "dedup exact: hashes")
-    if "groups" in stages:
+    if "groups" in stages or "remove" in stages:
         runner.shards_complete(hash_dir, "hashes")
+        partitions = runner.partition_count(args.partitions, hash_files, 1)
+        decision_files = [group_dir / f"part-{k:05d}.parquet" for k in range(partitions)]
+    if "groups" in stages:
         runner.per_partition(partial(groups_partition, hash_files=hash_files, partitions=partitions,
                                      priority=parse_priority(args.priority)),
                              partitions, group_dir, "dedup exact: groups")

@@ -51,7 +51,7 @@ class MinhashConfig:
     fold_digits: bool = False
     threshold: float | None = 0.8  # None: keep every LSH candidate pair (no verification)
     window: int = DEFAULT_WINDOW
-    partitions: int = 1
+    partitions: int = 0  # 0: sized by the number of documents (see StageRunner.partition_count)
     priority: tuple[str, ...] = ()
     quality_column: str = "quality"
 
@@ -94,9 +94,9 @@ def signatures_shard(task: ShardTask, stats: Stats, *, cfg: MinhashConfig) -> No
             stats.add("documents_in", n=len(batch))
 
 
-def buckets_partition(task: ShardTask, stats: Stats, *, cfg: MinhashConfig,
+def buckets_partition(task: ShardTask, stats: Stats, *, cfg: MinhashConfig, partitions: int,
                       signature_files: dict[int, Path]) -> None:
-    keys, ids = local_band_keys(signature_files, partition_index(task), cfg.partitions)
+    keys, ids = local_band_keys(signature_files, partition_index(task), partitions)
     write_pairs(task.output(), keys, ids, cfg.window, cfg.threshold, signature_files, stats)
 
 
@@ -136,7 +136,7 @@ def build_clusters(work: Path, cfg: MinhashConfig, pair_files: list[Path],
     mark_done(work, "clusters", {"shard": "clusters", "stats": stats})
 
 
-def config_from_args(args, partitions: int) -> MinhashConfig:
+def config_from_args(args) -> MinhashConfig:
     for name in ("bands", "rows", "ngram", "window"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -144,7 +144,7 @@ def config_from_args(args, partitions: int) -> MinhashConfig:
         raise UserError(f"--threshold must be in (0, 1], got {args.threshold}")
     return MinhashConfig(
         bands=args.bands, rows=args.rows, ngram=args.ngram, seed=args.seed, fold_digits=args.fold_digits,
-        threshold=None if args.no_verify else args.threshold, window=args.window, partitions=partitions,
+        threshold=None if args.no_verify else args.threshold, window=args.window, partitions=args.partitions,
         priority=tuple(parse_priority(args.priority)), quality_column=args.quality_column)
 
 
@@ -152,28 +152,30 @@ def run(args) -> int:
     """`gpt-data dedup minhash`: the stages selected by --stage, in order."""
     inputs = discover_shards(args.input)
     runner = StageRunner(args, inputs)
-    partitions = runner.rank.world if runner.is_mpi else (args.partitions or len(inputs))
-    cfg = config_from_args(args, partitions)
+    cfg = config_from_args(args)
     work = work_dir(args.output, "minhash")
     sig_dir, pairs_dir = work / "signatures", work / "pairs"
     runner.check_settings(work, asdict(cfg))
     signature_files = runner.files(sig_dir)
-    pair_files = [pairs_dir / f"part-{k:05d}.parquet" for k in range(partitions)]
     stages = STAGES if args.stage == "all" else (args.stage,)
     if "signatures" in stages:
         runner.per_shard(partial(signatures_shard, cfg=cfg), sig_dir, "dedup minhash: signatures")
-    if "buckets" in stages:
+    if "buckets" in stages or "clusters" in stages:
         runner.shards_complete(sig_dir, "signatures")
+        partitions = runner.partition_count(cfg.partitions, signature_files, cfg.bands)
+    if "buckets" in stages:
         if runner.is_mpi:
             from data_pipeline.dedup.mpi import exchange_buckets
 
             exchange_buckets(signature_files, pairs_dir, cfg.window, cfg.threshold)
         else:
-            runner.per_partition(partial(buckets_partition, cfg=cfg, signature_files=signature_files),
+            runner.per_partition(partial(buckets_partition, cfg=cfg, partitions=partitions,
+                                         signature_files=signature_files),
                                  partitions, pairs_dir, "dedup minhash: buckets")
     if "clusters" in stages:
         runner.partitions_complete(pairs_dir, partitions, "buckets")
         if runner.rank.rank == 0 and not is_done(work, "clusters"):
+            pair_files = [pairs_dir / f"part-{k:05d}.parquet" for k in range(partitions)]
             build_clusters(work, cfg, pair_files, signature_files)
         runner.barrier()
     if "remove" in stages:

@@ -31,10 +31,16 @@ class ShingleStore:
     def __init__(self, signature_files: dict[int, Path]):
         self.files = signature_files
         self._group_starts: dict[int, np.ndarray] = {}
+        self._open: dict[int, pq.ParquetFile] = {}
+
+    def _file(self, shard: int) -> pq.ParquetFile:
+        if shard not in self._open:
+            self._open[shard] = pq.ParquetFile(self.files[shard])
+        return self._open[shard]
 
     def _row_groups(self, shard: int) -> np.ndarray:
         if shard not in self._group_starts:
-            meta = pq.ParquetFile(self.files[shard]).metadata
+            meta = self._file(shard).metadata
             sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
             self._group_starts[shard] = np.concatenate([[0], np.cumsum(sizes)])
         return self._group_starts[shard]
@@ -48,7 +54,7 @@ class ShingleStore:
             wanted[(shard, group)].append(doc)
         sets: dict[int, np.ndarray] = {}
         for (shard, group), docs in sorted(wanted.items()):
-            column = pq.ParquetFile(self.files[shard]).read_row_group(group, columns=["shingles"])["shingles"]
+            column = self._file(shard).read_row_group(group, columns=["shingles"])["shingles"]
             first = int(self._row_groups(shard)[group])
             for doc in docs:
                 sets[doc] = np.frombuffer(column[int(row_of(np.int64(doc))) - first].as_py(), dtype="<u4")

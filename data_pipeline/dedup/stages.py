@@ -12,13 +12,19 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import pyarrow.parquet as pq
 
 from data_pipeline.errors import UserError
 from data_pipeline.executor import Rank, ShardTask, detect_rank, make_tasks, run_shards
 from data_pipeline.shards import is_done, write_json
 from data_pipeline.stats import Stats
+
+
+KEYS_PER_PARTITION = 2_000_000  # ~32 MB of keys and ids, a few times that while sorting
 
 
 def partition_inputs(count: int) -> list[Path]:
@@ -76,6 +82,17 @@ class StageRunner:
                       stage: str) -> Stats:
         return run_shards(process, partition_inputs(count), out_dir, workers=self.args.workers,
                           executor=self.args.executor, stage=stage)
+
+    def partition_count(self, requested: int, files: dict[int, Path], keys_per_document: int) -> int:
+        """Hash partitions for a grouping stage: one per rank under MPI, else as requested,
+        else as many as keep each partition under `KEYS_PER_PARTITION` keys (from the
+        per-shard files' row counts, so a resumed run computes the same number)."""
+        if self.is_mpi:
+            return self.rank.world
+        if requested:
+            return requested
+        documents = sum(pq.read_metadata(path).num_rows for path in files.values())
+        return max(1, math.ceil(documents * keys_per_document / KEYS_PER_PARTITION))
 
     def shards_complete(self, out_dir: Path, stage: str) -> None:
         self.require_complete(out_dir, [t.name for t in self.tasks], stage)

@@ -175,7 +175,7 @@ def test_changed_settings_on_resume_are_refused(shards, tmp_path, cli):
 
 def test_later_stage_without_earlier_one_is_a_clear_error(shards, tmp_path, cli):
     code, _, err = cli("dedup", "minhash", "--input", shards, "--output", tmp_path, "--stage", "clusters")
-    assert code == 2 and "stage buckets is not complete" in err
+    assert code == 2 and "stage signatures is not complete" in err
     code, _, err = cli("dedup", "minhash", "--input", tmp_path / "missing", "--output", tmp_path)
     assert code == 2 and "input path does not exist" in err
 
@@ -207,3 +207,12 @@ def test_exact_dedup_keeps_priority_copy_of_identical_normalised_text(corpus, tm
     assert kept == want_kept
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert stats["exact"]["removed_total"] == len(texts) - len(want_kept)
+
+
+def test_partitions_and_workers_do_not_change_the_clusters(shards, minhash_run, tmp_path, cli):
+    code, _, _ = cli("dedup", "minhash", "--input", shards, "--output", tmp_path, "--priority", "wikipedia,books",
+                     "--partitions", "3", "--workers", "2")
+    assert code == 0
+    assert len(list((tmp_path / ".dedup/minhash/pairs").glob("*.parquet"))) == 3
+    assert pq.read_table(tmp_path / ".dedup/minhash/clusters.parquet").equals(
+        pq.read_table(minhash_run / ".dedup/minhash/clusters.parquet"))
