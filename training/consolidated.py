@@ -60,7 +60,7 @@ def load_gpt(checkpoint: str | Path, device: str | torch.device = "cpu",
     ensure_single_process_groups()
     model = GPT(cfg.model, cfg.train.seed)
     state = ShardReader(manifest).state_dict()
-    expected = model.state_dict()
+    expected = dict(model.named_parameters())  # state_dict() also holds megatron-core's `_extra_state`
     missing = sorted(set(expected) - set(state))
     if missing:
         raise CheckpointError(f"checkpoint {manifest['path']} lacks {len(missing)} parameters, e.g. {missing[0]}")
@@ -68,5 +68,7 @@ def load_gpt(checkpoint: str | Path, device: str | torch.device = "cpu",
         if state[name].shape != tensor.shape:
             raise CheckpointError(f"checkpoint {manifest['path']}: {name} has shape {list(state[name].shape)}, "
                                   f"the model's is {list(tensor.shape)}")
-    model.load_state_dict({name: state[name] for name in expected})
+    with torch.no_grad():
+        for name, param in expected.items():
+            param.copy_(state[name])
     return model.to(device=device, dtype=dtype).eval(), cfg

@@ -10,7 +10,7 @@
   the gradients instead of stepping. The trainer rolls back or stops after
   `train.bad_step_limit` bad steps in a row.
 - `GPT_FAULT_*` environment variables inject faults on purpose (tests, fire drills):
-  `GPT_FAULT_NAN_STEPS=3,4` poisons those steps' activations with NaN,
+  `GPT_FAULT_NAN_STEPS=3,4` poisons those steps' activations with NaN (once each),
   `GPT_FAULT_KILL_IN_SAVE=4` SIGKILLs the process in the middle of step 4's save.
 """
 from __future__ import annotations
@@ -98,7 +98,10 @@ class BadStepGuard:
                 first_block.register_forward_hook(self._inject_nan)
 
     def _inject_nan(self, _module, _inputs, output):
-        if self.engine.engine.global_steps + 1 in self._nan_steps:
+        """Poison one forward of each listed step, once (a rollback replays the step numbers)."""
+        step = self.engine.engine.global_steps + 1
+        if step in self._nan_steps:
+            self._nan_steps.discard(step)
             return output * float("nan")
         return output
 

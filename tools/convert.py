@@ -1,0 +1,272 @@
+"""gpt-convert: our checkpoints <-> Hugging Face GPT-2, resharding, consolidation, inspection.
+
+    gpt-convert to-hf --input CKPT_DIR --output HF_DIR [--keep-padded-vocab]
+    gpt-convert from-hf --input HF_DIR --output CKPT_DIR --tp N --pp N
+    gpt-convert reshard --input CKPT_DIR --output CKPT_DIR --tp N --pp N
+    gpt-convert consolidate --input CKPT_DIR --output CKPT_DIR
+    gpt-convert inspect --input CKPT_DIR
+
+CKPT_DIR is a checkpoint (`.../step00000100`) or the directory holding `latest`.
+Written checkpoints are weights-only (no optimizer or trainer state): a run started
+from one with `checkpoint.load=CKPT_DIR` begins at step 0 from these weights. The
+trainer itself resumes full checkpoints at any TP/PP/DP layout without resharding.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from data_pipeline.errors import UserError
+from training.checkpoint_files import ShardReader, check_files, read_manifest, write_weights
+from training.config import Config, ModelConfig
+
+HF_EXCLUDED = ("attn.bias", "attn.masked_bias")  # causal-mask buffers, not weights
+
+
+# --------------------------------------------------------------------------- the QKV layout
+
+def qkv_to_hf(tensor: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Ours: rows per head [head][q|k|v][head_dim]. HF GPT-2's Conv1D: columns [q | k | v], heads inside each."""
+    head_dim = tensor.shape[0] // (3 * n_heads)
+    rest = tensor.shape[1:]
+    merged = tensor.reshape(n_heads, 3, head_dim, *rest).transpose(0, 1).reshape(3 * n_heads * head_dim, *rest)
+    return merged.t().contiguous() if merged.ndim == 2 else merged.contiguous()
+
+
+def qkv_from_hf(tensor: torch.Tensor, n_heads: int) -> torch.Tensor:
+    rows = tensor.t() if tensor.ndim == 2 else tensor
+    head_dim = rows.shape[0] // (3 * n_heads)
+    rest = rows.shape[1:]
+    return rows.reshape(3, n_heads, head_dim, *rest).transpose(0, 1).reshape(-1, *rest).contiguous()
+
+
+def gpt2_names(n_layers: int) -> list[tuple[str, str, str]]:
+    """(our name, HF name, how): 'same', 't' (HF Conv1D stores weights transposed) or 'qkv'."""
+    names = [("token_embedding.embedding.weight", "transformer.wte.weight", "same"),
+             ("position_embedding.weight", "transformer.wpe.weight", "same"),
+             ("final_norm.ln.weight", "transformer.ln_f.weight", "same"),
+             ("final_norm.ln.bias", "transformer.ln_f.bias", "same")]
+    for i in range(n_layers):
+        ours, hf = f"blocks.{i}.", f"transformer.h.{i}."
+        names += [(ours + f"{ln}.{p}", hf + f"{ln}.{p}", "same") for ln in ("ln_1", "ln_2") for p in ("weight", "bias")]
+        names += [(ours + f"attention.qkv.{p}", hf + f"attn.c_attn.{p}", "qkv") for p in ("weight", "bias")]
+        names += [(ours + "attention.proj.weight", hf + "attn.c_proj.weight", "t"),
+                  (ours + "attention.proj.bias", hf + "attn.c_proj.bias", "same"),
+                  (ours + "mlp.fc.weight", hf + "mlp.c_fc.weight", "t"),
+                  (ours + "mlp.fc.bias", hf + "mlp.c_fc.bias", "same"),
+                  (ours + "mlp.proj.weight", hf + "mlp.c_proj.weight", "t"),
+                  (ours + "mlp.proj.bias", hf + "mlp.c_proj.bias", "same")]
+    return names
+
+
+# --------------------------------------------------------------------------- to-hf
+
+def check_gpt2_compatible(model: ModelConfig) -> None:
+    if model.arch == "gpt1":
+        raise UserError("model.arch=gpt1 (post-LayerNorm) has no Hugging Face GPT-2 equivalent")
+    if model.sparse_every:
+        raise UserError(f"the model uses GPT-3's locally banded sparse attention (model.sparse_every="
+                        f"{model.sparse_every}), which Hugging Face GPT-2 cannot represent")
+    if model.head_dim * model.n_heads != model.d_model:
+        raise UserError(f"model.d_head={model.d_head} x n_heads != d_model: GPT-2 requires d_model = heads x head size")
+
+
+def to_hf(input_dir: str, output_dir: str, keep_padded_vocab: bool = False) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    manifest = _verified_manifest(input_dir)
+    model_cfg = ModelConfig(**manifest["config"]["model"])
+    check_gpt2_compatible(model_cfg)
+    ours = ShardReader(manifest).state_dict()
+    vocab = manifest["padded_vocab_size"] if keep_padded_vocab else model_cfg.vocab_size
+    hf_config = GPT2Config(
+        vocab_size=vocab, n_positions=model_cfg.seq_length, n_embd=model_cfg.d_model, n_layer=model_cfg.n_layers,
+        n_head=model_cfg.n_heads, n_inner=model_cfg.ffn_multiplier * model_cfg.d_model,
+        activation_function="gelu_new", resid_pdrop=model_cfg.dropout, embd_pdrop=model_cfg.dropout,
+        attn_pdrop=model_cfg.dropout, layer_norm_epsilon=1e-5, tie_word_embeddings=True,
+    )
+    state = {}
+    for name, hf_name, how in gpt2_names(model_cfg.n_layers):
+        tensor = ours[name]
+        state[hf_name] = (qkv_to_hf(tensor, model_cfg.n_heads) if how == "qkv"
+                          else tensor.t().contiguous() if how == "t" else tensor)
+    state["transformer.wte.weight"] = state["transformer.wte.weight"][:vocab].clone()
+    model = GPT2LMHeadModel(hf_config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if m != "lm_head.weight" and not m.endswith(HF_EXCLUDED)]
+    if missing or unexpected:
+        raise UserError(f"to-hf: mapping incomplete (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.save_pretrained(output_dir, safe_serialization=True)
+    return Path(output_dir)
+
+
+# --------------------------------------------------------------------------- from-hf, reshard, consolidate
+
+def config_from_hf(hf_config, vocab_multiple: int) -> Config:
+    if hf_config.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise UserError(f"from-hf: activation {hf_config.activation_function!r} is not GPT-2's tanh GELU")
+    if getattr(hf_config, "scale_attn_by_inverse_layer_idx", False) or not getattr(hf_config, "scale_attn_weights", True):
+        raise UserError("from-hf: attention scaling differs from GPT-2's 1/sqrt(head size)")
+    inner = hf_config.n_inner or 4 * hf_config.n_embd
+    if inner % hf_config.n_embd:
+        raise UserError(f"from-hf: n_inner={inner} is not a multiple of n_embd={hf_config.n_embd}")
+    cfg = Config()
+    cfg.model = ModelConfig(arch="gpt2", n_layers=hf_config.n_layer, d_model=hf_config.n_embd,
+                            n_heads=hf_config.n_head, seq_length=hf_config.n_positions,
+                            vocab_size=hf_config.vocab_size, make_vocab_size_divisible_by=vocab_multiple,
+                            ffn_multiplier=inner // hf_config.n_embd, dropout=hf_config.resid_pdrop, sparse_every=0)
+    return cfg
+
+
+def partition_dims(cfg: Config) -> dict[str, int | None]:
+    """Which dimension TP splits each parameter along, asked of the model itself (built once at TP = 1)."""
+    from training.checkpoint import partition_dim
+    from training.consolidated import ensure_single_process_groups
+    from training.model import GPT
+
+    ensure_single_process_groups()
+    return {name: partition_dim(p) for name, p in GPT(cfg.model, cfg.train.seed).named_parameters()}
+
+
+def stages(names, n_layers: int, pp: int) -> dict[str, int]:
+    """Which pipeline stage's file holds each parameter (any layout loads any file; this spreads reading)."""
+    def stage(name: str) -> int:
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) * pp // n_layers
+        return pp - 1 if name.startswith("final_norm") else 0
+    return {name: stage(name) for name in names}
+
+
+def write_layout(state: dict[str, torch.Tensor], cfg: Config, output: str, tp: int, pp: int, padded: int) -> Path:
+    if cfg.model.n_heads % tp or padded % tp or cfg.model.n_layers < pp:
+        raise UserError(f"layout TP={tp} PP={pp} does not fit {cfg.model.n_heads} heads, {cfg.model.n_layers} "
+                        f"layers and a padded vocabulary of {padded}")
+    cfg.parallel.tp, cfg.parallel.pp = tp, pp
+    cfg.model.make_vocab_size_divisible_by = padded // tp
+    dims = partition_dims(_single_process(cfg))
+    if set(dims) != set(state):
+        raise UserError(f"parameters do not match the model: {sorted(set(dims) ^ set(state))[:3]}")
+    return write_weights(output, state, dims, cfg.to_dict(), tp, pp, stages(state, cfg.model.n_layers, pp), padded)
+
+
+def _single_process(cfg: Config) -> Config:
+    import copy
+    single = copy.deepcopy(cfg)
+    single.model.make_vocab_size_divisible_by = cfg.model.padded_vocab_size(cfg.parallel.tp)
+    return single
+
+
+def from_hf(input_dir: str, output_dir: str, tp: int, pp: int, vocab_multiple: int = 128) -> Path:
+    from transformers import GPT2LMHeadModel
+
+    try:
+        hf = GPT2LMHeadModel.from_pretrained(input_dir, torch_dtype=torch.float32)
+    except (OSError, ValueError) as err:
+        raise UserError(f"from-hf: cannot load a GPT-2 model from {input_dir}: {err}") from None
+    cfg = config_from_hf(hf.config, vocab_multiple)
+    padded = cfg.model.padded_vocab_size(tp)
+    hf_state = hf.state_dict()
+    state = {}
+    for name, hf_name, how in gpt2_names(cfg.model.n_layers):
+        tensor = hf_state[hf_name].float()
+        state[name] = (qkv_from_hf(tensor, cfg.model.n_heads) if how == "qkv"
+                       else tensor.t().contiguous() if how == "t" else tensor.clone())
+    wte = state["token_embedding.embedding.weight"]  # padded rows are zero, as Megatron pads
+    state["token_embedding.embedding.weight"] = torch.cat([wte, wte.new_zeros(padded - wte.shape[0], wte.shape[1])])
+    return write_layout(state, cfg, output_dir, tp, pp, padded)
+
+
+def reshard(input_dir: str, output_dir: str, tp: int, pp: int) -> Path:
+    from training.consolidated import checkpoint_config
+
+    manifest = _verified_manifest(input_dir)
+    cfg = checkpoint_config(manifest)
+    return write_layout(ShardReader(manifest).state_dict(), cfg, output_dir, tp, pp, manifest["padded_vocab_size"])
+
+
+# --------------------------------------------------------------------------- inspect
+
+def describe(input_dir: str) -> str:
+    manifest = _verified_manifest(input_dir)
+    model, layout, trainer = manifest["config"]["model"], manifest["layout"], manifest["trainer"] or {}
+    count = sum(torch.Size(p["shape"]).numel() for p in manifest["params"].values())
+    size = sum(f["bytes"] for f in manifest["files"].values())
+    return "\n".join([
+        f"checkpoint   {manifest['path']}",
+        f"layout       TP {layout['tp']} x PP {layout['pp']} x DP {layout['dp']} "
+        f"({layout.get('precision', 'fp32')}, ZeRO {layout.get('zero_stage', '-')})",
+        f"model        {model['arch']}: {model['n_layers']} layers, d_model {model['d_model']}, "
+        f"{model['n_heads']} heads, context {model['seq_length']}, vocab {model['vocab_size']} "
+        f"(padded {manifest['padded_vocab_size']})",
+        f"parameters   {count:,}",
+        f"step         {trainer.get('step', 0)}   tokens {trainer.get('tokens', 0):,}   "
+        f"samples {trainer.get('consumed_samples', 0):,}"
+        + ("" if manifest["trainer"] else "   (weights only)"),
+        f"optimizer    {'Adam moments included' if manifest['optimizer'] else 'none'}",
+        f"files        {len(manifest['files'])}, {size / 2**20:,.1f} MiB, checksums verified",
+    ])
+
+
+def _verified_manifest(path: str) -> dict:
+    manifest = read_manifest(path)
+    problems = check_files(manifest)
+    if problems:
+        raise UserError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    return manifest
+
+
+# --------------------------------------------------------------------------- CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpt-convert", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("to-hf", help="our checkpoint -> Hugging Face GPT-2 directory (config.json + safetensors)")
+    p.add_argument("--input", required=True, help="checkpoint directory (or the one holding `latest`)")
+    p.add_argument("--output", required=True, help="Hugging Face model directory to write")
+    p.add_argument("--keep-padded-vocab", action="store_true",
+                   help="keep the padded vocabulary rows (exactly our softmax; default: the tokenizer's vocabulary)")
+    p = sub.add_parser("from-hf", help="Hugging Face GPT-2 directory -> our checkpoint at a TP x PP layout")
+    p.add_argument("--input", required=True, help="directory with config.json and model weights")
+    p.add_argument("--output", required=True, help="checkpoint directory to write")
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--pp", type=int, default=1)
+    p.add_argument("--vocab-multiple", type=int, default=128,
+                   help="pad the vocabulary to a multiple of this x TP (model.make_vocab_size_divisible_by)")
+    p = sub.add_parser("reshard", help="write a checkpoint's weights at another TP x PP layout")
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--pp", type=int, default=1)
+    p = sub.add_parser("consolidate", help="all weights in one file (TP 1 x PP 1) for inference")
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", required=True)
+    p = sub.add_parser("inspect", help="print layout, step, tokens, parameter count; verify checksums")
+    p.add_argument("--input", required=True)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "to-hf":
+            print(f"wrote {to_hf(args.input, args.output, args.keep_padded_vocab)}")
+        elif args.command == "from-hf":
+            print(f"wrote {from_hf(args.input, args.output, args.tp, args.pp, args.vocab_multiple)}")
+        elif args.command == "reshard":
+            print(f"wrote {reshard(args.input, args.output, args.tp, args.pp)}")
+        elif args.command == "consolidate":
+            print(f"wrote {reshard(args.input, args.output, 1, 1)}")
+        else:
+            print(describe(args.input))
+    except UserError as err:
+        print(f"gpt-convert: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
