@@ -138,3 +138,31 @@ def test_activation_recomputation_replays_dropout_exactly():
     assert grads[0][0] == grads[1][0]
     for g0, g1 in zip(grads[0][1], grads[1][1]):
         torch.testing.assert_close(g0, g1, rtol=0, atol=0)
+
+
+def test_weight_decay_spares_biases_and_layer_norms():
+    from training.config import Config
+    from training.parallel import adam_with_decoupled_decay
+
+    cfg = Config(model=tiny())
+    model = GPT(cfg.model, seed=0)
+    decay, no_decay = adam_with_decoupled_decay(model, cfg, torch.device("cpu")).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(n.endswith("weight") and "ln" not in n for n in (names[id(p)] for p in decay["params"]))
+    assert {names[id(p)].rsplit(".", 1)[-1] for p in no_decay["params"]} == {"weight", "bias"}
+    assert all("ln" in names[id(p)] or names[id(p)].endswith("bias") for p in no_decay["params"])
+    assert (decay["betas"], decay["eps"]) == ((0.9, 0.95), 1e-8)
+
+
+def test_flops_count_matches_narayanan_et_al():
+    """72·s·l·h²·(1 + s/6h) + 6·s·h·V per sequence (Narayanan et al. 2021, no recomputation)."""
+    from training.config import load_config
+    from training.metrics import training_flops_per_token
+    from tests.training.launch import REPO
+
+    m = load_config(REPO / "configs/gpt3/175b.yaml").model
+    s, l, h, v = m.seq_length, m.n_layers, m.d_model, m.vocab_size
+    expected = (72 * s * l * h**2 * (1 + s / (6 * h)) + 6 * s * h * v) / s
+    assert training_flops_per_token(m) == pytest.approx(expected, rel=1e-12)
+    assert training_flops_per_token(m) == pytest.approx(6 * 175e9, rel=0.1)  # the 6N rule of thumb
