@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from megatron.core import parallel_state
-
 from data_pipeline.errors import UserError
 from data_pipeline.tokenizers import Tokenizer, load_tokenizer
 from training.config import ModelConfig
+from training.consolidated import ensure_single_process_groups, load_gpt
 from training.model import GPT
 
 TRUNK_FILE = "model.pt"
@@ -38,14 +37,6 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="tokenizer spec: gpt2, gpt2:PATH.tiktoken or sentencepiece:PATH (default %(default)s)")
 
 
-def ensure_single_process_groups() -> None:
-    """A 1-process TP/PP group, unless a launcher already set one up."""
-    if not parallel_state.model_parallel_is_initialized():
-        from training.distributed import init_distributed
-
-        init_distributed(tp=1, pp=1)
-
-
 def save_trunk(model: GPT, directory: Path) -> None:
     """A consolidated single-process copy of the model (used by gpt-finetune's output)."""
     torch.save({"config": dataclasses.asdict(model.cfg), "model": model.state_dict()}, directory / TRUNK_FILE)
@@ -62,15 +53,13 @@ def load_model(hf_dir: str | None = None, checkpoint: str | None = None) -> GPT:
     ensure_single_process_groups()
     if checkpoint is not None and (Path(checkpoint) / TRUNK_FILE).is_file():
         return load_trunk(Path(checkpoint)).eval()
-    from tools import convert
-
     if hf_dir is not None:
+        from tools import convert
+
         if not (Path(hf_dir) / "config.json").is_file():
             raise UserError(f"not a Hugging Face model directory (no config.json): {hf_dir}")
         return convert.load_hf_model(hf_dir).eval()
-    if not Path(checkpoint).exists():
-        raise UserError(f"checkpoint not found: {checkpoint}")
-    return convert.load_checkpoint_model(checkpoint).eval()
+    return load_gpt(checkpoint)[0]
 
 
 def load_from_args(args: argparse.Namespace) -> LoadedModel:

@@ -1,7 +1,7 @@
 import pytest
 
 from training.distributed import shutdown
-from tools.model_source import ensure_single_process_groups
+from training.consolidated import ensure_single_process_groups
 
 
 @pytest.fixture(scope="module", autouse=True)
