@@ -1,0 +1,126 @@
+"""gpt-convert against transformers' own GPT-2 (randomly initialised, nothing downloaded), on real text."""
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from data_pipeline.errors import UserError
+from data_pipeline.tokenizers import load_tokenizer
+from tools.convert import describe, from_hf, main, reshard, to_hf
+from training.checkpoint_files import read_manifest
+from training.consolidated import load_gpt
+
+WIKI = Path(__file__).resolve().parents[1] / "data" / "wiki-en-sample.jsonl.gz"
+
+
+def real_tokens(vocab: int, length: int) -> torch.Tensor:
+    """GPT-2 BPE ids of real Wikipedia text (folded into the vocabulary when it is smaller)."""
+    with gzip.open(WIKI, "rt") as f:
+        text = " ".join(json.loads(line)["text"] for _, line in zip(range(3), f))
+    ids = load_tokenizer("gpt2").encode(text)[: 2 * length]
+    return (torch.tensor(ids) % vocab).view(2, length)
+
+
+def random_gpt2(path: Path, vocab: int, d: int, layers: int, heads: int, positions: int = 64) -> GPT2LMHeadModel:
+    torch.manual_seed(vocab)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=positions, n_embd=d, n_layer=layers,
+                                       n_head=heads, bos_token_id=0, eos_token_id=0)).eval()
+    with torch.no_grad():  # GPT-2 initialises LayerNorms to 1/0 and biases to 0: make every tensor count
+        for name, p in model.named_parameters():
+            if "ln" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(path)
+    return model
+
+
+@pytest.mark.parametrize("vocab, d, layers, heads, tp, pp", [
+    pytest.param(50257, 64, 2, 4, 1, 1, id="gpt2-vocab-tp1-pp1"),
+    pytest.param(1001, 48, 3, 4, 2, 2, id="odd-vocab-tp2-pp2"),
+    pytest.param(517, 96, 4, 6, 3, 4, id="odd-vocab-tp3-pp4"),
+])
+def test_from_hf_and_back_keeps_logits(tmp_path, vocab, d, layers, heads, tp, pp):
+    hf = random_gpt2(tmp_path / "hf", vocab, d, layers, heads)
+    from_hf(str(tmp_path / "hf"), str(tmp_path / "ours"), tp, pp)
+    manifest = read_manifest(tmp_path / "ours")
+    assert manifest["layout"]["tp"] == tp and manifest["layout"]["pp"] == pp
+    assert manifest["padded_vocab_size"] % (128 * tp) == 0 and manifest["padded_vocab_size"] >= vocab
+    tokens = real_tokens(vocab, 64)
+    ours, cfg = load_gpt(tmp_path / "ours")
+    with torch.no_grad():
+        reference = hf(tokens).logits
+        logits = ours(tokens)
+    assert logits.shape[-1] == manifest["padded_vocab_size"]
+    assert (logits[..., :vocab] - reference).abs().max() < 1e-4
+    assert (logits[..., vocab:] == 0).all()  # zero padding rows
+
+    to_hf(str(tmp_path / "ours"), str(tmp_path / "back"))
+    back = GPT2LMHeadModel.from_pretrained(tmp_path / "back").eval()
+    assert back.config.vocab_size == vocab
+    with torch.no_grad():
+        assert (back(tokens).logits - reference).abs().max() < 1e-4
+
+
+def test_reshard_and_consolidate_keep_weights(tmp_path):
+    random_gpt2(tmp_path / "hf", 1001, 48, 3, 4)
+    from_hf(str(tmp_path / "hf"), str(tmp_path / "tp2"), 2, 1)
+    reshard(str(tmp_path / "tp2"), str(tmp_path / "pp3"), 1, 3)
+    assert main(["consolidate", "--input", str(tmp_path / "pp3"), "--output", str(tmp_path / "one")]) == 0
+    one = read_manifest(tmp_path / "one")
+    assert len(one["files"]) == 1 and one["layout"]["tp"] == 1
+    tokens = real_tokens(1001, 32)
+    with torch.no_grad():
+        a = load_gpt(tmp_path / "tp2")[0](tokens)
+        b = load_gpt(tmp_path / "one")[0](tokens)
+    assert torch.equal(a, b)
+
+
+def test_keep_padded_vocab_is_exactly_our_softmax(tmp_path):
+    random_gpt2(tmp_path / "hf", 1001, 48, 2, 4)
+    from_hf(str(tmp_path / "hf"), str(tmp_path / "ours"), 2, 1)
+    to_hf(str(tmp_path / "ours"), str(tmp_path / "padded"), keep_padded_vocab=True)
+    padded = GPT2LMHeadModel.from_pretrained(tmp_path / "padded").eval()
+    assert padded.config.vocab_size == 1024
+    tokens = real_tokens(1001, 32)
+    with torch.no_grad():
+        ours = load_gpt(tmp_path / "ours")[0](tokens).log_softmax(-1)
+        theirs = padded(tokens).logits.log_softmax(-1)
+    assert (ours - theirs).abs().max() < 1e-4
+
+
+def test_inspect_and_damaged_checkpoints(tmp_path, capsys):
+    random_gpt2(tmp_path / "hf", 1001, 48, 2, 4)
+    from_hf(str(tmp_path / "hf"), str(tmp_path / "ours"), 2, 2)
+    text = describe(str(tmp_path / "ours"))
+    assert "TP 2 x PP 2" in text and "vocab 1001 (padded 1024)" in text and "weights only" in text
+    n_params = sum(p.numel() for p in GPT2LMHeadModel.from_pretrained(tmp_path / "hf").parameters())
+    assert f"{n_params + (1024 - 1001) * 48:,}" in text  # + the padded embedding rows
+
+    root = Path(read_manifest(tmp_path / "ours")["path"])
+    shard = sorted((root / "state").glob("*.pt"))[1]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=f"{shard.name} fails its checksum"):
+        load_gpt(tmp_path / "ours")
+    assert main(["inspect", "--input", str(tmp_path / "ours")]) == 2
+    assert "fails its checksum" in capsys.readouterr().err
+    shard.unlink()
+    with pytest.raises(UserError, match=f"{shard.name} is missing"):
+        describe(str(tmp_path / "ours"))
+    (root / "manifest.json").unlink()
+    with pytest.raises(UserError, match="incomplete"):
+        describe(str(root))
+
+
+def test_to_hf_refuses_what_gpt2_cannot_express(tmp_path):
+    random_gpt2(tmp_path / "hf", 1001, 48, 2, 4)
+    from_hf(str(tmp_path / "hf"), str(tmp_path / "ours"), 1, 1)
+    manifest_path = Path(read_manifest(tmp_path / "ours")["path"]) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["config"]["model"]["sparse_every"] = 2
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="sparse attention"):
+        to_hf(str(tmp_path / "ours"), str(tmp_path / "out"))
