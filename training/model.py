@@ -102,6 +102,26 @@ class PositionEmbedding(nn.Module):
 
 # --------------------------------------------------------------------------- attention
 
+def column_then_row(cfg: ModelConfig, seed: int, column_name: str, row_name: str, column_width: int,
+                    row_width: int) -> tuple[nn.Module, nn.Module]:
+    """Megatron's pair: d_model -> column_width split by output columns across TP ranks, then
+    row_width split by input rows -> d_model, summed over TP ranks (one all-reduce per pair).
+
+    The second layer writes into the residual stream: GPT-2 scales its init by 1/sqrt(2 L).
+    """
+    tp_group = parallel_state.get_tensor_model_parallel_group()
+    config = megatron_config(parallel_state.get_tensor_model_parallel_world_size(), 1)
+    column = tensor_parallel.ColumnParallelLinear(
+        cfg.d_model, column_width, config=config, bias=True, gather_output=False, tp_group=tp_group,
+        init_method=seeded_normal(seed, column_name, cfg.init_std),
+    )
+    row = tensor_parallel.RowParallelLinear(
+        row_width, cfg.d_model, config=config, bias=True, input_is_parallel=True, skip_bias_add=False,
+        tp_group=tp_group, init_method=seeded_normal(seed, row_name, cfg.init_std / math.sqrt(2 * cfg.n_layers)),
+    )
+    return column, row
+
+
 def banded_causal_mask(seq_len: int, window: int, device=None) -> torch.Tensor:
     """True where query i may attend key j: j <= i and i - j < window (GPT-3's local bands)."""
     i = torch.arange(seq_len, device=device)[:, None]
@@ -118,24 +138,13 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, cfg: ModelConfig, layer: int, seed: int):
         super().__init__()
-        tp = parallel_state.get_tensor_model_parallel_world_size()
-        tp_group = parallel_state.get_tensor_model_parallel_group()
-        config = megatron_config(tp, 1)
-        self.heads_per_rank = cfg.n_heads // tp
+        self.heads_per_rank = cfg.n_heads // parallel_state.get_tensor_model_parallel_world_size()
         self.head_dim = cfg.head_dim
         self.dropout = cfg.dropout
         self.band = cfg.sparse_window if cfg.is_sparse_layer(layer) else 0
         inner = cfg.n_heads * cfg.head_dim
-        residual_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)  # GPT-2's scaled residual init
-        self.qkv = tensor_parallel.ColumnParallelLinear(
-            cfg.d_model, 3 * inner, config=config, bias=True, gather_output=False,
-            init_method=seeded_normal(seed, f"layers.{layer}.attention.qkv", cfg.init_std), tp_group=tp_group,
-        )
-        self.proj = tensor_parallel.RowParallelLinear(
-            inner, cfg.d_model, config=config, bias=True, input_is_parallel=True,
-            skip_bias_add=False, init_method=seeded_normal(seed, f"layers.{layer}.attention.proj", residual_std),
-            tp_group=tp_group,
-        )
+        self.qkv, self.proj = column_then_row(cfg, seed, f"layers.{layer}.attention.qkv",
+                                              f"layers.{layer}.attention.proj", 3 * inner, inner)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -160,20 +169,9 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int, seed: int):
         super().__init__()
-        tp = parallel_state.get_tensor_model_parallel_world_size()
-        tp_group = parallel_state.get_tensor_model_parallel_group()
-        config = megatron_config(tp, 1)
         width = cfg.ffn_multiplier * cfg.d_model
-        residual_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
-        self.fc = tensor_parallel.ColumnParallelLinear(
-            cfg.d_model, width, config=config, bias=True, gather_output=False,
-            init_method=seeded_normal(seed, f"layers.{layer}.mlp.fc", cfg.init_std), tp_group=tp_group,
-        )
-        self.proj = tensor_parallel.RowParallelLinear(
-            width, cfg.d_model, config=config, bias=True, input_is_parallel=True,
-            skip_bias_add=False, init_method=seeded_normal(seed, f"layers.{layer}.mlp.proj", residual_std),
-            tp_group=tp_group,
-        )
+        self.fc, self.proj = column_then_row(cfg, seed, f"layers.{layer}.mlp.fc", f"layers.{layer}.mlp.proj",
+                                             width, width)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
