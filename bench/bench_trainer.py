@@ -4,8 +4,8 @@
    ZeRO-1, fp32) against a plain PyTorch loop over Hugging Face `GPT2LMHeadModel` of the
    same shape, same batch, AdamW. Steps alternate between the two so that machine load
    hits both alike. Goal: overhead <= 5%.
-2. Tokens/s of `training.pretrain` for 1, 2, 4, 8 data-parallel processes at a fixed
-   global batch.
+2. Tokens/s of `training.pretrain` for 1, 2, 4, 8 processes (DP, TP, PP and 3D layouts)
+   at a fixed global batch.
 
     python bench/bench_trainer.py [--steps 12] [--skip-scaling]
 """
@@ -105,18 +105,25 @@ def single_process_comparison(steps: int) -> None:
     print(f"overhead of ours: {100 * (ours_s / hf_s - 1):+.1f}% (goal <= +5%)")
 
 
+LAYOUTS = [(1, []), (2, []), (2, ["parallel.tp=2"]), (2, ["parallel.pp=2"]),
+           (4, ["parallel.tp=2"]), (8, ["parallel.tp=2", "parallel.pp=2"])]
+
+
 def scaling(steps: int) -> None:
     from tests.training.launch import read_metrics, run_pretrain
 
-    print(f"\ndata-parallel scaling at global batch 8 x 64 tokens (tiny GPT-3, {steps} steps, "
+    print(f"\nprocesses and layouts at global batch 8 x 64 tokens (tiny GPT-3, {steps} steps, "
           f"{os.cpu_count()} cores)")
-    print(f"{'processes':>10}{'median tokens/s':>18}")
-    for nproc in (1, 2, 4, 8):
+    print(f"{'processes':>10}  {'layout':<16}{'median tokens/s':>16}")
+    for nproc, layout in LAYOUTS:
         with tempfile.TemporaryDirectory() as tmp:
             run_pretrain(Path(tmp), nproc, [f"train.steps={steps}", "train.micro_batch_size=1",
-                                            "logging.eval_iters=1"])
+                                            "logging.eval_iters=1", *layout])
             train, _ = read_metrics(Path(tmp))
-        print(f"{nproc:>10}{statistics.median(r['tokens_per_s'] for r in train[2:]):>18,.0f}")
+        tp = int(next((x.split("=")[1] for x in layout if "tp=" in x), 1))
+        pp = int(next((x.split("=")[1] for x in layout if "pp=" in x), 1))
+        name = f"TP{tp} PP{pp} DP{nproc // (tp * pp)}"
+        print(f"{nproc:>10}  {name:<16}{statistics.median(r['tokens_per_s'] for r in train[2:]):>16,.0f}")
 
 
 def main() -> None:
