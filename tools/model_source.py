@@ -1,24 +1,24 @@
 """Where the tools get a model: `--hf-dir`, `--checkpoint` (ours, any layout, or from gpt-finetune).
 
-Everything is loaded into one process (TP = 1); `tools.convert` does the conversion and
-the consolidation. A `gpt-finetune` output directory also brings its task head.
+Everything is loaded into one process (TP = 1): `training.consolidated.load_gpt` reads any
+layout, `tools.convert` converts Hugging Face GPT-2. A `gpt-finetune` output directory
+also brings its task head.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
+import copy
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
 from data_pipeline.errors import UserError
 from data_pipeline.tokenizers import Tokenizer, load_tokenizer
-from training.config import ModelConfig
-from training.consolidated import ensure_single_process_groups, load_gpt
+from training.config import Config
+from training.consolidated import load_gpt
 from training.model import GPT
-
-TRUNK_FILE = "model.pt"
 
 
 @dataclass
@@ -37,28 +37,24 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="tokenizer spec: gpt2, gpt2:PATH.tiktoken or sentencepiece:PATH (default %(default)s)")
 
 
-def save_trunk(model: GPT, directory: Path) -> None:
-    """A consolidated single-process copy of the model (used by gpt-finetune's output)."""
-    torch.save({"config": dataclasses.asdict(model.cfg), "model": model.state_dict()}, directory / TRUNK_FILE)
+def save_trunk(model: GPT, directory: Path) -> Path:
+    """Write `model` as one of our (weights-only, TP = PP = 1) checkpoints under `directory`."""
+    from tools.convert import write_layout
 
-
-def load_trunk(directory: Path) -> GPT:
-    saved = torch.load(directory / TRUNK_FILE, map_location="cpu", weights_only=True)
-    model = GPT(ModelConfig(**saved["config"]), seed=0)
-    model.load_state_dict(saved["model"])
-    return model
+    cfg = Config(model=copy.deepcopy(model.cfg))
+    state = {name: p.detach().cpu() for name, p in model.named_parameters()}
+    return write_layout(state, cfg, str(directory), 1, 1, model.cfg.padded_vocab_size(1))
 
 
 def load_model(hf_dir: str | None = None, checkpoint: str | None = None) -> GPT:
-    ensure_single_process_groups()
-    if checkpoint is not None and (Path(checkpoint) / TRUNK_FILE).is_file():
-        return load_trunk(Path(checkpoint)).eval()
+    """A single-process model; a Hugging Face directory goes through `gpt-convert from-hf` first."""
     if hf_dir is not None:
-        from tools import convert
+        from tools.convert import from_hf
 
         if not (Path(hf_dir) / "config.json").is_file():
             raise UserError(f"not a Hugging Face model directory (no config.json): {hf_dir}")
-        return convert.load_hf_model(hf_dir).eval()
+        with tempfile.TemporaryDirectory(prefix="gpt-hf-") as converted:
+            return load_gpt(from_hf(hf_dir, converted, tp=1, pp=1))[0]
     return load_gpt(checkpoint)[0]
 
 
