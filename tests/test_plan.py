@@ -118,10 +118,9 @@ def _assert_within_10_percent(ranks: list[dict]) -> None:
 
 
 def test_prediction_matches_what_the_trainer_allocates():
-    """One process, bf16, ZeRO-1: parameters, gradients (with DeepSpeed's reduce bucket), optimizer."""
+    """One process, bf16, ZeRO-1: parameters, gradients and optimizer states."""
     (rank,) = _measure([sys.executable], ["precision=bf16", "parallel.zero_stage=1"], 29541)
     _assert_within_10_percent([rank])
-    assert rank["measured"]["gradients"] > 1e9  # the 5e8-element bucket, whatever the model size
 
 
 @pytest.mark.multiproc

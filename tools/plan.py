@@ -87,15 +87,15 @@ def _table(config: Config, candidates: list[Candidate], title: str):
 
     table = Table(title=title)
     for column in ("#", "TP", "PP", "DP", "mbs", "GA", "ZeRO", "ckpt", "params", "grads", "optim",
-                   "activ", "pipe buf", "peak GiB", "bubble", "comm GB tp/pp/dp", "step s", "TFLOP/s", "MFU"):
+                   "activ", "buffers", "peak GiB", "bubble", "comm GB tp/pp/dp", "step s", "TFLOP/s", "MFU"):
         table.add_column(column, justify="right")
     for rank, c in enumerate(candidates, 1):
         lay, mem = c.layout, c.memory.breakdown_gib()
         row = [str(rank), str(lay.tp), str(lay.pp), str(lay.dp), str(lay.micro_batch_size),
                str(lay.grad_accumulation(config.train.global_batch_size)), str(lay.zero_stage),
                "yes" if lay.activation_checkpointing else "no"]
-        row += [f"{mem[k]:.1f}" for k in ("parameters", "gradients", "optimizer", "activations",
-                                          "pipeline_buffers", "peak")]
+        row += [f"{mem[k]:.1f}" for k in ("parameters", "gradients", "optimizer", "activations")]
+        row += [f"{mem['pipeline_buffers'] + mem['reduce_bucket']:.1f}", f"{mem['peak']:.1f}"]
         if c.cost:
             k = c.cost
             row += [f"{k.bubble_fraction:.1%}", f"{k.tp_bytes / 1e9:.0f}/{k.pp_bytes / 1e9:.1f}/{k.dp_bytes / 1e9:.1f}",

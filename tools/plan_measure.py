@@ -2,8 +2,8 @@
 
 Builds the trainer's model and engine (training.parallel.ParallelEngine) under any launcher and
 counts tensor storages on each rank: the parameters, the ZeRO optimizer's fp32 master partition
-and Adam moments after one training step, and every storage that one more backward pass
-allocates (gradients and their buffers; not separable inside DeepSpeed's fused pipeline step,
+and Adam moments after one training step, and everything else alive after one more backward
+pass (gradients and reduction buckets; not separable inside DeepSpeed's fused pipeline step,
 so reported for PP=1 only). Rank 0 prints a JSON list, per rank, of measured and
 predicted bytes for that rank's pipeline stage.
 
@@ -23,8 +23,10 @@ import torch
 from training.config import load_config
 from training.memory import estimate_stages, layout_of
 
-def live_storages() -> dict[int, int]:
-    """data_ptr -> bytes of every tensor storage reachable from Python objects."""
+def live_storages() -> dict[tuple[int, int], int]:
+    """(data_ptr, bytes) -> bytes of every tensor storage reachable from Python objects.
+
+    Keyed by size too: a freed storage's address is often reused by a later, different one."""
     found = {}
     with warnings.catch_warnings():  # isinstance() on some torch module objects warns of deprecations
         warnings.simplefilter("ignore", FutureWarning)
@@ -41,7 +43,7 @@ def live_storages() -> dict[int, int]:
             except (RuntimeError, NotImplementedError):
                 continue
             if storage.nbytes() and storage.data_ptr():
-                found[storage.data_ptr()] = storage.nbytes()
+                found[storage.data_ptr(), storage.nbytes()] = storage.nbytes()
     return found
 
 
@@ -65,27 +67,33 @@ def _trainer(config):
     return engine, lambda: engine.train_step(micro_batches), None if engine.pipelined else backward, layout.pp_rank
 
 
+def _key(tensor: torch.Tensor) -> tuple[int, int]:
+    storage = tensor.untyped_storage()
+    return storage.data_ptr(), storage.nbytes()
+
+
 def _optimizer_storages(optimizer) -> dict[int, int]:
     """DeepSpeed ZeRO-1/2's fp32 master partitions and the wrapped optimizer's state (Adam moments)."""
     tensors = list(optimizer.single_partition_of_fp32_groups)
     tensors += [t for state in optimizer.optimizer.state.values() for t in state.values()
                 if isinstance(t, torch.Tensor)]
-    return {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors if t.dim()}
+    return {_key(t): t.untyped_storage().nbytes() for t in tensors if t.dim()}
 
 
 def measure(config) -> dict:
     """This rank's measured bytes and the memory model's prediction for its pipeline stage."""
+    before = live_storages()
     engine, train_step, backward, stage = _trainer(config)
     train_step()  # Adam states exist from here on
-    gc.collect()
-    ready = live_storages()
-    param_storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes()
-                      for p in engine.module.parameters()}
-    measured = {"parameters": sum(param_storages.values()),
-                "optimizer": sum(_optimizer_storages(engine.engine.optimizer).values())}
+    param_storages = {_key(p): p.untyped_storage().nbytes() for p in engine.module.parameters()}
+    optimizer_storages = _optimizer_storages(engine.engine.optimizer)
+    measured = {"parameters": sum(param_storages.values()), "optimizer": sum(optimizer_storages.values())}
     if backward is not None:
         backward()
-        measured["gradients"] = sum(n for ptr, n in live_storages().items() if ptr not in ready)
+        gc.collect()
+        known = before.keys() | param_storages.keys() | optimizer_storages.keys()
+        # Everything else the engine holds after a backward: gradients and reduction buckets.
+        measured["gradients"] = sum(n for key, n in live_storages().items() if key not in known)
     world = torch.distributed.get_world_size()
     predicted = estimate_stages(config, layout_of(config, world))[stage]
     return {"rank": torch.distributed.get_rank(), "stage": stage, "measured": measured,

@@ -31,10 +31,11 @@ BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 # What a GPU loses before the model allocates: CUDA context, NCCL buffers, allocator
 # fragmentation and communication buckets. Deliberately round; override per cluster.
 DEFAULT_RESERVE_GB = 4.0
-# DeepSpeed's default zero_optimization.reduce_bucket_size. With gradient accumulation, ZeRO-1/2
-# allocate one contiguous reduction bucket of this many elements in the training dtype at the
-# first backward, whatever the model size, and ZeRO-3 one as well (measured with
-# tools/plan_measure: 2.0 GB in fp32, 1.0 GB in bf16).
+# DeepSpeed's default zero_optimization.reduce_bucket_size. During backward, ZeRO-1 and ZeRO-3
+# allocate a contiguous gradient-reduction bucket of this many elements in the training dtype,
+# whatever the model size (ZeRO-1: stage_1_and_2.setup_buckets, released after the reduction;
+# seen once by tools/plan_measure as 1.0 GB in bf16, 2.0 GB in fp32). ZeRO-2 was measured
+# without it (gradients are reduced bucket by bucket instead).
 REDUCE_BUCKET_ELEMENTS = 500_000_000
 
 
@@ -78,6 +79,7 @@ class MemoryEstimate:
     optimizer_step: int  # transient fp32 gradient partition, alive only during optimizer.step()
     activations: int  # everything saved for backward, all micro-batches in flight
     pipeline_buffers: int
+    reduce_bucket: int  # DeepSpeed's gradient-reduction bucket, alive during backward
 
     @property
     def model_states(self) -> int:
@@ -86,7 +88,8 @@ class MemoryEstimate:
     @property
     def peak(self) -> int:
         """Model states plus the larger of the backward-pass and optimizer-step working sets."""
-        return self.model_states + max(self.activations + self.pipeline_buffers, self.optimizer_step)
+        backward = self.activations + self.pipeline_buffers + self.reduce_bucket
+        return self.model_states + max(backward, self.optimizer_step)
 
     def breakdown_gib(self) -> dict[str, float]:
         parts = {f.name: getattr(self, f.name) / GIB for f in fields(self) if f.name != "stage"}
@@ -197,13 +200,13 @@ def _stage_activations(config: Config, layout: Layout, blocks: int, has_embeddin
     return activations
 
 
-def _gradients(params: int, e: int, z: int, dp: int, gathered: int, bucket: int) -> int:
+def _gradients(params: int, e: int, z: int, dp: int, gathered: int) -> int:
     if z <= 1:
-        return params * e + bucket
+        return params * e
     if z == 2:  # gradients live until a bucket's worth is reduce-scattered into the owned partition
         partition = params * e // dp if params > REDUCE_BUCKET_ELEMENTS else 0
         return partition + min(params, REDUCE_BUCKET_ELEMENTS) * e
-    return params * e // dp + gathered + bucket
+    return params * e // dp + gathered
 
 
 def estimate_stages(config: Config, layout: Layout) -> list[MemoryEstimate]:
@@ -229,11 +232,12 @@ def estimate_stages(config: Config, layout: Layout) -> list[MemoryEstimate]:
         estimates.append(MemoryEstimate(
             stage=stage,
             parameters=params * e // dp + 2 * gathered if z >= 3 else params * e,
-            gradients=_gradients(params, e, z, dp, gathered, bucket),
+            gradients=_gradients(params, e, z, dp, gathered),
             optimizer=params * (master + 8) // (dp if z >= 1 else 1),
             optimizer_step=params * 4 // dp if z >= 1 else 0,
             activations=_stage_activations(config, layout, blocks, has_embedding, has_head, in_flight),
             pipeline_buffers=buffers,
+            reduce_bucket=bucket,
         ))
     return estimates
 
@@ -251,7 +255,8 @@ def check_fits(config: Config, world_size: int, gpu_memory_gb: float,
     if estimate.peak > budget:
         parts = estimate.breakdown_gib()
         detail = ", ".join(f"{name} {parts[name]:.1f}" for name in
-                           ("parameters", "gradients", "optimizer", "activations", "pipeline_buffers"))
+                           ("parameters", "gradients", "optimizer", "activations", "pipeline_buffers",
+                            "reduce_bucket"))
         p = config.parallel
         raise ConfigError(
             f"layout tp={p.tp} pp={p.pp} dp={world_size // (p.tp * p.pp)} zero_stage={p.zero_stage} "
