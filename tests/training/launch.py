@@ -19,14 +19,14 @@ def free_port() -> int:
 
 
 def run_pretrain(run_dir: Path, nproc: int = 1, overrides: list[str] = (), config: Path = TINY,
-                 timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+                 timeout: int = 600, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     if nproc == 1:
         command = [sys.executable, "-m", "training.pretrain"]
     else:
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
                    "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "training.pretrain"]
     command += ["--config", str(config), "--run-dir", str(run_dir), "--set", "logging.tensorboard=false", *overrides]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **(env or {}))
     env.pop("RANK", None), env.pop("WORLD_SIZE", None)
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
