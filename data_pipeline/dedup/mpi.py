@@ -27,8 +27,7 @@ def _alltoallv(comm: MPI.Comm, values: np.ndarray, owner: np.ndarray, counts: np
     recv = np.empty(int(received.sum()), dtype=values.dtype)
     send_displ = np.concatenate([[0], np.cumsum(counts)[:-1]])
     recv_displ = np.concatenate([[0], np.cumsum(received)[:-1]])
-    mpi_type = MPI._typedict[values.dtype.char]
-    comm.Alltoallv([send, counts, send_displ, mpi_type], [recv, received, recv_displ, mpi_type])
+    comm.Alltoallv([send, (counts, send_displ)], [recv, (received, recv_displ)])  # MPI type from the dtype
     return recv
 
 
