@@ -313,7 +313,8 @@ def run(args: argparse.Namespace) -> dict:
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     task = load_task(args.task)
-    init_distributed(tp=1, pp=1)  # every rank holds the whole model: data parallel over all processes
+    if not parallel_state.model_parallel_is_initialized():
+        init_distributed(tp=1, pp=1)  # every rank holds the whole model: data parallel over all processes
     model = load_model(args.hf_dir, args.checkpoint)
     tokenizer = load_tokenizer(args.tokenizer)
     head, info, history = finetune(model, tokenizer, task, epochs=args.epochs, lr=args.lr,
@@ -339,13 +340,15 @@ def main(argv=None) -> int:
     from training.distributed import shutdown
 
     args = build_parser().parse_args(argv)
+    started_here = not dist.is_initialized()
     try:
         run(args)
     except UserError as err:
         print(f"gpt-finetune: error: {err}", file=sys.stderr)
         return 2
     finally:
-        shutdown()
+        if started_here:
+            shutdown()
     return 0
 
 
