@@ -142,6 +142,22 @@ def bench_throughput(args: argparse.Namespace, work: Path) -> None:
                   f"| {busy} | {run['cpu_seconds']:.1f} | {cpu_rate:,.0f} | {cpu_rate / cpu_base:.0%} "
                   f"| {rss if isinstance(rss, str) else f'{rss:.0f}'} |")
         assert best[("cli", 1)]["bin"] == best[("cli", 2)]["bin"], "output differs between 1 and 2 workers"
+        fixed_cost(spec, name, texts[0], work, runs, cpu_base)
+
+
+def fixed_cost(spec: str, name: str, text: str, work: Path, runs: dict, cpu_base: float) -> None:
+    """CPU a run spends whatever its size (interpreter, imports, tokenizer load, spawning workers),
+    measured on 4 one-document shards (as many shards as the corpus), and the per-CPU-second
+    rate once it is taken out."""
+    tiny = work / "tiny"
+    tiny.mkdir(exist_ok=True)
+    for i in range(4):
+        pq.write_table(pa.table({"id": ["0"], "text": [text]}), tiny / f"part-{i}.parquet")
+    for n in (1, 2):
+        fixed = min(run_cli(spec, tiny, work / f"tiny-{name}-{n}", n)["cpu_seconds"] for _ in range(2))
+        marginal = max(r["tokens"] / (r["cpu_seconds"] - fixed) for r in runs[("cli", n)])
+        print(f"\n{name}, --workers {n}: fixed cost {fixed:.2f} CPU-s per run; without it "
+              f"{marginal:,.0f} tokens per CPU-s = {marginal / cpu_base:.0%} of the ceiling")
 
 
 def synth_source(prefix: Path, tokens: int, parts: int, rng: np.random.Generator) -> tuple[float, float]:
