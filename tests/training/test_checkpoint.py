@@ -33,10 +33,15 @@ def manifest(run_dir, tag=None) -> dict:
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory):
+def straight_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("straight")
     run_pretrain(run_dir, 1, COMMON)
-    return losses(run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def straight(straight_run):
+    return losses(straight_run)
 
 
 def test_stop_and_resume_is_bitwise_identical(straight, tmp_path):
@@ -97,16 +102,16 @@ def test_nan_steps_are_skipped_then_rolled_back(straight, tmp_path):
     assert records[-1]["loss"] < records[0]["loss"] - 0.3  # the skipped NaN steps left the model sound
 
 
-def test_corrupt_or_mismatched_checkpoint_is_refused(tmp_path):
-    run_pretrain(tmp_path / "a", 1, COMMON + ["train.exit_interval=4"])
-    broken = tmp_path / "a" / "checkpoints" / "step00000004" / "state" / "pp0-tp0-dp0.pt"
+def test_corrupt_or_mismatched_checkpoint_is_refused(straight_run, tmp_path):
+    shutil.copytree(straight_run / "checkpoints", tmp_path / "a" / "checkpoints")
+    shutil.copytree(straight_run / "checkpoints", tmp_path / "b" / "checkpoints")
+    broken = tmp_path / "a" / "checkpoints" / "step00000008" / "state" / "pp0-tp0-dp0.pt"
     data = bytearray(broken.read_bytes())
     data[len(data) // 3] ^= 0x01
     broken.write_bytes(bytes(data))
     result = run_pretrain(tmp_path / "a", 1, COMMON, check=False)
     assert result.returncode == 2
     assert "state/pp0-tp0-dp0.pt fails its checksum" in result.stderr
-    shutil.copytree(tmp_path / "a" / "checkpoints", tmp_path / "b" / "checkpoints")
     result = run_pretrain(tmp_path / "b", 1, COMMON + ["model.d_model=128"], check=False)
     assert result.returncode == 2
     assert "has model.d_model=64 but the config says model.d_model=128" in result.stderr
