@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipeline.errors import UserError
+from data_pipeline.shards import AtomicOutput
 
 INDEX_MAGIC = b"MMIDIDX\x00\x00"
 INDEX_VERSION = 1
@@ -46,7 +47,7 @@ def exists(prefix: str | os.PathLike) -> bool:
     return bin_path(prefix).is_file() and idx_path(prefix).is_file()
 
 
-class TokenShardWriter:
+class TokenShardWriter(AtomicOutput):
     """Appends documents to ``PREFIX.bin`` and writes ``PREFIX.idx`` on `close`.
 
     Both files are written under temporary names and renamed (``.bin`` first, ``.idx``
@@ -109,15 +110,6 @@ class TokenShardWriter:
         self._bin.close()
         for path in (f"{bin_path(self.prefix)}{self._tmp}", f"{idx_path(self.prefix)}{self._tmp}"):
             Path(path).unlink(missing_ok=True)
-
-    def __enter__(self) -> TokenShardWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def write_index(path: str | os.PathLike, dtype: np.dtype, lengths: np.ndarray) -> None:

@@ -131,7 +131,13 @@ def test_megatron_samples_the_blend_at_its_weights(tmp_path):
         unique_identifiers = {"eod": 50256, "vocab_size": 50257}
 
     blend = load_blend(TOKENS / "blend2.json")
-    config = GPTDatasetConfig(random_seed=1, sequence_length=64, blend=blend.megatron_blend(), split="100,0,0",
+    prefixes, weights = blend.megatron_blend()
+    local = []  # copies: without a process group megatron-core caches its indices next to the data
+    for prefix in prefixes:
+        for suffix in (".bin", ".idx"):
+            shutil.copy(prefix + suffix, tmp_path / (Path(prefix).name + suffix))
+        local.append(str(tmp_path / Path(prefix).name))
+    config = GPTDatasetConfig(random_seed=1, sequence_length=64, blend=(local, weights), split="100,0,0",
                               path_to_cache=None, tokenizer=Tok(), reset_position_ids=False,
                               reset_attention_mask=False, eod_mask_loss=False, create_attention_mask=False)
     samples = 1000
