@@ -167,10 +167,20 @@ def run_datatrove(src: Path, work: Path, n_shards: int) -> dict:
     return {"pairs": pairs, "members": members, "cluster": cluster, "removed": removed}
 
 
+def peak_rss_mib() -> float:
+    """This process's own peak RSS. Not ru_maxrss: Linux carries the forking parent's
+    high-water mark into the child's ru_maxrss at exec, so it would count the corpus."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise SystemExit("no VmHWM in /proc/self/status")
+
+
 def child(tool: str, src: Path, work: Path, result: Path, n_shards: int) -> None:
     start = time.perf_counter()
     out = {"ours": run_ours, "datasketch": run_datasketch, "datatrove": run_datatrove}[tool](src, work, n_shards)
     out["seconds"] = time.perf_counter() - start
+    out["peak_rss_mib"] = peak_rss_mib()
     result.write_text(json.dumps(out))
 
 
@@ -186,7 +196,8 @@ def measure(tool: str, src: Path, work: Path, n_shards: int) -> tuple[dict, floa
     _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:
         raise SystemExit(f"{tool} failed, see {work / f'{tool}.log'}")
-    return json.loads(result.read_text()), usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
+    out = json.loads(result.read_text())
+    return out, out["peak_rss_mib"], usage.ru_utime + usage.ru_stime
 
 
 def score(corpus: dc.Corpus, out: dict) -> dc.Scores:
