@@ -23,16 +23,13 @@
 #SBATCH --output=slurm-%x-%A_%a.out
 set -euo pipefail
 
-die() { echo "[data_array] error: $*" >&2; exit 2; }
+JOB_KIND=data_array
+# shellcheck source=slurm/common.sh
+source "${GPT_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}/slurm/common.sh"
 [[ -n ${SLURM_ARRAY_TASK_ID:-} ]] || die "submit as an array job: sbatch --array=0-N slurm/data_array.sh"
 : "${STAGE:?set STAGE to a gpt-data stage, e.g. extract, filter or tokenize}"
 : "${INPUT:?set INPUT to the input file or directory of shards}"
 : "${OUTPUT:?set OUTPUT to the output directory (prefix for tokenize)}"
-GPT_REPO=${GPT_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}
-VENV=${VENV:-$GPT_REPO/.venv}
-# shellcheck disable=SC1091
-[[ -f $VENV/bin/activate ]] && source "$VENV/bin/activate"
-command -v gpt-data >/dev/null || die "gpt-data is not installed (pip install -e $GPT_REPO)"
 
 echo "[data_array] $STAGE: array task $SLURM_ARRAY_TASK_ID of ${SLURM_ARRAY_TASK_COUNT:-?}, ${SLURM_CPUS_PER_TASK:-1} workers"
 # shellcheck disable=SC2086

@@ -19,15 +19,11 @@
 #SBATCH --output=slurm-%x-%j.out
 set -euo pipefail
 
-die() { echo "[data_dedup_mpi] error: $*" >&2; exit 2; }
-[[ -n ${SLURM_JOB_ID:-} ]] || die "not inside a Slurm job: submit with sbatch"
+JOB_KIND=data_dedup_mpi
+# shellcheck source=slurm/common.sh
+source "${GPT_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}/slurm/common.sh"
 : "${INPUT:?set INPUT to the directory of document shards}"
 : "${OUTPUT:?set OUTPUT to the output directory}"
-GPT_REPO=${GPT_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}
-VENV=${VENV:-$GPT_REPO/.venv}
-# shellcheck disable=SC1091
-[[ -f $VENV/bin/activate ]] && source "$VENV/bin/activate"
-command -v gpt-data >/dev/null || die "gpt-data is not installed (pip install -e $GPT_REPO)"
 MPIEXEC=${MPIEXEC:-mpiexec}
 command -v "$MPIEXEC" >/dev/null || die "$MPIEXEC not found (pip install mpich, or point MPIEXEC at your MPI)"
 RANKS=${SLURM_NTASKS:?submit with --ntasks or --ntasks-per-node}

@@ -26,16 +26,10 @@
 #   MASTER_PORT  rendezvous port [29500]
 set -euo pipefail
 
+JOB_KIND=train_gpt
 log() { echo "[train_gpt $(date -u +%H:%M:%S)] $*"; }
-die() { echo "[train_gpt] error: $*" >&2; exit 2; }
-
-[[ -n ${SLURM_JOB_ID:-} ]] || die "not inside a Slurm job: submit with sbatch (see the header of this file)"
-GPT_REPO=${GPT_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}
-cd "$GPT_REPO"
-[[ -f training/pretrain.py ]] || die "GPT_REPO=$GPT_REPO is not the repository root (no training/pretrain.py)"
-VENV=${VENV:-$GPT_REPO/.venv}
-# shellcheck disable=SC1091
-[[ -f $VENV/bin/activate ]] && source "$VENV/bin/activate"
+# shellcheck source=slurm/common.sh
+source "${GPT_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}/slurm/common.sh"
 
 : "${CONFIG:?set CONFIG to a trainer config, e.g. configs/gpt3/175b.yaml}"
 [[ -f $CONFIG ]] || die "CONFIG=$CONFIG does not exist"
@@ -99,19 +93,26 @@ log "job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}): $NODES nodes x $TASK
 log "config $CONFIG, run dir $RUN_DIR, checkpoints $CKPT_DIR"
 
 # ---- preemption: Slurm sends USR1 (--signal=B:USR1@...) before the time limit -------------
-# Requeue: the tasks are stopped, the job returns to the queue with the same id and resumes
-# from $CKPT_DIR/latest when it restarts (the trainer saves every checkpoint.interval steps).
-requeue() {
-    log "USR1: time limit near, requeueing job $SLURM_JOB_ID"
-    scontrol requeue "$SLURM_JOB_ID"
+# The trainer treats SIGUSR1/SIGTERM as "finish this step, save, exit 0" (training/faults.py):
+# forward it to every task through srun, let them save, then requeue. The job returns to the
+# queue under the same id and resumes from $CKPT_DIR/latest when it starts again.
+PREEMPTED=
+preempt() {
+    log "USR1: time limit near: asking the trainer to checkpoint, then requeueing job $SLURM_JOB_ID"
+    PREEMPTED=1
+    kill -USR1 "$SRUN_PID" 2>/dev/null || true
 }
-trap requeue USR1
+trap preempt USR1
 
 srun --kill-on-bad-exit=1 \
     python -m training.pretrain --config "$CONFIG" --run-dir "$RUN_DIR" --set "${OVERRIDES[@]}" &
-wait $! || status=$?
-status=${status:-0}
-# `wait` returns early when the USR1 trap runs; wait for srun itself.
-while kill -0 $! 2>/dev/null; do wait $! || status=$?; done
+SRUN_PID=$!
+while true; do  # `wait` also returns when the trap runs; keep waiting for srun itself
+    wait "$SRUN_PID" && status=0 || status=$?
+    kill -0 "$SRUN_PID" 2>/dev/null || break
+done
 log "training exited with status $status"
+if [[ -n $PREEMPTED ]]; then
+    scontrol requeue "$SLURM_JOB_ID"
+fi
 exit "$status"

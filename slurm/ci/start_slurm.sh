@@ -36,6 +36,8 @@ SlurmctldHost=localhost
 SlurmUser=root
 AuthType=auth/none
 CredType=cred/none
+# A requeued job may start again after cred_expire seconds (default 120).
+AuthInfo=cred_expire=10
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
