@@ -24,7 +24,11 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! comm
 fi
 
 if pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null; then
-    echo "start_slurm: Slurm daemons already running; stop them first with slurm/ci/stop_slurm.sh" >&2
+    if sinfo -h -o '%T' 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then
+        echo "start_slurm: Slurm already running and answering; keeping it (stop_slurm.sh stops it)"
+        exit 0
+    fi
+    echo "start_slurm: Slurm daemons are running but the node does not answer; run slurm/ci/stop_slurm.sh" >&2
     exit 1
 fi
 
