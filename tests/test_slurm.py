@@ -34,7 +34,8 @@ def _slurm_problem() -> str | None:
     return None
 
 
-pytestmark = [pytest.mark.slurm, pytest.mark.skipif(_slurm_problem() is not None, reason=str(_slurm_problem()))]
+SLURM_PROBLEM = _slurm_problem()
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(SLURM_PROBLEM is not None, reason=str(SLURM_PROBLEM))]
 
 # The 175B script's GPU request and layout, replaced for 8 CPU ranks on one node.
 CPU_ALLOCATION = ["--nodes=1", "--ntasks-per-node=8", "--gpus-per-node=0", "--cpus-per-task=1",
