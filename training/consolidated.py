@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import os
-import socket
 from pathlib import Path
 
 import torch
@@ -13,18 +11,14 @@ from megatron.core import parallel_state
 
 from training.checkpoint_files import CheckpointError, ShardReader, check_files, read_manifest, vocab_multiple_for
 from training.config import Config, _build
+from training.distributed import start_default_group
 from training.model import GPT
 
 
 def ensure_single_process_groups() -> None:
     """megatron-core's layers need its parallel state: a 1-process gloo group with TP = PP = 1."""
     if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        if "MASTER_PORT" not in os.environ:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
-        dist.init_process_group("gloo", rank=0, world_size=1, timeout=datetime.timedelta(minutes=5))
+        start_default_group("gloo", rank=0, world=1, timeout=datetime.timedelta(minutes=5))
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(1, 1)
     elif parallel_state.get_tensor_model_parallel_world_size() != 1:

@@ -53,20 +53,31 @@ def world_from_environment() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
+def start_default_group(backend: str, rank: int, world: int, timeout: datetime.timedelta) -> None:
+    """torch.distributed's default group, at MASTER_ADDR:MASTER_PORT (a free port for one process).
+
+    The address is passed, not exported: a process that starts trainers or tools of its own
+    (tests, notebooks) must not hand them a port it already holds."""
+    address = os.environ.get("MASTER_ADDR", "127.0.0.1")
+    port = os.environ.get("MASTER_PORT") or (_free_port() if world == 1 else 29500)
+    dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=rank, world_size=world,
+                            timeout=timeout)
+
+
 def init_distributed(tp: int, pp: int, timeout_minutes: int = 30) -> Layout:
     """Start the default group (NCCL on GPU, gloo on CPU) and megatron-core's parallel groups."""
     import deepspeed
 
     rank, world, local_rank = world_from_environment()
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(_free_port() if world == 1 else 29500))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         device, backend = torch.device("cuda", local_rank), "nccl"
     else:
         device, backend = torch.device("cpu"), "gloo"
+    timeout = datetime.timedelta(minutes=timeout_minutes)
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+        start_default_group(backend, rank, world, timeout)
+    deepspeed.init_distributed(dist_backend=backend, timeout=timeout)  # adopts the group
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
     return Layout(
         world=world, rank=rank, tp=tp, pp=pp, dp=world // (tp * pp),
