@@ -46,10 +46,6 @@ def prepare(args: argparse.Namespace) -> tuple[Config, Blend, int]:
     cfg = load_config(args.config, args.set)
     _, world, _ = world_from_environment()
     dp = check_layout(cfg, world)
-    memory_gb = cfg.parallel.device_memory_gb or (
-        torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else 0)
-    if memory_gb:
-        check_fits(cfg, world, memory_gb)
     if not cfg.data.blend:
         raise ConfigError("data.blend is not set: name a blend JSON (e.g. tests/data/tokens/blend.json)")
     blend = read_blend(cfg.data.blend)
@@ -59,6 +55,10 @@ def prepare(args: argparse.Namespace) -> tuple[Config, Blend, int]:
     elif cfg.model.vocab_size < vocab:
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the blend's tokenizer "
                           f"({vocab} tokens)")
+    memory_gb = cfg.parallel.device_memory_gb or (
+        torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else 0)
+    if memory_gb:  # after the vocabulary is known: the embedding's size depends on it
+        check_fits(cfg, world, memory_gb)
     return cfg, blend, dp
 
 

@@ -1,4 +1,5 @@
 """Configs: the paper's model sizes, and one clear line for every mistake before anything starts."""
+import re
 import subprocess
 import sys
 
@@ -63,13 +64,23 @@ def test_layout_errors_name_the_problem():
         check_layout(cfg, 12)
 
 
-def test_trainer_refuses_a_bad_layout_in_one_line_before_starting():
+@pytest.mark.parametrize("overrides, message", [
+    (["parallel.tp=3"], r"model\.n_heads=4 is not divisible by parallel\.tp=3"),
+    # The memory model (training/memory.py, also gpt-plan's) refuses a layout that cannot fit
+    # the device before anything is allocated: the tiny model with DeepSpeed's default reduce
+    # bucket (~1.9 GiB) does not fit the 1 GiB left of a 5 GiB device after the reserve.
+    (["parallel.device_memory_gb=5"], r"layout tp=1 pp=1 dp=1 .* needs [0-9.]+ GiB per GPU .* "
+                                      r"but 5(\.0)? GiB - 4 GiB reserve is available; run `gpt-plan`.*"),
+])
+def test_trainer_refuses_a_bad_layout_in_one_line_before_starting(tmp_path, overrides, message):
+    run_dir = tmp_path / "never-created"
     result = subprocess.run(
         [sys.executable, "-m", "training.pretrain", "--config", str(CONFIGS / "tiny/gpt3_tiny.yaml"),
-         "--run-dir", "/nonexistent/never-created", "--set", "parallel.tp=3"],
+         "--run-dir", str(run_dir), "--set", *overrides],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == (
-        "training.pretrain: error: model.n_heads=4 is not divisible by parallel.tp=3")
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch("training.pretrain: error: " + message, last), last
     assert "Traceback" not in result.stderr
+    assert not run_dir.exists()
