@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from training.config import ConfigError, check_layout, load_config
-from training.memory import GIB, Layout, block_parameters, check_fits, estimate_memory, stage_layers
+from training.memory import (GIB, Layout, block_parameters, check_fits, estimate_memory, estimate_stages,
+                             stage_layers)
 from tools.plan import main as plan_main
 from tools.plan import plan
 from tools.plan_cost import Cluster, step_cost
@@ -130,6 +131,16 @@ def test_prediction_matches_the_trainer_per_pipeline_stage():
                       "--master-port", "29542"], ["precision=bf16", "parallel.tp=2", "parallel.pp=2"], 29542)
     assert sorted(r["stage"] for r in ranks) == [0, 0, 1, 1]
     _assert_within_10_percent(ranks)
+
+
+@pytest.mark.multiproc
+def test_prediction_matches_the_trainer_with_zero_sharding_over_data_parallel():
+    """DP2, ZeRO-1: each rank holds half the fp32 master weights and Adam moments."""
+    ranks = _measure([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                      "--master-port", "29543"], ["precision=bf16", "parallel.zero_stage=1"], 29543)
+    _assert_within_10_percent(ranks)
+    unsharded = estimate_stages(tiny("precision=bf16"), Layout(1, 1, 1, 2, 1, False))[0].optimizer
+    assert all(abs(r["measured"]["optimizer"] - unsharded / 2) <= 0.01 * unsharded for r in ranks)
 
 
 def test_activation_checkpointing_and_zero_shrink_memory_as_expected():
