@@ -230,6 +230,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=main)
 
 
+def recipe_arguments(input: str | Path, output: str | Path, config: dict, workers: int, executor: str
+                     ) -> tuple[list[str], dict]:
+    """The `mixture` step of `gpt-data run`: the previous step's token prefix becomes the source
+    ``name`` (default: the prefix's name without ``_text_document``) with the optional ``weight``;
+    the blend goes to OUTPUT/blend.json (or OUTPUT itself if it ends in ``.json``), so quality
+    buckets land next to it. Every other option is a `gpt-data mixture` flag (``source: {wiki:
+    PREFIX:0.3}`` adds sources). Mixing takes no time, so workers and executor are unused."""
+    options = dict(config)
+    name = str(options.pop("name", None) or Path(input).name.removesuffix("_text_document"))
+    weight = options.pop("weight", None)
+    if weight is not None:
+        parse_amount(str(weight), "mixture.weight")
+    blend = Path(output) if Path(output).suffix == ".json" else Path(output) / "blend.json"
+    source = f"{name}={input}" + ("" if weight is None else f":{weight}")
+    return ["--source", source, "--output", str(blend)], options
+
+
 def main(args: argparse.Namespace) -> int:
     sources = [parse_source(s) for s in args.source]
     if args.input:

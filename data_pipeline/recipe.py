@@ -21,7 +21,11 @@ Adding a step: add one `STEPS` entry, either
 - ``name: cli_step("dedup", "exact")``: any `gpt-data` subcommand that takes ``--input``,
   ``--output``, ``--workers`` and ``--executor``. The step's options become its flags
   (``min_sentences: 3`` -> ``--min-sentences 3``, ``true`` -> a bare flag, a list ->
-  several values) and are checked by the subcommand's own parser up front; or
+  several values or the flag repeated when it is repeatable, a mapping -> ``KEY=VALUE``
+  values: ``weight: {cc: 0.7}`` -> ``--weight cc=0.7``) and are checked by the
+  subcommand's own parser up front. A subcommand with other path flags passes
+  ``arguments="module:function"``, which turns (input, output, config, workers,
+  executor) into its leading flags and the options left (see `mixture`); or
 - ``name: Step("module:run_function", "module:check_function")``: ``run(input, output,
   config, *, workers, executor) -> Stats``, and an optional ``check(config) -> None`` that
   raises `UserError` on a bad key or value.
@@ -38,7 +42,7 @@ import io
 import types
 import typing
 from collections.abc import Callable
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -52,20 +56,42 @@ class Step(NamedTuple):
     check: str | Callable | None = None
 
 
+def stage_arguments(input: Path | str, output: Path | str, config: dict[str, Any], workers: int,
+                    executor: str) -> tuple[list[str], dict[str, Any]]:
+    """The flags every stage subcommand takes; all of the step's options are left as flags."""
+    return ["--input", str(input), "--output", str(output), "--workers", str(workers), "--executor", executor], config
+
+
 def cli_argv(command: tuple[str, ...], input: Path | str, output: Path | str, config: dict[str, Any],
-             workers: int, executor: str) -> list[str]:
-    """`gpt-data` arguments for a subcommand step: options become flags."""
-    argv = [*command, "--input", str(input), "--output", str(output), "--workers", str(workers),
-            "--executor", executor]
-    for key, value in config.items():
+             workers: int, executor: str, arguments: str | Callable = stage_arguments) -> list[str]:
+    """`gpt-data` arguments for a subcommand step: the path flags, then the options as flags."""
+    head, options = _resolve(arguments)(input, output, config, workers, executor)
+    repeatable = _repeatable_flags(command)
+    argv = [*command, *head]
+    for key, value in options.items():
         flag = "--" + str(key).replace("_", "-")
+        if isinstance(value, dict):
+            value = [f"{k}={v}" for k, v in value.items()]
         if value is True:
             argv.append(flag)
         elif isinstance(value, list):
-            argv += [flag, *map(str, value)]
+            argv += [part for v in value for part in (flag, str(v))] if flag in repeatable else [flag, *map(str, value)]
         elif value is not None and value is not False:
             argv += [flag, str(value)]
     return argv
+
+
+@cache
+def _repeatable_flags(command: tuple[str, ...]) -> frozenset[str]:
+    """Flags of a subcommand that take one value per occurrence (``action="append"``, e.g. ``--source``):
+    a list must repeat them, since ``--source a b`` is a parse error."""
+    from data_pipeline.cli import build_parser
+
+    parser = build_parser()
+    for name in command:
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    return frozenset(flag for action in parser._actions if isinstance(action, argparse._AppendAction)
+                     for flag in action.option_strings)
 
 
 def _parse_cli(command: tuple[str, ...], argv: list[str]) -> argparse.Namespace:
@@ -80,20 +106,21 @@ def _parse_cli(command: tuple[str, ...], argv: list[str]) -> argparse.Namespace:
         raise UserError(f"{' '.join(command)}: {message.split('error: ', 1)[-1]}") from None
 
 
-def _check_cli(command: tuple[str, ...], config: dict[str, Any]) -> None:
-    _parse_cli(command, cli_argv(command, "INPUT", "OUTPUT", config, 1, "auto"))
+def _check_cli(command: tuple[str, ...], arguments: str | Callable, config: dict[str, Any]) -> None:
+    _parse_cli(command, cli_argv(command, "INPUT", "OUTPUT", config, 1, "auto", arguments))
 
 
-def _run_cli(command: tuple[str, ...], input, output, config, *, workers: int, executor: str) -> None:
-    args = _parse_cli(command, cli_argv(command, input, output, config, workers, executor))
+def _run_cli(command: tuple[str, ...], arguments: str | Callable, input, output, config, *, workers: int,
+             executor: str) -> None:
+    args = _parse_cli(command, cli_argv(command, input, output, config, workers, executor, arguments))
     code = args.func(args)
     if code:
         raise UserError(f"{' '.join(command)} exited with code {code}")
 
 
-def cli_step(*command: str) -> Step:
+def cli_step(*command: str, arguments: str | Callable = stage_arguments) -> Step:
     """A recipe step that runs ``gpt-data COMMAND...`` with the step's options as flags."""
-    return Step(partial(_run_cli, command), partial(_check_cli, command))
+    return Step(partial(_run_cli, command, arguments), partial(_check_cli, command, arguments))
 
 
 STEPS: dict[str, Step] = {
@@ -104,6 +131,7 @@ STEPS: dict[str, Step] = {
     "dedup_minhash": cli_step("dedup", "minhash"),
     "decontaminate": cli_step("decontaminate"),
     "tokenize": cli_step("tokenize"),  # output is a prefix: <output>/<i>-tokenize.bin/.idx
+    "mixture": cli_step("mixture", arguments="data_pipeline.mixture:recipe_arguments"),  # <output>/<i>-mixture/blend.json
 }
 RECIPE_KEYS = ("input", "output", "workers", "executor", "steps")
 
@@ -199,6 +227,11 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         raise UserError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from None
 
 
+def produced(path: Path) -> bool:
+    """Whether a step's input is there: a file, a directory, or a token prefix (``PREFIX.bin`` and ``.idx``)."""
+    return path.exists() or all(path.with_name(path.name + suffix).is_file() for suffix in (".bin", ".idx"))
+
+
 def run_recipe(path: str | Path, workers: int | None = None, executor: str | None = None) -> list[PlannedStep]:
     """Run every step of the recipe at `path`; completed shards of earlier runs are kept."""
     recipe = load_recipe(path)
@@ -206,7 +239,7 @@ def run_recipe(path: str | Path, workers: int | None = None, executor: str | Non
     workers = workers or int(recipe.get("workers", 1))
     executor = executor or recipe.get("executor", "auto")
     for step in steps:
-        if not step.input.exists():
+        if not produced(step.input):
             raise UserError(f"step {step.name}: input does not exist: {step.input}")
         _resolve(STEPS[step.name].run)(step.input, step.output, step.config, workers=workers, executor=executor)
     return steps

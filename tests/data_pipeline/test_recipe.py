@@ -1,12 +1,20 @@
 """gpt-data run RECIPE.yaml: steps chained through their output directories, checked up front."""
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import json
 from collections import Counter
+from pathlib import Path
 
+import pytest
 import yaml
 
-from data_pipeline.recipe import STEPS
+from data_pipeline import indexed
+from data_pipeline.blend import load_blend
+from data_pipeline.recipe import STEPS, load_recipe, plan
+
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 def write_recipe(path, recipe: dict):
@@ -71,6 +79,10 @@ def test_recipe_errors_are_caught_before_any_step_runs(cli, tmp_path, warc_sampl
          "dedup exact: unrecognized arguments: --fold-digitz"),
         ({**base, "steps": [{"extract": {}}, {"decontaminate": {}}]},
          "decontaminate: the following arguments are required: --benchmarks"),
+        ({**base, "steps": [{"extract": {}}, {"mixture": {"wieght": 0.7}}]},
+         "mixture: unrecognized arguments: --wieght 0.7"),
+        ({**base, "steps": [{"extract": {}}, {"mixture": {"weight": "lots"}}]},
+         "mixture.weight: not a number: 'lots'"),
     ]
     for i, (recipe, message) in enumerate(cases):
         code, _, err = cli("run", write_recipe(tmp_path / f"r{i}.yaml", recipe))
@@ -82,6 +94,8 @@ def test_recipe_errors_are_caught_before_any_step_runs(cli, tmp_path, warc_sampl
     code, _, err = cli("run", tmp_path / "missing.yaml")
     assert code == 2 and "recipe not found" in err
     assert set(STEPS) >= {"extract", "filter", "classifier_score"}
+    example = plan(load_recipe(DATA.parents[1] / "configs" / "data" / "cc_quality.yaml"))  # the shipped recipe checks
+    assert [s.name for s in example][-3:] == ["decontaminate", "tokenize", "mixture"]
 
 
 def test_stats_summarises_a_stage_output(cli, h, tmp_path, warc_sample, ccnet_sample):
@@ -110,24 +124,93 @@ def test_stats_summarises_a_stage_output(cli, h, tmp_path, warc_sample, ccnet_sa
     assert "Removed per rule" in out
 
 
-def test_recipe_runs_other_stages_through_their_cli(cli, h, tmp_path, ccnet_sample, wiki_sample):
-    """dedup and tokenize steps are the `gpt-data` subcommands with the step's options as flags."""
-    inputs = tmp_path / "in"
+def crawl_and_curated_copies(tmp_path, warc_sample, wiki_sample) -> tuple[Path, Path, list[dict], str]:
+    """Inputs for every stage to act on: the WARC sample, the Wikipedia sample, an exact copy of it
+    (only spacing and punctuation changed), a near copy (every 4th-of-the-document word edited, Jaccard
+    about 0.9) and a benchmark quoting 40 words of one article. File names put the originals
+    first, so they are the copies each dedup keeps."""
+    inputs, bench = tmp_path / "in", tmp_path / "bench"
     inputs.mkdir()
-    (inputs / "ccnet.jsonl.gz").write_bytes(ccnet_sample.read_bytes())
-    (inputs / "copy.jsonl.gz").write_bytes(ccnet_sample.read_bytes())  # every document twice
-    (inputs / "wiki.jsonl.gz").write_bytes(wiki_sample.read_bytes())
+    bench.mkdir()
+    (inputs / "a-crawl.warc.gz").write_bytes(warc_sample.read_bytes())
+    wiki = [json.loads(line) for line in gzip.open(wiki_sample, "rt")]
+
+    def near(text: str) -> str:
+        words = text.split(" ")
+        for k in range(0, len(words), len(words) // 4):
+            words[k] = "edited"
+        return " ".join(words)
+
+    for name, docs in (("b-wiki", wiki),
+                       ("c-wiki-exact", [dict(d, id=d["id"] + "-exact", text=d["text"].replace(" ", "  ").replace(",", " ;"))
+                                         for d in wiki]),
+                       ("d-wiki-near", [dict(d, id=d["id"] + "-near", text=near(d["text"])) for d in wiki])):
+        with gzip.open(inputs / f"{name}.jsonl.gz", "wt") as out:
+            out.writelines(json.dumps(d) + "\n" for d in docs)
+    passage = " ".join(wiki[4]["text"].split(" ")[100:140])
+    (bench / "quiz.jsonl").write_text(json.dumps({"question": passage, "answer": "yes"}) + "\n")
+    return inputs, bench, wiki, passage
+
+
+def test_recipe_runs_every_stage_like_running_them_by_hand(cli, h, tmp_path, warc_sample, wiki_sample):
+    """extract -> filter -> dedup exact -> dedup minhash -> decontaminate -> tokenize -> mixture from
+    one recipe equals the seven commands typed by hand, and each stage did its job."""
+    inputs, bench, wiki, passage = crawl_and_curated_copies(tmp_path, warc_sample, wiki_sample)
+    filters = {"language": {"languages": ["en"]}, "gopher_quality": {"min_words": 20}}
+    ccnet_tokens = DATA / "tokens" / "ccnet_gpt2_text_document"
     recipe = write_recipe(tmp_path / "recipe.yaml", {
         "input": str(inputs), "output": str(tmp_path / "run"),
-        "steps": [{"extract": {}}, {"dedup_exact": {"fold_digits": True}}, {"tokenize": {"tokenizer": "gpt2"}}],
+        "steps": [{"extract": {}}, {"filter": filters}, {"dedup_exact": {}},
+                  {"dedup_minhash": {"bands": 14, "rows": 8}}, {"decontaminate": {"benchmarks": str(bench)}},
+                  {"tokenize": {"tokenizer": "gpt2"}},
+                  {"mixture": {"name": "crawl", "weight": 0.7, "source": {"ccnet": f"{ccnet_tokens}:0.3"},
+                               "token_budget": "100K"}}],
     })
     code, _, err = cli("run", recipe)
     assert code == 0, err
-    unique = h.read_rows(tmp_path / "run" / "02-dedup_exact")
-    assert len(unique) == 10 + 16  # the copies are gone
-    assert len({r["text"] for r in unique}) == len(unique)
-    assert cli("tokenize", "--input", tmp_path / "run" / "02-dedup_exact", "--output", tmp_path / "manual",
-               "--tokenizer", "gpt2")[0] == 0
+    run = tmp_path / "run"
+
+    (tmp_path / "filters.yaml").write_text(yaml.safe_dump(filters, sort_keys=False))
+    by_hand = [
+        ("extract", "--input", inputs, "--output", tmp_path / "e"),
+        ("filter", "--input", tmp_path / "e", "--output", tmp_path / "f", "--config", tmp_path / "filters.yaml"),
+        ("dedup", "exact", "--input", tmp_path / "f", "--output", tmp_path / "x"),
+        ("dedup", "minhash", "--input", tmp_path / "x", "--output", tmp_path / "m", "--bands", 14, "--rows", 8),
+        ("decontaminate", "--input", tmp_path / "m", "--output", tmp_path / "d", "--benchmarks", bench),
+        ("tokenize", "--input", tmp_path / "d", "--output", tmp_path / "tokens", "--tokenizer", "gpt2"),
+        ("mixture", "--source", f"crawl={tmp_path / 'tokens'}:0.7", "--source", f"ccnet={ccnet_tokens}:0.3",
+         "--token-budget", "100K", "--output", tmp_path / "blend.json"),
+    ]
+    for argv in by_hand:
+        assert cli(*argv)[0] == 0, argv
+    for step, manual in (("01-extract", "e"), ("02-filter", "f"), ("03-dedup_exact", "x"),
+                         ("04-dedup_minhash", "m"), ("05-decontaminate", "d")):
+        for part in ("", "removed"):
+            assert h.read_rows(run / step / part) == h.read_rows(tmp_path / manual / part), (step, part)
     for suffix in (".bin", ".idx"):
-        produced = (tmp_path / "run" / f"03-tokenize{suffix}").read_bytes()
-        assert produced and produced == (tmp_path / f"manual{suffix}").read_bytes()
+        assert (run / f"06-tokenize{suffix}").read_bytes() == (tmp_path / f"tokens{suffix}").read_bytes()
+    recipe_blend, manual_blend = load_blend(run / "07-mixture" / "blend.json"), load_blend(tmp_path / "blend.json")
+    assert [s.prefix for s in recipe_blend.sources] == [str(run / "06-tokenize"), str(ccnet_tokens)]
+    assert [dataclasses.replace(s, prefix="") for s in recipe_blend.sources] == \
+        [dataclasses.replace(s, prefix="") for s in manual_blend.sources]
+
+    # What each stage did, against what the inputs were built to hold.
+    ids = {step: {r["id"] for r in h.read_rows(run / step)} for step in ("02-filter", "03-dedup_exact",
+                                                                          "04-dedup_minhash")}
+    originals = {d["id"] for d in wiki}
+    assert originals | {i + "-exact" for i in originals} | {i + "-near" for i in originals} <= ids["02-filter"]
+    exact_removed = h.read_rows(run / "03-dedup_exact" / "removed")
+    assert {(r["id"], r["duplicate_of"]) for r in exact_removed} == {(i + "-exact", i) for i in originals}
+    near_removed = h.read_rows(run / "04-dedup_minhash" / "removed")
+    assert {(r["id"], r["duplicate_of"]) for r in near_removed} == {(i + "-near", i) for i in originals}
+    assert ids["04-dedup_minhash"] == ids["02-filter"] - {r["id"] for r in exact_removed + near_removed}
+    clean = h.read_rows(run / "05-decontaminate")
+    assert [r["id"] for r in clean] == [r["id"] for r in h.read_rows(run / "04-dedup_minhash")]
+    assert passage in " ".join(d["text"] for d in wiki) and not any(passage in r["text"] for r in clean)
+    assert json.loads((run / "05-decontaminate" / "stats.json").read_text())["decontaminate"] == {"cleaned": 1}
+    index = indexed.read_index(run / "06-tokenize")
+    assert index.documents == len(clean)
+    crawl, ccnet = recipe_blend.sources
+    assert (crawl.name, crawl.weight, crawl.tokens, crawl.documents) == ("crawl", 0.7, index.tokens, len(clean))
+    assert (ccnet.weight, ccnet.epochs) == (0.3, pytest.approx(0.3 * 100_000 / ccnet.tokens))
+    assert recipe_blend.token_budget == 100_000
