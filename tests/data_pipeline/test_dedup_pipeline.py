@@ -173,21 +173,26 @@ def test_gpt3_ten_hash_setting_follows_its_s_curve(shards, tmp_path, cli, corpus
     assert len(candidates) > 20 * len(corpus.truth)  # the price: 1-row bands match almost any shared shingle
 
 
+def kill_when(proc, condition, timeout: float = 60) -> None:
+    """SIGKILL `proc` as soon as `condition()` holds; fail if it finished first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not condition():
+        time.sleep(0.002)
+    killed = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert killed, "the run finished before it could be killed"
+
+
 def test_kill_and_resume_gives_the_same_result(corpus, minhash_run, tmp_path, h, cli):
     src = tmp_path / "in"
     dc.write_shards(corpus, src, 12)
     same_order = tmp_path / "reference"
     assert cli("dedup", "minhash", "--input", src, "--output", same_order)[0] == 0
     out = tmp_path / "out"
-    proc = h.gpt_data_process("dedup", "minhash", "--input", src, "--output", out)
     markers = out / ".dedup/minhash/signatures/.done"
-    deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None and len(list(markers.glob("*.json"))) < 3:
-        time.sleep(0.01)
-    killed = proc.poll() is None
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert killed, "the run finished before it could be killed"
+    kill_when(h.gpt_data_process("dedup", "minhash", "--input", src, "--output", out),
+              lambda: len(list(markers.glob("*.json"))) >= 3)
     assert len(list(markers.glob("*.json"))) < 12
     # Also lose part of a later stage: a removal shard without its marker is redone.
     assert cli("dedup", "minhash", "--input", src, "--output", out)[0] == 0
@@ -250,3 +255,73 @@ def test_partitions_and_workers_do_not_change_the_clusters(shards, minhash_run, 
     assert len(list((tmp_path / ".dedup/minhash/pairs").glob("*.parquet"))) == 3
     assert pq.read_table(tmp_path / ".dedup/minhash/clusters.parquet").equals(
         pq.read_table(minhash_run / ".dedup/minhash/clusters.parquet"))
+
+
+def same_tree(a: Path, b: Path) -> None:
+    """Every parquet file (outputs, removed/, intermediates under .dedup/) equal in both runs."""
+    files = sorted(p.relative_to(a) for p in a.rglob("*.parquet"))
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*.parquet"))
+    for name in files:
+        assert pq.read_table(a / name).equals(pq.read_table(b / name)), name
+
+
+def slurm_task(cli, monkeypatch, argv, stage: str, task: int, tasks: int) -> tuple[int, str]:
+    """One task of a Slurm array job that runs one stage (what an `sbatch --array` of it would run)."""
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", str(task))
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", str(tasks))
+    code, _, err = cli(*argv, "--stage", stage, "--executor", "slurm")
+    return code, err
+
+
+@pytest.mark.parametrize("method, arrays", [
+    ("minhash", {"signatures": 2, "buckets": 3, "clusters": 1, "remove": 2}),
+    ("exact", {"hashes": 2, "groups": 3, "remove": 2}),
+])
+def test_one_slurm_job_per_stage_equals_a_single_run(method, arrays, corpus, tmp_path, cli, monkeypatch):
+    """Stages as dependent Slurm array jobs, tasks one after another, give the single run's files
+    byte for byte (intermediates too); a stage started before the previous one finished is refused."""
+    dc.write_shards(corpus, tmp_path / "in", 4, docs=range(1000))
+    argv = ("dedup", method, "--input", tmp_path / "in", "--priority", "wikipedia,books", "--partitions", 3)
+    assert cli(*argv, "--output", tmp_path / "single", "--executor", "local")[0] == 0
+    jobs = (*argv, "--output", tmp_path / "jobs")
+    (first, first_tasks), (second, second_tasks) = list(arrays.items())[:2]
+    assert slurm_task(cli, monkeypatch, jobs, first, 0, first_tasks)[0] == 0
+    code, err = slurm_task(cli, monkeypatch, jobs, second, 0, second_tasks)
+    assert code == 2 and f"stage {first} is not complete (2 of 4 tasks missing" in err
+    for stage, tasks in arrays.items():
+        for task in range(tasks):
+            code, err = slurm_task(cli, monkeypatch, jobs, stage, task, tasks)
+            assert code == 0, (stage, task, err)
+    same_tree(tmp_path / "single", tmp_path / "jobs")
+    single, split = (json.loads((tmp_path / run / "stats.json").read_text()) for run in ("single", "jobs"))
+    assert split[method] == single[method] and split[method]["removed_total"] > 20
+    for key in ("documents_in", "documents_out", "removed"):
+        assert split[key] == single[key], key
+
+
+def test_kill_inside_buckets_and_clusters_then_resume(minhash_run, shards, tmp_path, h, cli):
+    """SIGKILL while the buckets stage runs its 12 partitions; then the states a kill inside the
+    clusters stage can leave (it writes one file through a tmp file, then its marker): a stale
+    tmp file, and the file in place without a marker. Each resume equals the uninterrupted run."""
+    argv = ("dedup", "minhash", "--input", shards, "--output", tmp_path, "--priority", "wikipedia,books",
+            "--partitions", 12)
+    work = tmp_path / ".dedup" / "minhash"
+    assert cli(*argv, "--stage", "signatures")[0] == 0
+    markers = work / "pairs" / ".done"
+    kill_when(h.gpt_data_process(*argv), lambda: any(markers.glob("*.json")))
+    done = len(list(markers.glob("*.json")))
+    assert 1 <= done < 12 and not (work / ".done" / "clusters.json").exists()
+    code, _, err = cli(*argv, "--stage", "buckets")
+    assert code == 0 and f"{12 - done} this run, {done} already done" in err
+
+    (work / "clusters.parquet.tmp-99999").write_bytes(b"PAR1 cut off by a kill")
+    assert cli(*argv)[0] == 0
+    assert not list(work.glob("*.tmp-*"))
+    (work / ".done" / "clusters.json").unlink()
+    (work / "clusters.parquet").write_bytes(b"PAR1 not the real thing")
+    assert cli(*argv)[0] == 0
+    assert pq.read_table(work / "clusters.parquet").equals(
+        pq.read_table(minhash_run / ".dedup/minhash/clusters.parquet"))
+    for name in [f"shard-{i:03d}.parquet" for i in range(4)]:
+        for part in (name, f"removed/{name}"):
+            assert pq.read_table(tmp_path / part).equals(pq.read_table(minhash_run / part)), part
