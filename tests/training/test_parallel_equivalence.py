@@ -15,7 +15,8 @@ pytestmark = pytest.mark.multiproc
 # vocab 50257 padded to a multiple of 1024 x TP gives 51200 for TP 1 and 2 alike: the padded
 # rows take part in the softmax, so layouts compare only at equal padded vocabularies.
 COMMON = ["train.steps=10", "model.make_vocab_size_divisible_by=1024", "model.dropout=0.0",
-          "precision=fp32", "data.blend=tests/data/tokens/blend2.json", "logging.eval_iters=2"]
+          "precision=fp32", "data.blend=tests/data/tokens/blend2.json", "logging.eval_iters=2",
+          "logging.eval_interval=4"]
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,7 @@ def test_loss_falls_on_real_text(reference):
     losses = [r["loss"] for r in train]
     assert losses[0] == pytest.approx(10.83, abs=0.1)  # ln(50257): an untrained model is uniform
     assert losses[-1] < losses[0] - 1.0
+    assert [r["step"] for r in valid] == [4, 8, 10]  # every logging.eval_interval steps, and at the end
     assert valid[-1]["valid_loss"] < losses[0] - 1.0
     assert valid[-1]["valid_ppl"] == pytest.approx(2.718281828 ** valid[-1]["valid_loss"], rel=1e-5)
     for record in train:
