@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from deepspeed.pipe import PipelineModule
+from deepspeed.runtime.zero.partition_parameters import GatheredParameters
 from deepspeed.utils import (safe_get_full_fp32_param, safe_get_full_optimizer_state, safe_set_full_fp32_param,
                              safe_set_full_optimizer_state)
 
@@ -83,9 +84,18 @@ def _written_here(name: str, param, layout: Layout) -> bool:
 
 # --------------------------------------------------------------------------- optimizer access
 
+def is_zero3(param) -> bool:
+    return hasattr(param, "ds_id")
+
+
+def model_shape(param: torch.nn.Parameter) -> torch.Size:
+    """The parameter's (TP-local) shape; ZeRO-3 keeps it in `ds_shape` while `param` itself is empty."""
+    return param.ds_shape if is_zero3(param) else param.shape
+
+
 def _full_state(param, key: str | None, optimizer) -> torch.Tensor | None:
     """This TP rank's full fp32 weight (key None) or Adam moment, gathered over ZeRO partitions."""
-    if hasattr(param, "_hp_mapping") or hasattr(param, "ds_id"):
+    if hasattr(param, "_hp_mapping") or is_zero3(param):
         value = safe_get_full_fp32_param(param) if key is None else safe_get_full_optimizer_state(param, key)
     else:  # no ZeRO: the torch optimizer holds the parameter itself
         value = param.data if key is None else optimizer.state.get(param, {}).get(key)
@@ -93,7 +103,7 @@ def _full_state(param, key: str | None, optimizer) -> torch.Tensor | None:
 
 
 def _set_full_state(param, key: str | None, value: torch.Tensor, optimizer) -> None:
-    if hasattr(param, "_hp_mapping") or hasattr(param, "ds_id"):
+    if hasattr(param, "_hp_mapping") or is_zero3(param):
         value = value.to(param.device)
         if key is None:
             safe_set_full_fp32_param(param, value)
@@ -101,9 +111,18 @@ def _set_full_state(param, key: str | None, value: torch.Tensor, optimizer) -> N
             safe_set_full_optimizer_state(param, value, key)
     elif key is not None:
         optimizer.state[param][key] = value.to(param.device).clone()
-    if key is None:  # the low-precision copy the forward pass uses
-        with torch.no_grad():
-            param.data.copy_(value.to(param.dtype))
+    if key is None:
+        _set_forward_weights(param, value)
+
+
+def _set_forward_weights(param, value: torch.Tensor) -> None:
+    """The low-precision copy the forward pass uses (the fp32 master is the optimizer's).
+
+    Under ZeRO-3 `param` is an empty placeholder between uses and its data is this rank's
+    slice in `param.ds_tensor`: gather it, set it, and let DeepSpeed cut the slices again
+    (collective over the parameter's ZeRO group; every rank sets the same value)."""
+    with torch.no_grad(), GatheredParameters([param], modifier_rank=0, enabled=is_zero3(param)):
+        param.data.copy_(value.to(param.dtype))
 
 
 def _base_optimizer(engine):
@@ -128,6 +147,15 @@ def _loss_scaler_state(engine) -> dict:
     return {k: v for k, v in vars(scaler).items() if isinstance(v, (int, float, bool)) and not k.startswith("_")}
 
 
+def _adam_parameters(engine) -> list[torch.Tensor]:
+    """The tensors Adam keeps state for. ZeRO-3 hands its flat fp32 partitions to Adam's
+    param groups only for the duration of a step (the groups are empty otherwise)."""
+    flat = getattr(engine.optimizer, "fp32_partitioned_groups_flat", None)
+    if flat is not None:
+        return list(flat)
+    return [param for group in _base_optimizer(engine).param_groups for param in group["params"]]
+
+
 def _link_optimizer_state(engine) -> None:
     """Make every parameter's view of its slice of Adam's state exist.
 
@@ -136,13 +164,12 @@ def _link_optimizer_state(engine) -> None:
     empty; a fresh engine has no Adam state at all. Create zero state where missing, relink.
     """
     base = _base_optimizer(engine)
-    for group in base.param_groups:
-        for param in group["params"]:
-            state = base.state[param]
-            if not state:
-                state["step"] = torch.tensor(0.0)
-                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+    for param in _adam_parameters(engine):
+        state = base.state[param]
+        if not state:
+            state["step"] = torch.tensor(0.0)
+            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
     if hasattr(engine.optimizer, "_lazy_init_hp_params_optimizer_state"):
         engine.optimizer._hp_optimizer_states_linked = False
         engine.optimizer._lazy_init_hp_params_optimizer_state()
@@ -312,9 +339,9 @@ def load(engine, cfg: Config, layout: Layout, manifest: dict) -> dict:
         except CheckpointError as err:
             problems.append(str(err))
             continue
-        if values["param"].shape != param.shape:
+        if values["param"].shape != model_shape(param):
             problems.append(f"checkpoint {manifest['path']}: {name} has shape {list(values['param'].shape)} "
-                            f"here but the model's is {list(param.shape)}")
+                            f"here but the model's is {list(model_shape(param))}")
         staged.append((param, values))
     _agree(layout, problems)
 

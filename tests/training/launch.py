@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -43,3 +44,17 @@ def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
 def max_relative_difference(a: list[float], b: list[float]) -> float:
     assert len(a) == len(b) and a, (a, b)
     return max(abs(x - y) / abs(x) for x, y in zip(a, b))
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    """step -> loss of the last record of each step (a resumed run appends to metrics.jsonl)."""
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir)[0]}
+
+
+def resume_from(source_dir: Path, tag: str, run_dir: Path, nproc: int, overrides: list[str]) -> dict[int, float]:
+    """A new run whose checkpoint directory holds only the source's checkpoint `tag`: it resumes by itself."""
+    (run_dir / "checkpoints").mkdir(parents=True)
+    shutil.copytree(source_dir / "checkpoints" / tag, run_dir / "checkpoints" / tag)
+    (run_dir / "checkpoints" / "latest").write_text(tag)
+    run_pretrain(run_dir, nproc, overrides)
+    return losses(run_dir)

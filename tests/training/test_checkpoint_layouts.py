@@ -1,11 +1,9 @@
 """A TP2 x PP2 x DP2 checkpoint resumes bit-for-bit at its own layout, continues the loss curve at other
 layouts (TP1 x PP2 x DP4, TP2 x PP1 x DP1, one process) and exports to Hugging Face with equal logits."""
-import shutil
-
 import pytest
 import torch
 
-from tests.training.launch import max_relative_difference, read_metrics, run_pretrain
+from tests.training.launch import losses, max_relative_difference, resume_from, run_pretrain
 from tests.tools.test_convert import real_tokens
 
 pytestmark = pytest.mark.multiproc
@@ -20,16 +18,11 @@ TP2_PP2_DP2 = ["parallel.tp=2", "parallel.pp=2"]
 def source(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("tp2pp2dp2")
     run_pretrain(run_dir, 8, COMMON + TP2_PP2_DP2 + ["checkpoint.interval=4"])
-    return run_dir, {r["step"]: r["loss"] for r in read_metrics(run_dir)[0]}
+    return run_dir, losses(run_dir)
 
 
 def resume_from_step4(source_dir, run_dir, nproc, layout):
-    """A new run whose checkpoint directory holds the source's step-4 checkpoint: it resumes by itself."""
-    (run_dir / "checkpoints").mkdir(parents=True)
-    shutil.copytree(source_dir / "checkpoints" / "step00000004", run_dir / "checkpoints" / "step00000004")
-    (run_dir / "checkpoints" / "latest").write_text("step00000004")
-    run_pretrain(run_dir, nproc, COMMON + layout)
-    return {r["step"]: r["loss"] for r in read_metrics(run_dir)[0]}
+    return resume_from(source_dir, "step00000004", run_dir, nproc, COMMON + layout)
 
 
 def test_same_layout_resume_is_bitwise_identical(source, tmp_path):
