@@ -325,3 +325,29 @@ def test_kill_inside_buckets_and_clusters_then_resume(minhash_run, shards, tmp_p
     for name in [f"shard-{i:03d}.parquet" for i in range(4)]:
         for part in (name, f"removed/{name}"):
             assert pq.read_table(tmp_path / part).equals(pq.read_table(minhash_run / part)), part
+
+
+def with_numbers(text: str, rng: np.random.Generator) -> str:
+    """The text with a 4-digit number after every 4th word, so every word 5-gram holds a digit."""
+    words = text.split(" ")
+    return " ".join(w + (f" {rng.integers(1000, 10000)}" if i % 4 == 3 else "") for i, w in enumerate(words))
+
+
+@pytest.mark.parametrize("method", ["minhash", "exact"])
+def test_fold_digits_makes_documents_that_differ_only_in_digits_duplicates(method, tmp_path, cli):
+    """Two copies of a real article with different numbers in the same places: Jaccard 0 as they
+    are (every 5-gram holds a number), identical once every digit is 0 (checked with a regex).
+    Only --fold-digits makes them one cluster."""
+    articles = dc.real_texts()[:12]
+    rng = np.random.default_rng(0)
+    a, b = with_numbers(articles[0], rng), with_numbers(articles[0], rng)
+    assert a != b and re.sub(r"\d", "0", a) == re.sub(r"\d", "0", b) and dc.true_jaccard(a, b) < 0.05
+    texts = [a, *articles[1:], b]
+    dc.write_shards(dc.Corpus(texts, ["common-crawl"] * len(texts), [0.5] * len(texts), np.arange(len(texts))),
+                    tmp_path / "in", 2)
+    for fold, expected in ((False, set()), (True, {(f"doc-{len(texts) - 1:07d}", "doc-0000000")})):
+        out = tmp_path / f"fold-{fold}"
+        code, _, err = cli("dedup", method, "--input", tmp_path / "in", "--output", out, *["--fold-digits"] * fold)
+        assert code == 0, err
+        removed = [r for part in sorted((out / "removed").glob("*.parquet")) for r in pq.read_table(part).to_pylist()]
+        assert {(r["id"], r["duplicate_of"]) for r in removed} == expected, fold
