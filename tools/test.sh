@@ -12,6 +12,9 @@ export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore}
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     if bash slurm/ci/start_slurm.sh; then
         trap 'bash slurm/ci/stop_slurm.sh' EXIT
+    elif [ "${GPT_STACK_REQUIRE_SLURM:-0}" = 1 ]; then
+        echo "error: Slurm did not start and GPT_STACK_REQUIRE_SLURM=1 (as in CI)" >&2
+        exit 1
     else
         echo "warning: Slurm did not start; the sbatch tests will be skipped" >&2
     fi
