@@ -11,10 +11,12 @@
   `train.bad_step_limit` bad steps in a row.
 - `GPT_FAULT_*` environment variables inject faults on purpose (tests, fire drills):
   `GPT_FAULT_NAN_STEPS=3,4` poisons those steps' activations with NaN (once each),
+  `GPT_FAULT_SPIKE_STEPS=3` scales step 3's logits by 1000 (a finite loss spike; not for gpt1, no final norm),
   `GPT_FAULT_KILL_IN_SAVE=4` SIGKILLs the process in the middle of step 4's save.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import signal
@@ -24,6 +26,10 @@ import torch
 import torch.distributed as dist
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# Injected bad steps: (variable listing the steps, module whose output is scaled, factor). NaN in the first
+# block's output poisons the loss; the final norm's output x 1000 makes the logits 1000x as confident,
+# a finite loss in the hundreds (a spike) instead of ~10.
+INJECTIONS = (("GPT_FAULT_NAN_STEPS", "Block", float("nan")), ("GPT_FAULT_SPIKE_STEPS", "FinalNorm", 1000.0))
 
 
 def _steps_from_env(name: str) -> set[int]:
@@ -67,7 +73,6 @@ class BadStepGuard:
         self.consecutive = 0
         self.total = 0
         self._local: list[torch.Tensor] = []
-        self._nan_steps = _steps_from_env("GPT_FAULT_NAN_STEPS")
         self._install()
 
     # ------------------------------------------------------------------ hooks into DeepSpeed
@@ -92,17 +97,18 @@ class BadStepGuard:
                 return backward(loss, *args, **kwargs)
 
             ds.backward = recording_backward
-        if self._nan_steps:
-            first_block = next((m for m in self.engine.module.modules() if type(m).__name__ == "Block"), None)
-            if first_block is not None:
-                first_block.register_forward_hook(self._inject_nan)
+        for variable, target, factor in INJECTIONS:
+            steps = _steps_from_env(variable)
+            module = next((m for m in self.engine.module.modules() if type(m).__name__ == target), None)
+            if steps and module is not None:  # e.g. the final norm lives on the last pipeline stage only
+                module.register_forward_hook(functools.partial(self._inject, steps, factor))
 
-    def _inject_nan(self, _module, _inputs, output):
-        """Poison one forward of each listed step, once (a rollback replays the step numbers)."""
+    def _inject(self, steps: set[int], factor: float, _module, _inputs, output):
+        """Scale one forward's output in each listed step, once (a rollback replays the step numbers)."""
         step = self.engine.engine.global_steps + 1
-        if step in self._nan_steps:
-            self._nan_steps.discard(step)
-            return output * float("nan")
+        if step in steps:
+            steps.discard(step)
+            return output * factor
         return output
 
     def _local_loss(self) -> tuple[float, float]:

@@ -53,12 +53,15 @@ def roll_back(engine, cfg: Config, layout: Layout, ckpt_dir: Path, progress: Pro
     limit = cfg.train.bad_step_limit
     reason = f"{limit} bad steps in a row (NaN/Inf or spiking loss) up to step {progress.step}"
     if cfg.train.bad_step_policy == "stop":
-        raise TrainingHalted(f"{reason}; stopping (train.bad_step_policy=stop)")
+        last = latest_tag(ckpt_dir)
+        raise TrainingHalted(f"{reason}; stopping (train.bad_step_policy=stop); last checkpoint: "
+                             f"{ckpt_dir / last if last else 'none'}")
     if not latest_tag(ckpt_dir):
         raise TrainingHalted(f"{reason} and no checkpoint in {ckpt_dir} to roll back to")
-    consumed = progress.consumed
+    consumed, bad_steps = progress.consumed, guard.total
     manifest = read_manifest(ckpt_dir)
     progress.restore(checkpoint.load(engine, cfg, layout, manifest), guard)
+    guard.total = bad_steps  # they happened, although the timeline they were on is abandoned
     if consumed > progress.consumed:
         progress.skipped_windows.append([progress.consumed, consumed])
         progress.consumed = consumed

@@ -1,4 +1,5 @@
-"""Exact resume and fault tolerance of one training process: stop/resume, SIGTERM, SIGKILL mid-save, NaN steps.
+"""Exact resume and fault tolerance of one training process: stop/resume, SIGTERM, SIGKILL mid-save, NaN steps,
+loss spikes and the stop policy.
 
 Every interrupted run must reproduce the uninterrupted run's per-step losses bit for bit
 (fp32, dropout on, so the RNG streams are part of what is restored).
@@ -12,18 +13,15 @@ import sys
 import time
 
 import pytest
+import torch
 
-from tests.training.launch import REPO, TINY, read_metrics, run_pretrain
+from tests.training.launch import REPO, TINY, losses, read_metrics, run_pretrain
+from training.checkpoint_files import ShardReader, check_files, read_manifest
 
 pytestmark = pytest.mark.multiproc
 
 COMMON = ["train.steps=8", "model.dropout=0.1", "model.make_vocab_size_divisible_by=1024",
           "data.blend=tests/data/tokens/blend2.json", "logging.eval_iters=1", "precision=fp32"]
-
-
-def losses(run_dir) -> dict[int, float]:
-    """step -> loss of the last record of each step (a resumed run appends to metrics.jsonl)."""
-    return {r["step"]: r["loss"] for r in read_metrics(run_dir)[0]}
 
 
 def manifest(run_dir, tag=None) -> dict:
@@ -91,15 +89,42 @@ def test_nan_steps_are_skipped_then_rolled_back(straight, tmp_path):
     run_pretrain(tmp_path, 1, COMMON + ["checkpoint.interval=2", "train.bad_step_limit=2"],
                  env={"GPT_FAULT_NAN_STEPS": "3,5,6"})
     records = read_metrics(tmp_path)[0]
-    steps = [(r["step"], r["bad_step"]) for r in records]
-    # step 3 alone is skipped; 5 and 6 in a row trigger a rollback to step 4 with samples 32..48 skipped
-    assert steps == [(1, False), (2, False), (3, True), (4, False), (5, True), (6, True),
-                     (5, False), (6, False), (7, False), (8, False)]
+    steps = [(r["step"], r["bad_step"], r["bad_steps"]) for r in records]
+    # step 3 alone is skipped; 5 and 6 in a row trigger a rollback to step 4 with samples 32..48 skipped;
+    # the count keeps the rolled-back bad steps
+    assert steps == [(1, False, 0), (2, False, 0), (3, True, 1), (4, False, 1), (5, True, 2), (6, True, 3),
+                     (5, False, 3), (6, False, 3), (7, False, 3), (8, False, 3)]
     assert records[2]["loss"] != records[2]["loss"]  # NaN
     assert [r["loss"] for r in records[:2]] == [straight[1], straight[2]]
     final = manifest(tmp_path)["trainer"]
     assert final["skipped_windows"] == [[32, 48]] and final["consumed_samples"] == 8 * 8 + 16
     assert records[-1]["loss"] < records[0]["loss"] - 0.3  # the skipped NaN steps left the model sound
+    assert final["guard"]["total"] == 3
+
+
+def test_loss_spike_is_skipped_and_bad_steps_stop_the_run(straight, tmp_path):
+    result = run_pretrain(tmp_path, 1, COMMON + ["checkpoint.interval=2", "train.spike_threshold=2",
+                                                 "train.spike_window=2", "train.bad_step_limit=2",
+                                                 "train.bad_step_policy=stop"],
+                          check=False, env={"GPT_FAULT_SPIKE_STEPS": "3,6", "GPT_FAULT_NAN_STEPS": "5"})
+    records = read_metrics(tmp_path)[0]
+    # spike at 3: skipped and counted; then NaN at 5 and a spike at 6 are two bad steps in a row: stop
+    assert [(r["step"], r["bad_step"], r["bad_steps"]) for r in records] == [
+        (1, False, 0), (2, False, 0), (3, True, 1), (4, False, 1), (5, True, 2), (6, True, 3)]
+    assert [r["loss"] for r in records[:2]] == [straight[1], straight[2]]
+    spike, running_mean = records[2]["loss"], (straight[1] + straight[2]) / 2
+    assert 2 * running_mean < spike < float("inf")
+    assert records[3]["loss"] != straight[4]  # the model at step 4 had not taken step 3's update
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = tmp_path / "checkpoints" / "step00000004"
+    assert result.stderr.strip().splitlines()[-1] == (
+        "training.pretrain: error: 2 bad steps in a row (NaN/Inf or spiking loss) up to step 6; stopping "
+        f"(train.bad_step_policy=stop); last checkpoint: {last}")
+    saved = read_manifest(tmp_path / "checkpoints")
+    assert saved["path"] == str(last) and check_files(saved) == []
+    assert saved["trainer"]["skipped_steps"] == 1 and saved["trainer"]["adam_step"] == 3
+    assert saved["trainer"]["guard"]["total"] == 1
+    assert all(torch.isfinite(t).all() for t in ShardReader(saved).state_dict().values())
 
 
 def test_corrupt_or_mismatched_checkpoint_is_refused(straight_run, tmp_path):
