@@ -1,7 +1,12 @@
 """Mixed precision (bf16, fp16 with dynamic loss scaling) across layouts, and activation recomputation."""
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
-from tests.training.launch import max_relative_difference, read_metrics, run_pretrain
+from tests.training.launch import REPO, free_port, max_relative_difference, read_metrics, run_pretrain
 
 pytestmark = pytest.mark.multiproc
 
@@ -49,3 +54,17 @@ def test_batch_size_ramp_runs_in_both_engines(tmp_path):
     assert [r["batch_size"] for r in one] == [4, 4, 6, 8, 8, 8]  # 384 tokens per +2 sequences
     assert [r["batch_size"] for r in pp2] == [r["batch_size"] for r in one]
     assert max_relative_difference([r["loss"] for r in one], [r["loss"] for r in pp2]) < 1e-5
+
+
+def test_dropout_masks_under_tensor_parallelism(tmp_path):
+    """TP2 on CPU: TP-local masks differ per rank, masks on replicated activations agree (probe's doc)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+         "--master-port", str(free_port()), "-m", "tests.training.tp_dropout_probe"],
+        cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"),
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    probe = json.loads(result.stdout.strip().splitlines()[-1])
+    assert probe["replicated_parameters"] > 10
+    assert probe == {**probe, "local_draws_differ": True, "shared_draws_equal": True,
+                     "replicated_grads_equal": True, "dropout_changed_grads": True}
