@@ -194,6 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def scored_by_head(loaded, task: Task) -> bool:
+    """Fine-tuning kinds need a head; a multiple-choice task uses one only if it was fine-tuned on that task
+    (other multiple-choice tasks are scored few-shot by log-likelihood, like any model)."""
+    if task.kind not in LANGUAGE_MODEL_KINDS:
+        return True
+    return loaded.info is not None and (loaded.info.task, loaded.info.kind) == (task.name, task.kind)
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     from tools.finetune import evaluate_finetuned
     from tools.model_source import load_from_args
@@ -206,7 +214,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     loaded = load_from_args(args)
     results = []
     for task in tasks:
-        if task.kind not in LANGUAGE_MODEL_KINDS:
+        if scored_by_head(loaded, task):
             if loaded.head is None:
                 raise UserError(f"task {task.name} is a {task.kind} task: score it with a gpt-finetune checkpoint")
             runs = [evaluate_finetuned(loaded, task, args.batch_size)]

@@ -10,15 +10,18 @@ rows of the padded vocabulary): classification ``<s> text <e>``, entailment
 per answer (softmax over the answers). A linear head reads the final state of the
 extract token; the loss adds the language-modelling loss on the same tokens with weight
 0.5. Trains on `<name>.train.jsonl` and reports accuracy on `<name>.jsonl`; data-parallel
-under torchrun/srun with the trainer's process groups.
+under torchrun/srun with the trainer's process groups, and tensor-parallel with `--tp N`
+(the trunk's megatron-core layers at TP = N, the head replicated).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import random
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,7 +35,9 @@ from tqdm import tqdm
 from data_pipeline.errors import UserError
 from data_pipeline.tokenizers import Tokenizer
 from tools.eval_tasks import Task, load_task
+from training.config import Config
 from training.model import GPT
+from training.rng import seed_everything
 
 FINETUNE_KINDS = ("classification", "entailment", "similarity", "multiple_choice")
 HEAD_FILE = "head.pt"
@@ -55,8 +60,9 @@ class FinetuneInfo:
 def special_tokens(model: GPT) -> tuple[int, int, int]:
     """Start, delimiter and extract ids: rows of the padded vocabulary no tokenizer emits."""
     vocab = model.cfg.vocab_size
-    if model.cfg.padded_vocab_size(1) < vocab + 3:
-        raise UserError(f"the padded vocabulary ({model.cfg.padded_vocab_size(1)}) has no room for start, "
+    padded = model.cfg.padded_vocab_size(parallel_state.get_tensor_model_parallel_world_size())
+    if padded < vocab + 3:
+        raise UserError(f"the padded vocabulary ({padded}) has no room for start, "
                         f"delimiter and extract tokens after the {vocab} real ones")
     return vocab, vocab + 1, vocab + 2
 
@@ -106,11 +112,13 @@ class FinalStates:
         self.value = output
 
 
-def batch_forward(model: nn.Module, states: FinalStates, head: nn.Module, info: FinetuneInfo,
-                  tokenizer: Tokenizer, examples: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(task logits [examples, classes or answers], language-modelling loss) for a batch of examples.
+def batch_forward(model: nn.Module, states: FinalStates, head: nn.Module, info: FinetuneInfo, tokenizer: Tokenizer,
+                  examples: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(task logits [examples, classes or answers], summed LM loss, number of LM targets) for a batch.
 
-    Sequences are right-padded: attention is causal, so no real token sees the padding."""
+    The LM loss is a sum so that the caller can average it over the tokens of the whole global
+    batch, whatever share of them this data-parallel rank holds. Sequences are right-padded:
+    attention is causal, so no real token sees the padding."""
     per_example = [sequences(info, tokenizer, e) for e in examples]
     flat = [seq for seqs in per_example for seq in seqs]
     width = max(len(seq) for seq in flat)
@@ -123,9 +131,8 @@ def batch_forward(model: nn.Module, states: FinalStates, head: nn.Module, info: 
     logits = model(tokens)  # vocab-parallel [rows, width, padded_vocab / TP]; `states` keeps the final states
     lm_losses = tensor_parallel.vocab_parallel_cross_entropy(logits[:, :-1].float().contiguous(), tokens[:, 1:])
     real = (torch.arange(width - 1)[None] < (lengths - 1)[:, None]).to(device)
-    lm_loss = (lm_losses * real).sum() / real.sum()
     extract_states = states.value[torch.arange(len(flat), device=device), (lengths - 1).to(device)]
-    return task_logits(head, info, extract_states, examples), lm_loss
+    return task_logits(head, info, extract_states, examples), (lm_losses * real).sum(), real.sum()
 
 
 def task_logits(head: nn.Module, info: FinetuneInfo, states: torch.Tensor, examples: list[dict]) -> torch.Tensor:
@@ -160,6 +167,18 @@ def data_parallel() -> tuple[int, int]:
     return parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
 
 
+def sum_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """The sum over the data-parallel group (without gradient: it only feeds normalisers and logs)."""
+    value = value.detach().float().clone()
+    if data_parallel()[0] > 1:
+        dist.all_reduce(value, group=parallel_state.get_data_parallel_group())
+    return value
+
+
+def mean_over_ranks(value: torch.Tensor) -> float:
+    return float(sum_over_ranks(value)) / data_parallel()[0]
+
+
 @torch.no_grad()
 def predict(model: nn.Module, states: FinalStates, head: nn.Module, info: FinetuneInfo, tokenizer: Tokenizer,
             examples: list[dict], batch_size: int) -> list[int]:
@@ -167,7 +186,7 @@ def predict(model: nn.Module, states: FinalStates, head: nn.Module, info: Finetu
     head.eval()
     picks = []
     for start in range(0, len(examples), batch_size):
-        logits, _ = batch_forward(model, states, head, info, tokenizer, examples[start:start + batch_size])
+        logits, _, _ = batch_forward(model, states, head, info, tokenizer, examples[start:start + batch_size])
         picks += logits.argmax(-1).tolist()
     return picks
 
@@ -178,10 +197,13 @@ def accuracy(picks: list[int], examples: list[dict]) -> float:
 
 def finetune(model: GPT, tokenizer: Tokenizer, task: Task, *, epochs: int = 3, lr: float = 6.25e-5,
              batch_size: int = 32, lm_weight: float = 0.5, warmup: float = 0.002, weight_decay: float = 0.01,
-             max_length: int = 0, seed: int = 1234, log=print) -> tuple[TaskHead, FinetuneInfo, list[dict]]:
+             max_length: int = 0, head_dropout: float = 0.1,
+             seed: int = 1234) -> tuple[TaskHead, FinetuneInfo, list[dict]]:
     """Train `model` (in place) and a new head on the task's train split; returns (head, info, per-step log).
 
-    Each data-parallel rank takes every dp-th example of a global batch; gradients are averaged."""
+    Each data-parallel rank takes every dp-th example of a global batch; gradients are averaged.
+    Losses are means over the global batch (the LM loss over all its tokens), so any number of
+    data- or tensor-parallel ranks takes the same steps as one process."""
     if task.kind not in FINETUNE_KINDS:
         raise UserError(f"task {task.name} is a {task.kind} task; gpt-finetune trains "
                         f"{', '.join(FINETUNE_KINDS)} tasks")
@@ -197,7 +219,9 @@ def finetune(model: GPT, tokenizer: Tokenizer, task: Task, *, epochs: int = 3, l
                         max_length=min(max_length or model.cfg.seq_length, model.cfg.seq_length))
     torch.manual_seed(seed)
     device = model.token_embedding.weight.device
-    head = TaskHead(model.cfg.d_model, info.num_labels).to(device)
+    head = TaskHead(model.cfg.d_model, info.num_labels, head_dropout).to(device)  # the same on every rank
+    # dropout: one stream per data-parallel rank, shared by its TP group, plus a TP-local one for sharded heads
+    seed_everything(seed, 0, dp_rank, parallel_state.get_tensor_model_parallel_rank())
     states = FinalStates(model)
     trunk = model
     if dp > 1:
@@ -220,9 +244,10 @@ def finetune(model: GPT, tokenizer: Tokenizer, task: Task, *, epochs: int = 3, l
             mine = [task.train[i] for i in order[batch_start:batch_start + batch_size]][dp_rank::dp]
             trunk.train()
             head.train()
-            logits, lm_loss = batch_forward(trunk, states, head, info, tokenizer, mine)
+            logits, lm_sum, lm_targets = batch_forward(trunk, states, head, info, tokenizer, mine)
             labels = torch.tensor([e["label"] for e in mine], device=device)
-            task_loss = F.cross_entropy(logits, labels)
+            task_loss = F.cross_entropy(logits, labels)  # every rank holds batch_size / dp examples
+            lm_loss = lm_sum * dp / sum_over_ranks(lm_targets)  # DDP's mean over ranks makes it the global mean
             loss = task_loss + lm_weight * lm_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -239,23 +264,80 @@ def finetune(model: GPT, tokenizer: Tokenizer, task: Task, *, epochs: int = 3, l
     return head, info, history
 
 
-def mean_over_ranks(value: torch.Tensor) -> float:
-    value = value.detach().float().clone()
-    dp, _ = data_parallel()
-    if dp > 1:
-        dist.all_reduce(value, group=parallel_state.get_data_parallel_group())
-        value /= dp
-    return float(value)
-
-
 # --------------------------------------------------------------------------- checkpoint
 
 
-def save(directory: Path, model: GPT, head: TaskHead, info: FinetuneInfo) -> None:
-    from tools.model_source import save_trunk
+def load_trunk(hf_dir: str | None, checkpoint: str | None, tp: int) -> GPT:
+    """The model to fine-tune: whole in every process at TP = 1, else this rank's tensor-parallel shards."""
+    from tools.convert import from_hf
+    from tools.model_source import load_model
 
-    directory.mkdir(parents=True, exist_ok=True)
-    save_trunk(model, directory)
+    if tp == 1:
+        return load_model(hf_dir, checkpoint)
+    if hf_dir is None:
+        return load_shards(checkpoint)
+    with tempfile.TemporaryDirectory(prefix="gpt-hf-") as converted:
+        return load_shards(from_hf(hf_dir, converted, tp=tp, pp=1))
+
+
+def load_shards(checkpoint: str | Path) -> GPT:
+    """This rank's slice of any checkpoint (any TP/PP layout) in a GPT built at the current TP size.
+
+    `load_gpt` builds one whole model per process; a tensor-parallel trunk needs every rank to
+    hold only its own shards, re-cut from whatever TP the checkpoint was saved at."""
+    from training.checkpoint_files import CheckpointError, ShardReader, check_files, read_manifest, vocab_multiple_for
+    from training.consolidated import checkpoint_config
+
+    tp, tp_rank = parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_tensor_model_parallel_rank()
+    manifest = read_manifest(checkpoint)
+    problems = check_files(manifest)
+    if problems:
+        raise CheckpointError(problems[0])
+    cfg = checkpoint_config(manifest)
+    if cfg.model.n_heads % tp:
+        raise UserError(f"--tp {tp} does not divide the model's {cfg.model.n_heads} attention heads")
+    cfg.model.make_vocab_size_divisible_by = vocab_multiple_for(manifest, tp)  # keep the checkpoint's padding
+    model = GPT(cfg.model, cfg.train.seed)
+    reader = ShardReader(manifest)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            shard = reader.shard(name, tp, tp_rank)
+            if shard.shape != param.shape:
+                raise CheckpointError(f"checkpoint {manifest['path']}: {name} gives a TP={tp} shard of shape "
+                                      f"{list(shard.shape)}, the model's is {list(param.shape)}")
+            param.copy_(shard)
+    return model
+
+
+def full_weights(model: GPT) -> dict[str, torch.Tensor]:
+    """Whole tensors on every rank: TP shards gathered along the dimension megatron-core split them."""
+    from training.checkpoint import partition_dim
+
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    state = {}
+    for name, param in model.named_parameters():
+        value, dim = param.detach(), partition_dim(param)
+        if tp > 1 and dim is not None:
+            parts = [torch.empty_like(value) for _ in range(tp)]
+            dist.all_gather(parts, value.contiguous(), group=parallel_state.get_tensor_model_parallel_group())
+            value = torch.cat(parts, dim=dim)
+        state[name] = value.cpu()
+    return state
+
+
+def save(directory: Path, weights: dict[str, torch.Tensor], model: GPT, head: TaskHead, info: FinetuneInfo) -> None:
+    """A weights-only TP = PP = 1 checkpoint of the trunk (`full_weights`), the head and what gpt-eval needs.
+
+    Written with `write_weights` rather than gpt-convert's `write_layout`: that one asks a
+    single-process model for the partition dimensions, which a tensor-parallel process cannot build."""
+    from training.checkpoint import partition_dim
+    from training.checkpoint_files import write_weights
+
+    padded = model.cfg.padded_vocab_size(parallel_state.get_tensor_model_parallel_world_size())
+    cfg = Config(model=copy.deepcopy(model.cfg))
+    cfg.model.make_vocab_size_divisible_by = padded
+    dims = {name: partition_dim(param) for name, param in model.named_parameters()}
+    write_weights(directory, weights, dims, cfg.to_dict(), 1, 1, dict.fromkeys(weights, 0), padded)
     torch.save(head.state_dict(), directory / HEAD_FILE)
     (directory / INFO_FILE).write_text(json.dumps(asdict(info), indent=2) + "\n")
 
@@ -300,33 +382,52 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lm-weight", type=float, default=0.5, help="weight of the auxiliary LM loss (GPT-1: 0.5)")
     parser.add_argument("--warmup", type=float, default=0.002, help="fraction of steps warming up (GPT-1: 0.2%%)")
     parser.add_argument("--max-length", type=int, default=0, help="tokens per input sequence (0: model context)")
+    parser.add_argument("--head-dropout", type=float, default=0.1, help="dropout before the task head (GPT-1: 0.1)")
+    parser.add_argument("--tp", type=int, default=1,
+                        help="tensor-parallel ranks for the trunk (must divide the processes and the heads); "
+                             "the rest of the processes are data-parallel (default %(default)s)")
     parser.add_argument("--seed", type=int, default=1234)
     return parser
 
 
+def start_process_groups(tp: int) -> None:
+    """The trainer's groups: TP = `tp` (PP = 1), data parallel over the remaining processes."""
+    from training.distributed import init_distributed, world_from_environment
+
+    if parallel_state.model_parallel_is_initialized():  # e.g. a test or notebook set them up
+        if parallel_state.get_tensor_model_parallel_world_size() != tp:
+            raise UserError(f"--tp {tp}, but this process already runs at TP="
+                            f"{parallel_state.get_tensor_model_parallel_world_size()}")
+        return
+    world = world_from_environment()[1]
+    if world % tp:
+        raise UserError(f"--tp {tp} does not divide the {world} processes")
+    init_distributed(tp=tp, pp=1)
+
+
 def run(args: argparse.Namespace) -> dict:
     from data_pipeline.tokenizers import load_tokenizer
-    from training.distributed import init_distributed
-    from tools.model_source import load_model
 
-    for name in ("epochs", "batch_size"):
+    for name in ("epochs", "batch_size", "tp"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 <= args.head_dropout < 1:
+        raise UserError("--head-dropout must be in [0, 1)")
     task = load_task(args.task)
-    if not parallel_state.model_parallel_is_initialized():
-        init_distributed(tp=1, pp=1)  # every rank holds the whole model: data parallel over all processes
-    model = load_model(args.hf_dir, args.checkpoint)
+    start_process_groups(args.tp)
+    model = load_trunk(args.hf_dir, args.checkpoint, args.tp)
     tokenizer = load_tokenizer(args.tokenizer)
     head, info, history = finetune(model, tokenizer, task, epochs=args.epochs, lr=args.lr,
                                    batch_size=args.batch_size, lm_weight=args.lm_weight, warmup=args.warmup,
-                                   max_length=args.max_length, seed=args.seed)
+                                   max_length=args.max_length, head_dropout=args.head_dropout, seed=args.seed)
     states = FinalStates(model)
     test_acc = accuracy(predict(model, states, head, info, tokenizer, task.examples, args.batch_size), task.examples)
     summary = {"task": task.name, "kind": task.kind, "steps": len(history), "first_loss": history[0]["loss"],
                "final_loss": history[-1]["loss"], "test_examples": len(task.examples), "test_acc": test_acc}
+    weights = full_weights(model)  # collective over the TP group
     if dist.get_rank() == 0:
         output = Path(args.output)
-        save(output, model, head, info)
+        save(output, weights, model, head, info)
         with open(output / "metrics.jsonl", "w") as log:
             log.writelines(json.dumps(r) + "\n" for r in history)
         (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -1,7 +1,11 @@
-"""A small real classification task: is a sentence from a news article or from Wikipedia?
+"""Small real tasks built from the bundled real text (tests/data): the Lee news corpus and the English
+Wikipedia sample.
 
-Built from the bundled real text (tests/data): the Lee news corpus and the English
-Wikipedia sample. Sentences are interleaved so that both splits are balanced."""
+- `news_or_wiki` (classification): is a sentence from a news article or from Wikipedia?
+- `same_source` (similarity): are two sentences from the same source?
+- `true_ending` (multiple choice): which of two endings completes the first half of a sentence?
+
+Examples alternate so that both splits are balanced."""
 import gzip
 import json
 import random
@@ -21,14 +25,49 @@ def sentences(texts, limit: int) -> list[str]:
     return found[:limit]
 
 
-def news_or_wiki(directory: Path, train: int = 256, test: int = 96) -> Path:
-    """Write news_or_wiki.train.jsonl / news_or_wiki.jsonl (label 0 news, 1 Wikipedia); return the task file."""
-    news = sentences((DATA / "lee_background.cor").read_text(encoding="utf-8", errors="replace").splitlines(),
-                     (train + test) // 2)
+def news_and_wiki(count: int) -> tuple[list[str], list[str]]:
+    """`count` sentences of each source."""
+    news = sentences((DATA / "lee_background.cor").read_text(encoding="utf-8", errors="replace").splitlines(), count)
     with gzip.open(DATA / "wiki-en-sample.jsonl.gz", "rt", encoding="utf-8") as lines:
-        wiki = sentences((json.loads(line)["text"] for line in lines), (train + test) // 2)
-    examples = [e for pair in zip(news, wiki) for e in ({"text": pair[0], "label": 0}, {"text": pair[1], "label": 1})]
+        wiki = sentences((json.loads(line)["text"] for line in lines), count)
+    return news, wiki
+
+
+def write_splits(directory: Path, name: str, examples: list[dict], train: int) -> Path:
+    """`<name>.train.jsonl` (the first `train` examples) and `<name>.jsonl` (the rest); returns the task file."""
     directory.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("news_or_wiki.train.jsonl", examples[:train]), ("news_or_wiki.jsonl", examples[train:])):
-        (directory / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return directory / "news_or_wiki.jsonl"
+    for file, rows in ((f"{name}.train.jsonl", examples[:train]), (f"{name}.jsonl", examples[train:])):
+        (directory / file).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return directory / f"{name}.jsonl"
+
+
+def news_or_wiki(directory: Path, train: int = 256, test: int = 96) -> Path:
+    """Label 0 news, 1 Wikipedia."""
+    news, wiki = news_and_wiki((train + test) // 2)
+    examples = [e for pair in zip(news, wiki) for e in ({"text": pair[0], "label": 0}, {"text": pair[1], "label": 1})]
+    return write_splits(directory, "news_or_wiki", examples, train)
+
+
+def same_source(directory: Path, train: int = 32, test: int = 16) -> Path:
+    """Label 1 if both sentences come from the same source. Pairs share `text_b`, so neither sentence
+    alone decides the label."""
+    news, wiki = news_and_wiki(train + test)
+    examples = []
+    for i in range(0, train + test, 2):
+        first, second = (news, wiki) if i % 4 == 0 else (wiki, news)
+        examples += [{"text_a": first[i], "text_b": first[i + 1], "label": 1},
+                     {"text_a": second[i], "text_b": first[i + 1], "label": 0}]
+    return write_splits(directory, "same_source", examples, train)
+
+
+def true_ending(directory: Path, train: int = 32, test: int = 16) -> Path:
+    """The first half of a sentence (by words); its own second half and another sentence's, in alternating order."""
+    news, wiki = news_and_wiki((train + test) // 2 + 1)
+    pool = [s for pair in zip(news, wiki) for s in pair]
+    halves = [(" ".join(w[: len(w) // 2]), " ".join(w[len(w) // 2:])) for w in (s.split() for s in pool)]
+    examples = []
+    for i in range(train + test):
+        (context, ending), (_, other) = halves[i], halves[i + 1]
+        label = i % 2
+        examples.append({"context": context, "choices": [other, ending] if label else [ending, other], "label": label})
+    return write_splits(directory, "true_ending", examples, train)
