@@ -1,10 +1,12 @@
 """A TP2 x PP2 x DP2 checkpoint resumes bit-for-bit at its own layout, continues the loss curve at other
-layouts (TP1 x PP2 x DP4, TP2 x PP1 x DP1, one process) and exports to Hugging Face with equal logits."""
+layouts (TP1 x PP2 x DP4, TP2 x PP1 x DP1, one process), exports to Hugging Face with equal logits, and the
+export converted back at TP2 x PP2 trains on."""
 import pytest
 import torch
 
 from tests.training.launch import losses, max_relative_difference, resume_from, run_pretrain
 from tests.tools.test_convert import real_tokens
+from training.distributed import shutdown
 
 pytestmark = pytest.mark.multiproc
 
@@ -50,7 +52,6 @@ def test_trained_checkpoint_exports_to_hugging_face(source, tmp_path):
 
     from tools.convert import to_hf
     from training.consolidated import load_gpt
-    from training.distributed import shutdown
 
     source_dir, _ = source
     to_hf(str(source_dir / "checkpoints"), str(tmp_path / "hf"))
@@ -63,3 +64,26 @@ def test_trained_checkpoint_exports_to_hugging_face(source, tmp_path):
     finally:
         shutdown()
     assert difference < 1e-4
+
+
+def test_hugging_face_export_converted_back_at_tp2_pp2_trains_on(source, tmp_path):
+    """Trained checkpoint -> to-hf -> from-hf --tp 2 --pp 2 -> training at TP2 x PP2 follows training from the
+    same weights consolidated directly (one process): both weights-only, so step 0 with fresh Adam state."""
+    from tools.convert import main as gpt_convert
+
+    checkpoint = source[0] / "checkpoints"
+    hf, converted, direct = tmp_path / "hf", tmp_path / "from-hf", tmp_path / "consolidated"
+    try:  # the padded rows were trained: keep them, so that both runs' softmax is over the same 51200 logits
+        assert gpt_convert(["to-hf", "--input", str(checkpoint), "--output", str(hf), "--keep-padded-vocab"]) == 0
+        assert gpt_convert(["from-hf", "--input", str(hf), "--output", str(converted), "--tp", "2", "--pp", "2"]) == 0
+        assert gpt_convert(["consolidate", "--input", str(checkpoint), "--output", str(direct)]) == 0
+    finally:
+        shutdown()
+    fresh = COMMON + ["train.steps=4"]
+    run_pretrain(tmp_path / "tp2pp2", 4, fresh + TP2_PP2_DP2 + [f"checkpoint.load={converted}", "model.arch=gpt2",
+                                                                "model.vocab_size=51200"])
+    run_pretrain(tmp_path / "single", 1, fresh + [f"checkpoint.load={direct}"])
+    trained_on, reference = losses(tmp_path / "tp2pp2"), losses(tmp_path / "single")
+    assert sorted(trained_on) == [1, 2, 3, 4]
+    assert max_relative_difference([reference[s] for s in range(1, 5)], [trained_on[s] for s in range(1, 5)]) < 1e-5
+    assert reference[1] < source[1][8] + 0.1  # it started from the trained weights, not from scratch (~10.8)
