@@ -89,6 +89,15 @@ def parse_amount(text: str, what: str) -> float:
     return value
 
 
+def token_count(text: str) -> int:
+    """argparse type of --token-budget, so a bad budget fails when a recipe is checked, not after
+    its other steps ran (a ValueError makes argparse name the flag and the value)."""
+    try:
+        return int(parse_amount(text, "--token-budget"))
+    except UserError as err:
+        raise ValueError(str(err)) from None
+
+
 def parse_source(text: str) -> MixSource:
     """``NAME=PREFIX[:WEIGHT]`` or ``NAME=TOKENS[:WEIGHT]`` (e.g. ``cc=410B:60%``)."""
     name, sep, rest = text.partition("=")
@@ -214,7 +223,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="weight of a source given by --input")
     parser.add_argument("--epochs", action="append", default=[], metavar="NAME=E",
                         help="target epochs for a source over --token-budget (instead of a weight)")
-    parser.add_argument("--token-budget", help="planned training tokens, e.g. 300B")
+    parser.add_argument("--token-budget", type=token_count, help="planned training tokens, e.g. 300B")
     parser.add_argument("--max-epochs", type=float, default=DEFAULT_MAX_EPOCHS,
                         help="warn when a source would be repeated more often (default %(default)s)")
     parser.add_argument("--quality-split", action="append", default=[], metavar="NAME",
@@ -253,7 +262,7 @@ def main(args: argparse.Namespace) -> int:
         sources += _sources_from_dir(Path(args.input))
     _apply_named(sources, args.weight, "weight", "--weight")
     _apply_named(sources, args.epochs, "epochs", "--epochs")
-    budget = int(parse_amount(args.token_budget, "--token-budget")) if args.token_budget else None
+    budget = args.token_budget or None
     sources = _split_quality(sources, args, budget)
     mixture = resolve(sources, budget)
     print(format_table(mixture), end="")

@@ -131,7 +131,8 @@ STEPS: dict[str, Step] = {
     "dedup_minhash": cli_step("dedup", "minhash"),
     "decontaminate": cli_step("decontaminate"),
     "tokenize": cli_step("tokenize"),  # output is a prefix: <output>/<i>-tokenize.bin/.idx
-    "mixture": cli_step("mixture", arguments="data_pipeline.mixture:recipe_arguments"),  # <output>/<i>-mixture/blend.json
+    # the previous step's prefix is a source; writes <output>/<i>-mixture/blend.json
+    "mixture": cli_step("mixture", arguments="data_pipeline.mixture:recipe_arguments"),
 }
 RECIPE_KEYS = ("input", "output", "workers", "executor", "steps")
 

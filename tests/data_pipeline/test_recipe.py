@@ -12,7 +12,7 @@ import yaml
 
 from data_pipeline import indexed
 from data_pipeline.blend import load_blend
-from data_pipeline.recipe import STEPS, load_recipe, plan
+from data_pipeline.recipe import STEPS, cli_argv, load_recipe, plan
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -83,6 +83,8 @@ def test_recipe_errors_are_caught_before_any_step_runs(cli, tmp_path, warc_sampl
          "mixture: unrecognized arguments: --wieght 0.7"),
         ({**base, "steps": [{"extract": {}}, {"mixture": {"weight": "lots"}}]},
          "mixture.weight: not a number: 'lots'"),
+        ({**base, "steps": [{"extract": {}}, {"mixture": {"token_budget": "300X"}}]},
+         "mixture: argument --token-budget: invalid token_count value: '300X'"),
     ]
     for i, (recipe, message) in enumerate(cases):
         code, _, err = cli("run", write_recipe(tmp_path / f"r{i}.yaml", recipe))
@@ -96,6 +98,23 @@ def test_recipe_errors_are_caught_before_any_step_runs(cli, tmp_path, warc_sampl
     assert set(STEPS) >= {"extract", "filter", "classifier_score"}
     example = plan(load_recipe(DATA.parents[1] / "configs" / "data" / "cc_quality.yaml"))  # the shipped recipe checks
     assert [s.name for s in example][-3:] == ["decontaminate", "tokenize", "mixture"]
+
+
+def test_step_options_become_the_subcommands_flags():
+    """Scalars, bare flags, lists (several values, or the flag repeated when argparse appends) and
+    mappings (KEY=VALUE values); the mixture step turns its input prefix into a source."""
+    argv = cli_argv(("dedup", "minhash"), "in", "out", {"fold_digits": True, "no_verify": False, "bands": 10},
+                    2, "local")
+    assert argv == ["dedup", "minhash", "--input", "in", "--output", "out", "--workers", "2", "--executor", "local",
+                    "--fold-digits", "--bands", "10"]
+    argv = cli_argv(("mixture",), "run/06-tokenize", "run/07-mixture",
+                    {"weight": 0.6, "source": {"wiki": "w:0.3", "books": "b:0.1"}, "quality_split": ["06-tokenize"]},
+                    1, "auto", "data_pipeline.mixture:recipe_arguments")
+    assert argv == ["mixture", "--source", "06-tokenize=run/06-tokenize:0.6", "--output", "run/07-mixture/blend.json",
+                    "--source", "wiki=w:0.3", "--source", "books=b:0.1", "--quality-split", "06-tokenize"]
+    no_paths = lambda _in, _out, config, _workers, _executor: ([], config)  # noqa: E731
+    assert cli_argv(("classifier", "train"), "-", "-", {"positive": ["a", "b"]}, 1, "auto", no_paths) == \
+        ["classifier", "train", "--positive", "a", "b"]  # nargs="+": one flag, several values
 
 
 def test_stats_summarises_a_stage_output(cli, h, tmp_path, warc_sample, ccnet_sample):
@@ -126,8 +145,8 @@ def test_stats_summarises_a_stage_output(cli, h, tmp_path, warc_sample, ccnet_sa
 
 def crawl_and_curated_copies(tmp_path, warc_sample, wiki_sample) -> tuple[Path, Path, list[dict], str]:
     """Inputs for every stage to act on: the WARC sample, the Wikipedia sample, an exact copy of it
-    (only spacing and punctuation changed), a near copy (every 4th-of-the-document word edited, Jaccard
-    about 0.9) and a benchmark quoting 40 words of one article. File names put the originals
+    (only spacing and punctuation changed), a near copy (four words edited: word 5-gram Jaccard
+    0.84-0.98) and a benchmark quoting 40 words of one article. File names put the originals
     first, so they are the copies each dedup keeps."""
     inputs, bench = tmp_path / "in", tmp_path / "bench"
     inputs.mkdir()
@@ -141,9 +160,11 @@ def crawl_and_curated_copies(tmp_path, warc_sample, wiki_sample) -> tuple[Path, 
             words[k] = "edited"
         return " ".join(words)
 
+    def respaced(text: str) -> str:
+        return text.replace(" ", "  ").replace(",", " ;")
+
     for name, docs in (("b-wiki", wiki),
-                       ("c-wiki-exact", [dict(d, id=d["id"] + "-exact", text=d["text"].replace(" ", "  ").replace(",", " ;"))
-                                         for d in wiki]),
+                       ("c-wiki-exact", [dict(d, id=d["id"] + "-exact", text=respaced(d["text"])) for d in wiki]),
                        ("d-wiki-near", [dict(d, id=d["id"] + "-near", text=near(d["text"])) for d in wiki])):
         with gzip.open(inputs / f"{name}.jsonl.gz", "wt") as out:
             out.writelines(json.dumps(d) + "\n" for d in docs)
