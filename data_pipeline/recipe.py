@@ -10,6 +10,11 @@ A recipe::
       - extract: {source: common-crawl}
       - filter: {language: {languages: [en]}, gopher_repetition: {}, gopher_quality: {}, c4: {}}
       - classifier_score: {model: quality.npz}
+      - dedup_exact: {}
+      - dedup_minhash: {}
+      - decontaminate: {benchmarks: evals/}
+      - tokenize: {tokenizer: gpt2}             # out/07-tokenize.bin/.idx
+      - mixture: {name: cc, weight: 0.7, source: {wiki: tokens/wiki_text_document:0.3}}
 
 A step's mapping is its configuration; two keys are taken out of it: ``input`` (read
 this instead of the previous step's output) and ``output`` (write here instead of
