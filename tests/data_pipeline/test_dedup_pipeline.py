@@ -154,8 +154,11 @@ def test_gpt3_ten_hash_setting_follows_its_s_curve(shards, tmp_path, cli, corpus
                      "--priority", "wikipedia,books")
     assert code == 0
     candidates = candidate_pairs(tmp_path)
-    similarity = np.array(list(corpus.truth.values()))
-    found = np.array([pair in candidates for pair in corpus.truth])
+    # The injected pairs only: `corpus.truth` also caches pairs other tests' runs reported,
+    # which would bias the candidate rates upwards and depend on the test order.
+    injected = {(a, b): j for (a, b), j in corpus.truth.items() if corpus.family[a] == corpus.family[b]}
+    similarity = np.array(list(injected.values()))
+    found = np.array([pair in candidates for pair in injected])
     expected = detection_probability(similarity, 10, 1)
     for low, high in ((0.1, 0.3), (0.3, 0.5), (0.5, 0.8), (0.8, 1.01)):
         inside = (similarity >= low) & (similarity < high)
@@ -167,7 +170,7 @@ def test_gpt3_ten_hash_setting_follows_its_s_curve(shards, tmp_path, cli, corpus
     scores = dc.evaluate(corpus, verified_pairs(tmp_path), cluster, removed)
     above = similarity >= 0.8
     bound = expected[above].mean() - 3 * np.sqrt((expected[above] * (1 - expected[above])).sum()) / above.sum()
-    assert scores.true_pairs == above.sum() > 500
+    assert scores.true_pairs >= above.sum() > 500  # evaluate also counts true pairs across families
     assert scores.recall >= bound > 0.9999 and scores.precision >= 0.95, (scores, bound)
     assert scores.removed_below <= 0.005 * scores.removed, scores
     assert len(candidates) > 20 * len(corpus.truth)  # the price: 1-row bands match almost any shared shingle
