@@ -167,3 +167,126 @@ def test_command_line_errors_are_one_line(capsys, tmp_path):
     assert capsys.readouterr().err.strip() == "gpt-eval: error: --shots must be comma-separated integers, got 'one'"
     assert gpt_eval(["--checkpoint", str(tmp_path / "missing"), "--tasks", "nope"]) == 2
     assert "no task file or built-in task named 'nope'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- scoring, checked independently
+
+@torch.no_grad()
+def continuation_log_likelihood(model, context: list[int], continuation: list[int]) -> float:
+    """log p(continuation | context) from one full forward pass of the model (softmax over the real vocabulary)."""
+    whole = torch.tensor([context + continuation])
+    logprobs = model(whole[:, :-1])[0, -len(continuation):, :VOCAB].log_softmax(-1)
+    return float(logprobs.gather(-1, whole[0, -len(continuation):, None]).sum())
+
+
+@torch.no_grad()
+def greedy_tokens(model, context: list[int], count: int) -> list[int]:
+    """`count` tokens decoded greedily, re-running the whole sequence at every step (no cache)."""
+    tokens = list(context)
+    for _ in range(count):
+        tokens.append(int(model(torch.tensor([tokens]))[0, -1, :VOCAB].argmax()))
+    return tokens[len(context):]
+
+
+def test_multiple_choice_acc_sums_and_acc_norm_averages_per_token(trained, tmp_path):
+    """Each option's log-likelihood, summed (acc) and per token (acc_norm), computed by hand; options of very
+    different lengths make the two metrics pick differently, and gpt-eval must follow both."""
+    tokenizer = load_tokenizer("gpt2")
+    examples = [{"context": context, "choices": choices, "label": 0} for context, choices in [
+        ("The history of the", ["zebra", "city of the United States of America"]),
+        ("In the year", ["the", "of the first World War and the"]),
+        ("The population of", ["Paris", "the town was 1,000 at the 2010 census"]),
+        ("He was born in", ["Kyoto", "the city of New York in the United States"]),
+    ]]
+    picks = []
+    for example in examples:
+        context = tokenizer.encode(example["context"])
+        options = [tokenizer.encode(" " + choice) for choice in example["choices"]]
+        scores = [continuation_log_likelihood(trained, context, option) for option in options]
+        picks.append((max(range(2), key=lambda i: scores[i]), max(range(2), key=lambda i: scores[i] / len(options[i]))))
+        example["label"] = picks[-1][1]
+    disagree = sum(by_sum != by_token for by_sum, by_token in picks)
+    assert disagree >= 1, picks  # the test needs options where length normalisation changes the answer
+    task = load_task(write_task(tmp_path, "lengths", examples))
+    result = evaluate_task(trained, tokenizer, task, shots=0, seed=0, batch_size=3)
+    assert result["acc_norm"] == 1.0 and result["acc"] == pytest.approx(1 - disagree / len(examples))
+    # with in-context examples (GPT-3's prompt), again against the hand computation
+    result = evaluate_task(trained, tokenizer, task, shots=1, seed=5, batch_size=3)
+    hits = [0, 0]
+    for index, example in enumerate(examples):
+        context = tokenizer.encode(task.prompt(index, 1, seed=5))
+        options = [tokenizer.encode(" " + choice) for choice in example["choices"]]
+        scores = [continuation_log_likelihood(trained, context, option) for option in options]
+        hits[0] += max(range(2), key=lambda i: scores[i]) == example["label"]
+        hits[1] += max(range(2), key=lambda i: scores[i] / len(options[i])) == example["label"]
+    assert (result["acc"], result["acc_norm"]) == (hits[0] / len(examples), hits[1] / len(examples))
+
+
+def memorising(passages: list[dict], steps: int = 20) -> GPT:
+    """A tiny GPT trained on `context + " " + target` of these passages until it recalls some targets."""
+    tokenizer = load_tokenizer("gpt2")
+    sequences = [tokenizer.encode(p["context"]) + tokenizer.encode(" " + p["target"]) for p in passages]
+    width = max(len(s) for s in sequences)
+    tokens = torch.tensor([s + [0] * (width - len(s)) for s in sequences])
+    real = torch.tensor([[1.0] * (len(s) - 1) + [0.0] * (width - len(s)) for s in sequences])
+    torch.manual_seed(0)
+    model = tiny_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        logits = model(tokens[:, :-1])[..., :VOCAB]
+        losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
+        loss = (losses * real).sum() / real.sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def test_completion_accuracy_is_greedy_decoding_of_the_target():
+    """LAMBADA-style on the shipped passages, with a model trained on every other one (so it recalls some
+    targets): acc and target_ppl equal a hand count with an independent no-cache greedy loop."""
+    tokenizer = load_tokenizer("gpt2")
+    task = load_task(BUILTIN_TASKS / "last_word.jsonl")
+    model = memorising(task.examples[::2])
+    correct, logprob, count = 0, 0.0, 0
+    for example in task.examples:
+        context, target = tokenizer.encode(example["context"]), tokenizer.encode(" " + example["target"])
+        correct += greedy_tokens(model, context, len(target)) == target
+        logprob += continuation_log_likelihood(model, context, target)
+        count += len(target)
+    assert 0 < correct < len(task.examples), correct  # both outcomes occur
+    result = evaluate_task(model, tokenizer, task, shots=0, seed=0, batch_size=4)
+    assert result["acc"] == correct / len(task.examples)
+    assert result["target_ppl"] == pytest.approx(math.exp(-logprob / count), rel=1e-5)
+
+
+def test_gpt_eval_runs_the_shipped_tasks_end_to_end(trained, tmp_path, capsys, monkeypatch):
+    """`gpt-eval --checkpoint` on configs/eval: the table (stderr) and the JSON file agree with each other and
+    with scoring the same model in process."""
+    from tools.model_source import save_trunk
+
+    save_trunk(trained, tmp_path / "ckpt")
+    monkeypatch.setenv("COLUMNS", "200")  # one table row per line
+    capsys.readouterr()
+    assert gpt_eval(["--checkpoint", str(tmp_path / "ckpt"), "--shots", "0,2", "--seed", "3",
+                     "--output", str(tmp_path / "results.json")]) == 0
+    table = capsys.readouterr().err
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert report["seed"] == 3
+    tokenizer, tasks = load_tokenizer("gpt2"), find_tasks(None)
+    expected = [evaluate_task(trained, tokenizer, task, shots, seed=3) for task in tasks for shots in (0, 2)]
+    assert [(r["task"], r["kind"], r["shots"], r["examples"]) for r in report["results"]] == [
+        ("capitals", "multiple_choice", 0, 16), ("capitals", "multiple_choice", 2, 16),
+        ("last_word", "completion", 0, 14), ("last_word", "completion", 2, 14)]
+    for row, reference in zip(report["results"], expected):
+        assert row["decontamination"] == {"checked": False}
+        metrics = ("acc", "acc_norm") if row["kind"] == "multiple_choice" else ("acc", "target_ppl")
+        assert set(row) == {"task", "kind", "shots", "examples", "decontamination", *metrics}
+        for metric in metrics:
+            assert row[metric] == pytest.approx(reference[metric], rel=1e-6)
+    rows = [[cell.strip() for cell in line.strip("│ ").split("│")] for line in table.splitlines() if "│" in line]
+    for row in report["results"]:
+        mc = row["kind"] == "multiple_choice"
+        assert [row["task"], row["kind"], str(row["shots"]), str(row["examples"]), f"{row['acc']:.3f}",
+                f"{row['acc_norm']:.3f}" if mc else "", "" if mc else f"{row['target_ppl']:.2f}",
+                "not checked"] in rows, table
