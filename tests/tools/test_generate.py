@@ -86,3 +86,31 @@ def test_generation_stops_at_end_of_text_and_stop_condition():
     assert stopped[0] == free[0][: free[0].index(eod) + 1]
     short = generate(gpt, PROMPTS, 20, Sampling(greedy=True), stop=lambda new: len(new) >= 3)
     assert short == [f[:3] for f in free]
+
+
+def test_temperature_divides_the_logits_before_top_p():
+    """Sample frequencies follow softmax(logits / T); the nucleus is taken after the temperature."""
+    probs = torch.tensor([0.5, 0.25, 0.15, 0.06, 0.04])
+    logits = probs.log()[None].repeat(20000, 1)
+    generator = torch.Generator().manual_seed(0)
+    for temperature in (0.5, 2.0):
+        drawn = next_token(logits, Sampling(temperature=temperature, top_k=0), generator)
+        frequencies = torch.bincount(drawn, minlength=5).float() / len(drawn)
+        expected = (probs.log() / temperature).softmax(-1)  # T 0.5: [0.735, 0.184, ...], T 2: [0.347, 0.245, ...]
+        assert (frequencies - expected).abs().max() < 0.015, (temperature, frequencies, expected)
+    # top-p 0.8 keeps 2 tokens at T 0.5 (0.735 + 0.184), 3 at T 1 (0.5 + 0.25 + 0.15), 4 at T 2
+    for temperature, kept in ((0.5, 2), (1.0, 3), (2.0, 4)):
+        drawn = next_token(logits[:4000], Sampling(temperature=temperature, top_k=0, top_p=0.8), generator)
+        assert set(drawn.tolist()) == set(range(kept)), temperature
+
+
+def test_defaults_are_gpt2s_top_k_40_at_temperature_1():
+    from tools.generate import build_parser
+
+    args = build_parser().parse_args(["--checkpoint", "ckpt", "--prompt", "Hello"])
+    assert (args.greedy, args.temperature, args.top_k, args.top_p) == (False, 1.0, 40, 1.0)
+    assert Sampling() == Sampling(greedy=False, temperature=1.0, top_k=40, top_p=1.0, seed=0)
+    # by default, nearly flat logits over 100 tokens are sampled among exactly the 40 likeliest
+    logits = torch.linspace(0.0, -0.5, 100)[torch.randperm(100, generator=torch.Generator().manual_seed(1))]
+    drawn = next_token(logits[None].repeat(8000, 1), Sampling(), torch.Generator().manual_seed(2))
+    assert set(drawn.tolist()) == set(logits.topk(40).indices.tolist())

@@ -56,3 +56,51 @@ def test_command_line_writes_tokens_and_text(hf_dir, tmp_path):
     assert gpt_generate(args + ["--output", str(tmp_path / "a.json")]) == 0
     assert gpt_generate(args + ["--output", str(tmp_path / "b.json")]) == 0
     assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()
+
+
+@pytest.fixture(scope="module")
+def tp2_pp2_checkpoint(hf_dir, tmp_path_factory):
+    """The random GPT-2 converted into one of our checkpoints at TP2 x PP2 (gpt-generate consolidates it)."""
+    from tools.convert import from_hf
+
+    return from_hf(str(hf_dir), str(tmp_path_factory.mktemp("tp2pp2")), tp=2, pp=2).parent
+
+
+def generate_cli(args: list[str], output) -> dict:
+    assert gpt_generate([*args, "--output", str(output)]) == 0
+    return json.loads(output.read_text())
+
+
+def test_command_line_from_a_checkpoint_with_stop_strings(hf_dir, tp2_pp2_checkpoint, tmp_path):
+    """`gpt-generate --checkpoint` (a TP2 x PP2 checkpoint): greedy equals transformers; a seeded sample equals the
+    library's; with `--stop WORD` (a word from the middle of that sample) generation ends at the first step whose
+    text contains it, `tokens` keep that step and `text` is cut before the word (an absent stop changes nothing)."""
+    from data_pipeline.tokenizers import load_tokenizer
+
+    tokenizer = load_tokenizer("gpt2")
+    prompt = "Once upon a time"
+    base = ["--checkpoint", str(tp2_pp2_checkpoint), "--prompt", prompt, "--max-new-tokens", "24"]
+    greedy = generate_cli([*base, "--greedy"], tmp_path / "greedy.json")
+    assert greedy["tokens"] == hf_greedy(hf_dir, [tokenizer.encode(prompt)], 24)[0]
+    sampling = ["--seed", "4", "--temperature", "0.8", "--top-k", "200"]
+    free = generate_cli([*base, *sampling], tmp_path / "free.json")["tokens"]
+    library = generate(load_model(checkpoint=str(tp2_pp2_checkpoint)), [tokenizer.encode(prompt)], 24,
+                       Sampling(seed=4, temperature=0.8, top_k=200), eod_id=50256)[0]
+    assert free == library and len(free) == 24
+    words = [tokenizer.decode([t]).strip() for t in free]
+    stop = next(w for i, w in enumerate(words[8:], 8) if w.isalpha() and w not in tokenizer.decode(free[:i]))
+    steps = next(n for n in range(1, 25) if stop in tokenizer.decode(free[:n]))
+    stopped = generate_cli([*base, *sampling, "--stop", "no such text", "--stop", stop], tmp_path / "stopped.json")
+    assert 8 < steps < 24 and stopped["tokens"] == free[:steps]
+    text = tokenizer.decode(free[:steps])
+    assert stopped["text"] == text[: text.index(stop)] and stop not in stopped["text"] and stopped["text"]
+
+
+def test_command_line_samples_top_k_40_by_default(tp2_pp2_checkpoint, tmp_path):
+    """Without sampling flags the CLI draws what Sampling(top_k=40, temperature=1, seed=0) draws, not the full
+    softmax's draw (a random model is nearly uniform over 50257 tokens, so the two differ)."""
+    model = load_model(checkpoint=str(tp2_pp2_checkpoint))
+    tokens = generate_cli(["--checkpoint", str(tp2_pp2_checkpoint), "--prompt-ids", ",".join(map(str, PROMPTS[1])),
+                           "--max-new-tokens", "16"], tmp_path / "out.json")["tokens"]
+    assert tokens == generate(model, [PROMPTS[1]], 16, Sampling(top_k=40, temperature=1.0, seed=0), eod_id=50256)[0]
+    assert tokens != generate(model, [PROMPTS[1]], 16, Sampling(top_k=0, seed=0), eod_id=50256)[0]
