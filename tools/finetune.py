@@ -2,6 +2,7 @@
 
     gpt-finetune --checkpoint runs/tiny/checkpoints --task my_task.jsonl --output runs/my_task
     torchrun --nproc-per-node 2 -m tools.finetune --hf-dir gpt2-dir --task my_task.jsonl --output runs/my_task
+    torchrun --nproc-per-node 4 -m tools.finetune --checkpoint runs/big/checkpoints --tp 2 --task t.jsonl --output o
 
 Inputs become one token sequence with start, delimiter and extract tokens (three unused
 rows of the padded vocabulary): classification ``<s> text <e>``, entailment
