@@ -146,6 +146,16 @@ def test_similarity_and_multiple_choice_train_and_gpt_eval_scores_them(tmp_path,
     assert math.isclose(result["acc"], summary["test_acc"])
 
 
+def test_parallel_flags_are_checked(tmp_path, capsys):
+    task = same_source(tmp_path, train=8, test=4)
+    common = ["--checkpoint", str(tmp_path / "none"), "--task", str(task), "--output", str(tmp_path / "out")]
+    for flags, message in ((["--tp", "0"], "--tp must be at least 1"),
+                           (["--tp", "2"], "--tp 2, but this process already runs at TP=1"),
+                           (["--head-dropout", "1"], "--head-dropout must be in [0, 1)")):
+        assert gpt_finetune([*common, *flags]) == 2
+        assert capsys.readouterr().err.strip() == f"gpt-finetune: error: {message}"
+
+
 # --------------------------------------------------------------------------- data and tensor parallel
 
 PARALLEL_RUN = ["--epochs", "2", "--batch-size", "8", "--lr", "1e-3", "--warmup", "0.1", "--head-dropout", "0"]
