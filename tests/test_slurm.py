@@ -106,6 +106,8 @@ def test_gpt3_175b_script_trains_tiny_model_on_cpu_slurm(trained):
     job, record, run_dir, log = trained
     assert record["JobState"] == "COMPLETED" and record["ExitCode"] == "0:0", log[-3000:]
     assert "8 tasks, TP 2 x PP 2 x DP 2, backend gloo" in log
+    layout = json.loads((run_dir / "environment.json").read_text())["layout"]  # what the trainer itself used
+    assert layout == {"world": 8, "tp": 2, "pp": 2, "dp": 2, "device": "cpu", "backend": "gloo"}
     rows = metrics(run_dir)
     assert [r["step"] for r in rows] == list(range(1, 11))
     assert rows[-1]["loss"] < rows[0]["loss"] - 0.5, [r["loss"] for r in rows]

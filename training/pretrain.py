@@ -81,7 +81,7 @@ def write_run_record(run_dir: Path, cfg: Config, layout: Layout) -> None:
         "python": platform.python_version(), "torch": torch.__version__,
         "deepspeed": deepspeed.__version__, "megatron_core": megatron.core.__version__,
         "layout": {"world": layout.world, "tp": layout.tp, "pp": layout.pp, "dp": layout.dp,
-                   "device": layout.device.type},
+                   "device": layout.device.type, "backend": torch.distributed.get_backend()},
         "command": sys.argv,
     }, indent=2))
 

@@ -36,7 +36,7 @@ def test_run_directory_records_how_to_reproduce_it(reference_run):
     assert resolved.model.vocab_size == 50257  # taken from the blend's tokenizer
     assert resolved.train.steps == 10 and resolved.data.blend.endswith("blend2.json")
     environment = json.loads((reference_run / "environment.json").read_text())
-    assert environment["layout"] == {"world": 1, "tp": 1, "pp": 1, "dp": 1, "device": "cpu"}
+    assert environment["layout"] == {"world": 1, "tp": 1, "pp": 1, "dp": 1, "device": "cpu", "backend": "gloo"}
     assert {"torch", "deepspeed", "megatron_core"} <= set(environment)
     events = list((reference_run / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
