@@ -8,7 +8,8 @@ Multiple-choice tasks are scored by the log-likelihood of each answer (`acc`) an
 log-likelihood per answer token (`acc_norm`, length-normalised); completion tasks by
 whether greedy decoding reproduces the target (`acc`) and the target's perplexity.
 Fine-tuning tasks (classification, entailment, similarity, and a multiple-choice task the
-checkpoint was fine-tuned on) are scored by the head of a checkpoint written by `gpt-finetune`. Task format: docs/evaluation.md.
+checkpoint was fine-tuned on) are scored by the head of a checkpoint written by `gpt-finetune`.
+Task format: docs/evaluation.md.
 """
 from __future__ import annotations
 

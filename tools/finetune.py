@@ -286,14 +286,11 @@ def load_shards(checkpoint: str | Path) -> GPT:
 
     `load_gpt` builds one whole model per process; a tensor-parallel trunk needs every rank to
     hold only its own shards, re-cut from whatever TP the checkpoint was saved at."""
-    from training.checkpoint_files import CheckpointError, ShardReader, check_files, read_manifest, vocab_multiple_for
-    from training.consolidated import checkpoint_config
+    from training.checkpoint_files import CheckpointError, ShardReader, vocab_multiple_for
+    from training.consolidated import checkpoint_config, verified_manifest
 
     tp, tp_rank = parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_tensor_model_parallel_rank()
-    manifest = read_manifest(checkpoint)
-    problems = check_files(manifest)
-    if problems:
-        raise CheckpointError(problems[0])
+    manifest = verified_manifest(checkpoint)
     cfg = checkpoint_config(manifest)
     if cfg.model.n_heads % tp:
         raise UserError(f"--tp {tp} does not divide the model's {cfg.model.n_heads} attention heads")

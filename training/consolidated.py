@@ -33,6 +33,15 @@ def checkpoint_config(manifest: dict) -> Config:
     return cfg
 
 
+def verified_manifest(checkpoint: str | Path) -> dict:
+    """The checkpoint's manifest once its files match their sizes and checksums (else `CheckpointError`)."""
+    manifest = read_manifest(checkpoint)
+    problems = check_files(manifest)
+    if problems:
+        raise CheckpointError(problems[0])
+    return manifest
+
+
 def load_gpt(checkpoint: str | Path, device: str | torch.device = "cpu",
              dtype: torch.dtype = torch.float32) -> tuple[GPT, Config]:
     """Load any of our checkpoints (any TP/PP/DP layout, or `gpt-convert from-hf` output) as one model.
@@ -46,10 +55,7 @@ def load_gpt(checkpoint: str | Path, device: str | torch.device = "cpu",
     `CheckpointError` (a `data_pipeline.errors.UserError`) naming the problem.
     Sets up a 1-process gloo group and megatron-core's parallel state if none exists.
     """
-    manifest = read_manifest(checkpoint)
-    problems = check_files(manifest)
-    if problems:
-        raise CheckpointError(problems[0])
+    manifest = verified_manifest(checkpoint)
     cfg = checkpoint_config(manifest)
     ensure_single_process_groups()
     model = GPT(cfg.model, cfg.train.seed)
