@@ -64,7 +64,7 @@ def run_ours(src: Path, work: Path, n_shards: int) -> dict:
     code = main(["dedup", "minhash", "--input", str(src), "--output", str(out), "--workers", "1",
                  "--executor", "local", "--bands", str(BANDS), "--rows", str(ROWS), "--ngram", str(NGRAM)])
     assert code == 0
-    decisions = pq.read_table(out / ".dedup/minhash/clusters.parquet").to_pydict()
+    decisions = dc.read_decisions(out).to_pydict()
     index = {d: dc.doc_index(i) for d, i in zip(decisions["doc"], decisions["id"])}
     pairs = []
     for path in sorted((out / ".dedup/minhash/pairs").glob("*.parquet")):

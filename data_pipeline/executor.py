@@ -128,8 +128,9 @@ def make_tasks(inputs: Sequence[Path], output_dir: str | os.PathLike,
 
 def run_shards(process: ProcessFn, inputs: Sequence[Path], output_dir: str | os.PathLike, *,
                input_root: str | os.PathLike | None = None, workers: int = 1,
-               executor: str = "auto", stage: str = "stage", quiet: bool = False) -> Stats:
-    """Run `process` on this rank's unfinished shards; return the merged stats of all ranks."""
+               executor: str = "auto", stage: str = "stage", quiet: bool = False, summary: bool = True) -> Stats:
+    """Run `process` on this rank's unfinished shards; return the merged stats of all ranks.
+    `quiet` hides the progress bar and the summary, `summary=False` the summary only."""
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
     output_dir = Path(output_dir)
@@ -145,7 +146,7 @@ def run_shards(process: ProcessFn, inputs: Sequence[Path], output_dir: str | os.
 
         MPI.COMM_WORLD.Barrier()
     merged = write_stage_stats(output_dir, tasks, stage)
-    if not quiet and (rank.rank == 0 or rank.kind != "mpi"):
+    if summary and not quiet and (rank.rank == 0 or rank.kind != "mpi"):
         print(format_summary(stage, merged, len(mine) - len(todo), len(todo)), file=sys.stderr)
     if failures:
         first_name, first_error = failures[0]

@@ -7,7 +7,8 @@ from data_pipeline.dedup import exact, fuzzy
 from data_pipeline.executor import add_executor_args
 
 EPILOG = """Stages run in order and resume after a kill (finished shards and partitions are kept).
-Under mpiexec the same command runs on every rank; with a Slurm array run one --stage per job."""
+Under mpiexec the same command runs on every rank; with a Slurm array run one --stage per job
+(minhash's clusters stage as a single task: its rounds need a barrier, use --workers there)."""
 
 
 def _common(parser: argparse.ArgumentParser, stages: tuple[str, ...]) -> None:
@@ -20,8 +21,9 @@ def _common(parser: argparse.ArgumentParser, stages: tuple[str, ...]) -> None:
                         help="numeric column that breaks ties between sources (default %(default)s)")
     parser.add_argument("--fold-digits", action="store_true", help="treat every digit as 0 when comparing")
     parser.add_argument("--partitions", type=int, default=0,
-                        help="hash partitions for the grouping stage (default: enough for ~2M keys each; "
-                             "under MPI one per rank)")
+                        help="hash partitions for the grouping stages (minhash: buckets, and clusters with at "
+                             "most one per input shard; default: enough for ~2M keys or ~4M edges each; under "
+                             "MPI one per rank)")
     parser.add_argument("--stage", choices=("all",) + stages, default="all",
                         help="run only this stage (for one Slurm job per stage; default all)")
 
@@ -39,7 +41,7 @@ def register(subparsers) -> None:
 
     mh = methods.add_parser("minhash", help="near-duplicates by MinHash LSH on word n-grams", epilog=EPILOG,
                             description="Fuzzy dedup: MinHash over word n-gram shingles, LSH bands, candidate "
-                                        "pairs verified by exact Jaccard, union-find clusters.")
+                                        "pairs verified by exact Jaccard, connected components as clusters.")
     _common(mh, fuzzy.STAGES)
     mh.add_argument("--bands", type=int, default=14, help="LSH bands (default %(default)s, as FineWeb)")
     mh.add_argument("--rows", type=int, default=8,

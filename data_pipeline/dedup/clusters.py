@@ -1,18 +1,15 @@
-"""Clusters from duplicate pairs, and which document of each cluster to keep.
+"""Which document of a cluster to keep, and the cluster-size histogram.
 
-Connected components of the duplicate-pair graph (union-find's result) come from
-scipy's csgraph over only the documents that appear in a pair, so memory grows
-with the number of duplicates, not with the corpus. The kept document is chosen
-by source priority, then quality score, then input order: a rule that depends on
-the documents only, so any rank count or merge order gives the same clusters.
+The kept document is chosen by source priority, then quality score, then input
+order: a rule that depends on the documents only, so any rank count, partitioning
+or merge order gives the same clusters (see `components` for how fuzzy clusters
+are found, `exact` for exact ones).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 
 @dataclass
@@ -26,20 +23,6 @@ class Clusters:
     @property
     def removed(self) -> np.ndarray:
         return self.ids != self.keeper
-
-
-def components(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, cluster id per id) for the graph whose edges are `pairs` (n x 2 int64)."""
-    ids, index = np.unique(pairs.ravel(), return_inverse=True)
-    if len(ids) == 0:
-        return ids, ids.copy()
-    index = index.reshape(-1, 2)
-    graph = coo_matrix((np.ones(len(index), dtype=np.int8), (index[:, 0], index[:, 1])),
-                       shape=(len(ids), len(ids)))
-    _, labels = connected_components(graph, directed=False)
-    smallest = np.full(labels.max() + 1, np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(smallest, labels, ids)
-    return ids, smallest[labels]
 
 
 def choose_keepers(ids: np.ndarray, cluster: np.ndarray, priority: np.ndarray,
@@ -62,4 +45,8 @@ def size_histogram(cluster: np.ndarray) -> dict[str, int]:
         lo = hi // 2 + 1
         label = str(size) if size <= 2 else f"{lo}-{hi}"
         hist[label] = hist.get(label, 0) + 1
+    return sort_histogram(hist)
+
+
+def sort_histogram(hist: dict[str, int]) -> dict[str, int]:
     return dict(sorted(hist.items(), key=lambda kv: int(kv[0].split("-")[0])))

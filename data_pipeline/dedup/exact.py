@@ -4,11 +4,13 @@ Stages, each resumable: ``hashes`` (per input shard: the xxh3-128 of the text
 after lower-casing and folding punctuation and whitespace, plus id, source and
 quality), ``groups`` (per hash partition: equal hashes form a cluster; the copy
 from the highest-priority source, then the best quality, then the first in input
-order is kept), and ``remove`` (per input shard). Memory is one shard or one
+order is kept; decisions written one row group per input shard, stats summed
+over partitions), and ``remove`` (per input shard). Memory is one shard or one
 hash partition.
 """
 from __future__ import annotations
 
+import json
 from functools import partial
 from itertools import islice
 from pathlib import Path
@@ -19,9 +21,10 @@ import pyarrow.parquet as pq
 
 from data_pipeline.dedup.buckets import partition_of
 from data_pipeline.dedup.layout import doc_ids, parse_priority, work_dir
-from data_pipeline.dedup.removal import (DECISION_SCHEMA, RECORD_FIELDS, decide, decision_stats, read_records,
+from data_pipeline.dedup.components import write_grouped
+from data_pipeline.dedup.removal import (RECORD_FIELDS, cluster_summary, decide, decision_stats, read_records,
                                          record_columns, remove_duplicates, report)
-from data_pipeline.dedup.stages import StageRunner, partition_index
+from data_pipeline.dedup.stages import KEYS_PER_PARTITION, StageRunner, partition_index, row_count
 from data_pipeline.dedup.text import exact_hash
 from data_pipeline.executor import ShardTask
 from data_pipeline.shards import ShardWriter, discover_shards, read_documents
@@ -66,9 +69,8 @@ def groups_partition(task: ShardTask, stats: Stats, *, hash_files: dict[int, Pat
     dup_ids, cluster = ids[dup][by_id], first_of_group[dup][by_id]
     decisions = decide(dup_ids, cluster, read_records(hash_files, dup_ids), priority)
     stats.add("documents_in", n=len(ids))
-    stats.add("duplicate_documents", n=int(decisions["removed"].to_numpy().sum()))
-    with ShardWriter(task.output(), DECISION_SCHEMA) as out:
-        out.write_table(decisions)
+    stats.merge(decision_stats(decisions))
+    write_grouped(task.output(), decisions, "shard")
 
 
 def run(args) -> int:
@@ -86,7 +88,7 @@ def run(args) -> int:
                          hash_dir, "dedup exact: hashes")
     if "groups" in stages or "remove" in stages:
         runner.shards_complete(hash_dir, "hashes")
-        partitions = runner.partition_count(args.partitions, hash_files, 1)
+        partitions = runner.partition_count(args.partitions, row_count(hash_files), KEYS_PER_PARTITION)
         decision_files = [group_dir / f"part-{k:05d}.parquet" for k in range(partitions)]
     if "groups" in stages:
         runner.per_partition(partial(groups_partition, hash_files=hash_files, partitions=partitions,
@@ -96,6 +98,6 @@ def run(args) -> int:
         runner.partitions_complete(group_dir, partitions, "groups")
         runner.per_shard(partial(remove_duplicates, decision_files=decision_files, method="exact"),
                          Path(args.output), "dedup exact: remove")
-        decisions = pa.concat_tables([pq.read_table(p) for p in decision_files]).cast(DECISION_SCHEMA)
-        report(Path(args.output), "exact", decision_stats(decisions), show=runner.rank.rank == 0)
+        groups = Stats().merge(json.loads((group_dir / "stats.json").read_text()))
+        report(Path(args.output), "exact", cluster_summary(groups), show=runner.rank.rank == 0)
     return 0

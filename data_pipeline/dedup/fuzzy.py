@@ -2,19 +2,21 @@
 
 Every stage writes parquet under ``<output>/.dedup/minhash/`` and marks what it
 finished, so memory is bounded by one shard (signatures, removal) or one hash
-partition (buckets), and a killed run resumes where it stopped:
+partition (buckets, clusters), and a killed run resumes where it stopped:
 
 - signatures (per input shard): band keys and the shingle set of every document;
 - buckets (per hash partition of the band keys; under MPI one partition per rank,
   exchanged with alltoall): candidate pairs, each verified by exact Jaccard on
   the stored shingle sets;
-- clusters (one task): connected components of the verified pairs and the
-  document each cluster keeps (source priority, then quality, then input order);
+- clusters (rounds of partition tasks, partitioned by input shard): connected
+  components of the verified pairs (`components`), then the document each cluster
+  keeps (`keepers`: source priority, then quality, then input order);
 - remove (per input shard): the shard without its duplicates.
 """
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass
 from functools import partial
 from itertools import islice
@@ -25,13 +27,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_pipeline.dedup.buckets import DEFAULT_WINDOW
-from data_pipeline.dedup.clusters import components
+from data_pipeline.dedup.components import EDGES_PER_PARTITION, label_components, write_edges
+from data_pipeline.dedup.keepers import keepers_partition, members_partition
 from data_pipeline.dedup.layout import parse_priority, work_dir
 from data_pipeline.dedup.minhash import MinHasher, fold32
 from data_pipeline.dedup.pairs import PAIR_SCHEMA, local_band_keys, write_pairs
-from data_pipeline.dedup.removal import (DECISION_SCHEMA, EXAMPLE_PAIRS, RECORD_FIELDS, decide, decision_stats,
-                                         read_records, record_columns, remove_duplicates, report)
-from data_pipeline.dedup.stages import StageRunner, partition_index
+from data_pipeline.dedup.removal import (RECORD_FIELDS, cluster_summary, read_records, record_columns,
+                                         remove_duplicates, report)
+from data_pipeline.dedup.stages import KEYS_PER_PARTITION, StageRunner, partition_index, row_count
 from data_pipeline.dedup.text import ngrams, words
 from data_pipeline.errors import UserError
 from data_pipeline.executor import ShardTask
@@ -40,6 +43,7 @@ from data_pipeline.stats import Stats
 
 STAGES = ("signatures", "buckets", "clusters", "remove")
 BATCH = 1024  # documents hashed together; also the signature files' row group size
+EXAMPLE_PAIRS = 20
 
 
 @dataclass(frozen=True)
@@ -100,40 +104,74 @@ def buckets_partition(task: ShardTask, stats: Stats, *, cfg: MinhashConfig, part
     write_pairs(task.output(), keys, ids, cfg.window, cfg.threshold, signature_files, stats)
 
 
-def duplicate_edges(pair_files: list[Path], threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs that count as duplicates (verified, or all candidates without verification)."""
-    tables = [pq.read_table(p) for p in pair_files]
-    table = pa.concat_tables(tables) if tables else PAIR_SCHEMA.empty_table()
-    pairs = np.stack([table["a"].to_numpy(), table["b"].to_numpy()], axis=1)
+def duplicate_pairs(path: Path, threshold: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a, b, jaccard) of a pair file's pairs that count as duplicates (verified, or every
+    candidate without verification)."""
+    table = pq.read_table(path)
     similarity = table["jaccard"].to_numpy()
-    keep = np.ones(len(pairs), bool) if threshold is None else similarity >= threshold
-    return pairs[keep], similarity[keep]
+    keep = np.ones(len(similarity), bool) if threshold is None else similarity >= threshold
+    return table["a"].to_numpy()[keep], table["b"].to_numpy()[keep], similarity[keep]
 
 
-def example_pairs(pairs: np.ndarray, similarity: np.ndarray, ids: np.ndarray, records: pa.Table) -> list[dict]:
-    """A spread of duplicate pairs over the similarity range, by document id, for inspection."""
-    if not len(pairs):
-        return []
-    order = np.argsort(similarity, kind="stable")
-    picks = order[np.unique(np.linspace(0, len(order) - 1, min(EXAMPLE_PAIRS, len(order))).astype(int))]
-    names = records["id"]
-    return [{"a": names[int(np.searchsorted(ids, a))].as_py(), "b": names[int(np.searchsorted(ids, b))].as_py(),
-             "jaccard": None if np.isnan(s) else round(float(s), 4)}
-            for (a, b), s in zip(pairs[picks].tolist(), similarity[picks].tolist())]
+def seed_edges(task: ShardTask, stats: Stats, *, pair_files: list[Path], threshold: float | None,
+               partitions: int) -> None:
+    """One bucket partition's duplicate pairs as the seed edges of the components rounds."""
+    a, b, _ = duplicate_pairs(pair_files[partition_index(task)], threshold)
+    write_edges(task.output(), a, b, partitions)
 
 
-def build_clusters(work: Path, cfg: MinhashConfig, pair_files: list[Path],
+def pair_rank(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """A pseudo-random order of pairs that depends on the pair only (a 64-bit mix of a and b)."""
+    x = a.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ b.astype(np.uint64)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    return x ^ (x >> np.uint64(31))
+
+
+def example_pairs(pair_files: list[Path], threshold: float | None, signature_files: dict[int, Path]) -> list[dict]:
+    """A sample of duplicate pairs for inspection, by similarity: the same sample for any
+    partitioning (a pair found in several partitions counts once), one pair file at a time."""
+    picked = []
+    for path in pair_files:
+        a, b, similarity = duplicate_pairs(path, threshold)
+        best = np.argsort(pair_rank(a, b), kind="stable")[:EXAMPLE_PAIRS]
+        picked.append((pair_rank(a[best], b[best]), a[best], b[best], similarity[best]))
+    rank, a, b, similarity = (np.concatenate(column) for column in zip(*picked))
+    _, first = np.unique(rank, return_index=True)  # sorted by rank, repeats dropped
+    chosen = first[:EXAMPLE_PAIRS]
+    chosen = chosen[np.lexsort((b[chosen], a[chosen], similarity[chosen]))]
+    ids = np.unique(np.concatenate([a[chosen], b[chosen]]))
+    names = read_records(signature_files, ids)["id"]
+    name = {doc: names[i].as_py() for i, doc in enumerate(ids.tolist())}
+    return [{"a": name[x], "b": name[y], "jaccard": None if np.isnan(s) else round(float(s), 4)}
+            for x, y, s in zip(a[chosen].tolist(), b[chosen].tolist(), similarity[chosen].tolist())]
+
+
+def build_clusters(runner: StageRunner, work: Path, cfg: MinhashConfig, pair_files: list[Path],
                    signature_files: dict[int, Path]) -> None:
-    """Union the duplicate pairs into clusters and decide what each cluster keeps."""
-    pairs, similarity = duplicate_edges(pair_files, cfg.threshold)
-    ids, cluster = components(pairs)
-    records = read_records(signature_files, ids)
-    decisions = decide(ids, cluster, records, list(cfg.priority))
-    with ShardWriter(work / "clusters.parquet", DECISION_SCHEMA) as out:
-        out.write_table(decisions)
-    stats = decision_stats(decisions, example_pairs(pairs, similarity, ids, records))
-    stats["duplicate_pairs"] = int(len(pairs))
-    mark_done(work, "clusters", {"shard": "clusters", "stats": stats})
+    """Connected components of the duplicate pairs, then what each cluster keeps: all in
+    partition tasks (see `components` and `keepers`), so no task holds every pair."""
+    stage = "dedup minhash: clusters"
+    graph = work / "components"
+    # Partitions group whole input shards (shard % count): at most one per shard.
+    partitions = runner.partition_count(cfg.partitions, 2 * row_count(pair_files), EDGES_PER_PARTITION,
+                                        most=len(signature_files))
+    run = partial(runner.per_partition, summary=False)
+    run(partial(seed_edges, pair_files=pair_files, threshold=cfg.threshold, partitions=partitions),
+        len(pair_files), graph / "round-000", f"{stage}, seed edges")
+    found = label_components(run, graph, partitions, stage)
+    run(partial(members_partition, labels=found.labels, partitions=partitions, record_files=signature_files),
+        partitions, work / "members", f"{stage}, members")
+    kept = run(partial(keepers_partition, members=work / "members", priority=list(cfg.priority)),
+               partitions, work / "clusters", f"{stage}, keepers")
+    if runner.rank.rank == 0:
+        stats = cluster_summary(kept)
+        stats.update(duplicate_pairs=found.edges, component_rounds=found.rounds, cluster_partitions=partitions,
+                     example_pairs=example_pairs(pair_files, cfg.threshold, signature_files))
+        mark_done(work, "clusters", {"shard": "clusters", "stats": stats})
+        print(f"{stage}: {stats['clusters']:,} clusters of {stats['documents_in_clusters']:,} documents from "
+              f"{found.edges:,} distinct duplicate pairs; {found.rounds} rounds over {partitions} partition(s)",
+              file=sys.stderr)
+    runner.barrier()
 
 
 def config_from_args(args) -> MinhashConfig:
@@ -158,11 +196,15 @@ def run(args) -> int:
     runner.check_settings(work, asdict(cfg))
     signature_files = runner.files(sig_dir)
     stages = STAGES if args.stage == "all" else (args.stage,)
+    if "clusters" in stages and runner.rank.kind == "slurm" and runner.rank.world > 1:
+        raise UserError("the clusters stage runs its rounds with barriers between them: submit it as one "
+                        "Slurm task (--array=0) with --workers, or under mpiexec")
     if "signatures" in stages:
         runner.per_shard(partial(signatures_shard, cfg=cfg), sig_dir, "dedup minhash: signatures")
     if "buckets" in stages or "clusters" in stages:
         runner.shards_complete(sig_dir, "signatures")
-        partitions = runner.partition_count(cfg.partitions, signature_files, cfg.bands)
+        partitions = runner.partition_count(cfg.partitions, row_count(signature_files) * cfg.bands,
+                                            KEYS_PER_PARTITION)
     if "buckets" in stages:
         if runner.is_mpi:
             from data_pipeline.dedup.mpi import exchange_buckets
@@ -174,13 +216,13 @@ def run(args) -> int:
                                  partitions, pairs_dir, "dedup minhash: buckets")
     if "clusters" in stages:
         runner.partitions_complete(pairs_dir, partitions, "buckets")
-        if runner.rank.rank == 0 and not is_done(work, "clusters"):
-            pair_files = [pairs_dir / f"part-{k:05d}.parquet" for k in range(partitions)]
-            build_clusters(work, cfg, pair_files, signature_files)
-        runner.barrier()
+        if not is_done(work, "clusters"):
+            build_clusters(runner, work, cfg, [pairs_dir / f"part-{k:05d}.parquet" for k in range(partitions)],
+                           signature_files)
     if "remove" in stages:
         runner.require_complete(work, ["clusters"], "clusters")
-        runner.per_shard(partial(remove_duplicates, decision_files=[work / "clusters.parquet"], method="minhash"),
+        decision_files = sorted((work / "clusters").glob("part-*.parquet"))
+        runner.per_shard(partial(remove_duplicates, decision_files=decision_files, method="minhash"),
                          Path(args.output), "dedup minhash: remove")
         summary = json.loads((work / ".done" / "clusters.json").read_text())["stats"]
         report(Path(args.output), "minhash", summary, show=runner.rank.rank == 0)

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from data_pipeline.dedup.clusters import Clusters, choose_keepers, size_histogram
+from data_pipeline.dedup.clusters import Clusters, choose_keepers, size_histogram, sort_histogram
 from data_pipeline.dedup.layout import priority_rank, row_of, shard_of
 from data_pipeline.dedup.stages import add_to_stats
 from data_pipeline.document import Document, extend_schema
@@ -32,7 +32,8 @@ DECISION_SCHEMA = pa.schema([
     pa.field("keeper", pa.int64()), pa.field("keeper_id", pa.string()),
     pa.field("source", pa.string()), pa.field("removed", pa.bool_()),
 ])
-EXAMPLE_PAIRS = 20
+DECISION_STATS = ("clusters", "documents_in_clusters", "cluster_size_histogram", "removed_per_source",
+                  "removed_total")
 
 
 def record_columns(docs: list[Document], quality_column: str) -> dict[str, pa.Array]:
@@ -68,8 +69,9 @@ def decide(ids: np.ndarray, cluster: np.ndarray, records: pa.Table, priority: li
     }, schema=DECISION_SCHEMA)
 
 
-def decision_stats(decisions: pa.Table, examples: list[dict] | None = None) -> dict:
-    """Clusters, cluster-size histogram, removed per source, and example pairs."""
+def decision_stats(decisions: pa.Table) -> dict:
+    """Clusters, cluster-size histogram and removed per source of whole clusters: these add
+    up over partitions that hold disjoint clusters (see `cluster_summary`)."""
     cluster = decisions["cluster"].to_numpy()
     removed = decisions.filter(decisions["removed"])
     per_source = pc.value_counts(removed["source"]).to_pylist() if removed.num_rows else []
@@ -79,8 +81,15 @@ def decision_stats(decisions: pa.Table, examples: list[dict] | None = None) -> d
         "cluster_size_histogram": size_histogram(cluster),
         "removed_per_source": {str(v["values"]) or "unknown": int(v["counts"]) for v in per_source},
         "removed_total": int(removed.num_rows),
-        "example_pairs": examples or [],
     }
+
+
+def cluster_summary(merged: Stats) -> dict:
+    """The `decision_stats` part of partition tasks' merged stats."""
+    summary = {key: merged.get(key) for key in DECISION_STATS}
+    summary["cluster_size_histogram"] = sort_histogram(merged.get("cluster_size_histogram", default={}))
+    summary["removed_per_source"] = dict(sorted(merged.get("removed_per_source", default={}).items()))
+    return summary
 
 
 def load_removed(decision_files: list[Path], shard_index: int) -> dict[int, tuple[int, str]]:

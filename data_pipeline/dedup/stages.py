@@ -36,6 +36,11 @@ def partition_index(task: ShardTask) -> int:
     return int(task.name.split("-")[1])
 
 
+def row_count(files: dict[int, Path] | list[Path]) -> int:
+    """Rows in these parquet files, from their footers."""
+    return sum(pq.read_metadata(path).num_rows for path in (files.values() if isinstance(files, dict) else files))
+
+
 class StageRunner:
     """Runs the stages of one dedup invocation with the CLI's executor settings."""
 
@@ -79,20 +84,17 @@ class StageRunner:
                           workers=self.args.workers, executor=self.args.executor, stage=stage)
 
     def per_partition(self, process: Callable[[ShardTask, Stats], None], count: int, out_dir: Path,
-                      stage: str) -> Stats:
+                      stage: str, summary: bool = True) -> Stats:
         return run_shards(process, partition_inputs(count), out_dir, workers=self.args.workers,
-                          executor=self.args.executor, stage=stage)
+                          executor=self.args.executor, stage=stage, summary=summary)
 
-    def partition_count(self, requested: int, files: dict[int, Path], keys_per_document: int) -> int:
+    def partition_count(self, requested: int, items: int, per_partition: int, most: int | None = None) -> int:
         """Hash partitions for a grouping stage: one per rank under MPI, else as requested,
-        else as many as keep each partition under `KEYS_PER_PARTITION` keys (from the
-        per-shard files' row counts, so a resumed run computes the same number)."""
-        if self.is_mpi:
-            return self.rank.world
-        if requested:
-            return requested
-        documents = sum(pq.read_metadata(path).num_rows for path in files.values())
-        return max(1, math.ceil(documents * keys_per_document / KEYS_PER_PARTITION))
+        else as many as keep each partition under `per_partition` of the `items` (counted
+        from the previous stage's files, so a resumed run computes the same number);
+        at most `most`."""
+        count = self.rank.world if self.is_mpi else requested or math.ceil(items / per_partition)
+        return max(1, min(count, most or count))
 
     def shards_complete(self, out_dir: Path, stage: str) -> None:
         self.require_complete(out_dir, [t.name for t in self.tasks], stage)

@@ -235,3 +235,12 @@ def write_shards(corpus: Corpus, directory: Path, n_shards: int, docs: range | N
 
 def doc_index(doc_id: str) -> int:
     return int(doc_id.split("-")[1])
+
+
+def read_decisions(out: Path, method: str = "minhash"):
+    """Every keep/remove decision of a `gpt-data dedup` run (one file per partition), by document."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    directory = out / ".dedup" / method / ("clusters" if method == "minhash" else "groups")
+    return pa.concat_tables([pq.read_table(p) for p in sorted(directory.glob("part-*.parquet"))]).sort_by("doc")

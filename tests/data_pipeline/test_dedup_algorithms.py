@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from data_pipeline.dedup.buckets import candidate_pairs
-from data_pipeline.dedup.clusters import choose_keepers, components, size_histogram
+from data_pipeline.dedup.clusters import choose_keepers, size_histogram
+from data_pipeline.dedup.components import label_components, partition_of_node, read_labels, write_edges
 from data_pipeline.dedup.jaccard import jaccard
 from data_pipeline.dedup.minhash import MinHasher, fold32
 from data_pipeline.dedup.text import exact_hash, ngrams, normalized, shingle_sets, words
@@ -101,10 +102,10 @@ def test_candidate_pairs_match_brute_force_grouping():
     # A window bounds the pairs per document but keeps every bucket connected.
     windowed = candidate_pairs(keys, ids, window=3)
     assert len(windowed) <= 2 * len(keys)
-    nodes, cluster = components(windowed)
+    cluster = reference_union_find(windowed.tolist())
     for members in buckets.values():
         if len(members) > 1:
-            assert len(set(cluster[np.searchsorted(nodes, members)].tolist())) == 1
+            assert len({cluster[m] for m in members}) == 1
 
 
 def reference_union_find(pairs):
@@ -125,13 +126,42 @@ def reference_union_find(pairs):
     return {x: min(g) for g in groups.values() for x in g}
 
 
-def test_components_match_reference_union_find():
+def components_on_disk(pairs: np.ndarray, root, partitions: int):
+    """`label_components` as the clusters stage runs it (parquet rounds, a task per partition)."""
+    from data_pipeline.dedup.stages import partition_inputs
+    from data_pipeline.executor import run_shards
+
+    halves = np.array_split(pairs, 2)  # seed edges from two bucket partitions, as the stage writes them
+    for k, half in enumerate(halves):
+        write_edges(root / "round-000" / f"part-{k:05d}.parquet", half[:, 0], half[:, 1], partitions)
+    found = label_components(lambda process, count, out, stage: run_shards(
+        process, partition_inputs(count), out, executor="local", stage=stage, quiet=True), root, partitions, "test")
+    labels = {}
+    for partition in range(partitions):
+        nodes, roots = read_labels(found.labels, partition)
+        assert (partition_of_node(nodes, partitions) == partition).all()
+        labels.update(zip(nodes.tolist(), roots.tolist()))
+    return labels, found
+
+
+@pytest.mark.parametrize("partitions", [1, 3, 7])
+def test_components_on_disk_match_reference_union_find(partitions, tmp_path):
+    """Random sparse graph, a long path with shuffled ids (the most rounds), a big star, a clique,
+    and every edge given twice (as a pair found by several bucket partitions): the labels are
+    the reference union-find's smallest id per component, whatever the partition count."""
     rng = np.random.default_rng(5)
-    pairs = rng.integers(0, 3000, (2000, 2)).astype(np.int64) * 7919
-    nodes, cluster = components(pairs)
-    want = reference_union_find(pairs.tolist())
-    assert dict(zip(nodes.tolist(), cluster.tolist())) == want
-    assert sum(size_histogram(cluster).values()) == len(set(want.values()))
+    ids = rng.permutation((rng.integers(0, 9, 6000) << 32) | np.arange(6000))  # shard << 32 | row
+    sparse = ids[rng.integers(0, 3000, (2000, 2))]
+    path = ids[3000:3400][rng.permutation(400)]
+    star = np.stack([np.full(300, ids[3400]), ids[3401:3701]], axis=1)
+    clique = np.array(list(combinations(ids[3701:3731].tolist(), 2)))
+    pairs = np.concatenate([sparse, np.stack([path[:-1], path[1:]], axis=1), star, clique])
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    labels, found = components_on_disk(np.concatenate([pairs, pairs[:, ::-1]])[rng.permutation(2 * len(pairs))],
+                                       tmp_path, partitions)
+    assert labels == reference_union_find(pairs.tolist())
+    assert found.edges == len({(min(a, b), max(a, b)) for a, b in pairs.tolist()})
+    assert 3 <= found.rounds <= 40
 
 
 def test_keeper_is_best_source_then_quality_then_first():
