@@ -2,9 +2,11 @@
 index build of a 1B-token blended dataset.
 
 Part 1 (throughput): real text (the bundled CCNet, Wikipedia and Lee news samples,
-repeated to --text-mb) in 4 parquet shards. The ceiling is the library alone, in a fresh
-process, on the same texts already loaded into memory (tiktoken's `encode_ordinary_batch`, sentencepiece's
-`encode`), 1 and 2 threads. `gpt-data tokenize` runs as a CLI process with 1 and 2
+repeated to --text-mb) in --shards parquet shards. The ceiling is the library alone, in a
+fresh process, on the same texts already loaded into memory (tiktoken's `encode_ordinary_batch`,
+sentencepiece's `encode`), 1 and 2 threads, and 2 single-threaded processes at once on
+half the shards each: the scaling this machine allows 2 workers (its cores share caches
+and memory bandwidth). `gpt-data tokenize` runs as a CLI process with 1 and 2
 workers and includes process start, parquet reading, .bin/.idx writing and the merge.
 Besides wall time, CPU time is reported (the ceiling's encode call alone; the whole CLI
 process tree for ours): on a shared machine it is the steadier per-core measure.
@@ -68,9 +70,12 @@ def build_corpus(root: Path, megabytes: float, shards: int = 4) -> list[str]:
     return texts
 
 
-def ceiling_child(spec: str, corpus: Path, threads: int) -> None:
-    """In a fresh process: load every text, then time the library's batch encode alone."""
-    texts = [t for p in sorted(corpus.glob("*.parquet")) for t in pq.read_table(p, columns=["text"])["text"].to_pylist()]
+def ceiling_child(spec: str, corpus: Path, threads: int, part: str) -> None:
+    """In a fresh process: load the texts of shards k::n (`part` "k/n"), then time the
+    library's batch encode alone."""
+    k, n = (int(v) for v in part.split("/"))
+    files = sorted(corpus.glob("*.parquet"))[k::n]
+    texts = [t for p in files for t in pq.read_table(p, columns=["text"])["text"].to_pylist()]
     tok = load_tokenizer(spec)
     start, cpu_start = time.perf_counter(), time.process_time()
     ids = tok.encode_batch(texts, num_threads=threads)
@@ -79,10 +84,15 @@ def ceiling_child(spec: str, corpus: Path, threads: int) -> None:
                       "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def ceiling(spec: str, corpus: Path, threads: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--ceiling-child", spec, str(corpus), str(threads)],
-                         check=True, capture_output=True, text=True).stdout
-    return json.loads(out.splitlines()[-1])
+def ceiling(spec: str, corpus: Path, threads: int, processes: int = 1) -> dict:
+    """The library's own encode: `threads` threads in one process, or `processes` single-threaded
+    processes at once on disjoint halves of the shards (what 2 workers could reach on this
+    machine: cores share caches and memory bandwidth). Seconds = the slowest process's encode."""
+    children = [subprocess.Popen([sys.executable, __file__, "--ceiling-child", spec, str(corpus), str(threads),
+                                  f"{k}/{processes}"], stdout=subprocess.PIPE, text=True) for k in range(processes)]
+    results = [json.loads(child.communicate()[0].splitlines()[-1]) for child in children]
+    return {"seconds": max(r["seconds"] for r in results), "cpu_seconds": sum(r["cpu_seconds"] for r in results),
+            "tokens": sum(r["tokens"] for r in results), "max_rss_mb": max(r["max_rss_mb"] for r in results)}
 
 
 def run_cli(spec: str, corpus: Path, out: Path, workers: int) -> dict:
@@ -108,13 +118,13 @@ def bench_throughput(args: argparse.Namespace, work: Path) -> None:
     processes on a shared machine hits both sides alike."""
     corpus = work / "corpus"
     corpus.mkdir()
-    texts = build_corpus(corpus, args.text_mb)
+    texts = build_corpus(corpus, args.text_mb, args.shards)
     mb = sum(len(t.encode()) for t in texts) / 1e6
     specs = ["gpt2"]
     if not args.skip_sentencepiece:
         sp = train_tokenizer(corpus, work / "sp32k", vocab_size=32000, sample_docs=5000, threads=2)
         specs.append(f"sentencepiece:{sp.path}")
-    print(f"\n## tokenize throughput: {len(texts):,} real documents, {mb:.1f} MB of text, 4 parquet shards, "
+    print(f"\n## tokenize throughput: {len(texts):,} real documents, {mb:.1f} MB of text, {args.shards} parquet shards, "
           f"{os.cpu_count()} cores, best of {args.repeats} interleaved runs, "
           f"load average at start {os.getloadavg()[0]:.1f}\n")
     print("| tokenizer | run | wall s | tokens/s | tokens/s per core | per core vs 1-thread ceiling "
@@ -127,6 +137,7 @@ def bench_throughput(args: argparse.Namespace, work: Path) -> None:
             for n in (1, 2):
                 runs.setdefault(("ceiling", n), []).append(ceiling(spec, corpus, n))
                 runs.setdefault(("cli", n), []).append(run_cli(spec, corpus, work / f"out-{name}-{n}", n))
+            runs.setdefault(("processes", 2), []).append(ceiling(spec, corpus, 1, processes=2))
         best = {key: min(values, key=lambda r: r["seconds"]) for key, values in runs.items()}
         base = best[("ceiling", 1)]["tokens"] / best[("ceiling", 1)]["seconds"]
         cpu_base = max(r["tokens"] / r["cpu_seconds"] for r in runs[("ceiling", 1)])
@@ -134,6 +145,9 @@ def bench_throughput(args: argparse.Namespace, work: Path) -> None:
             rate = run["tokens"] / run["seconds"]
             if kind == "ceiling":
                 label, busy, rss = f"library batch encode, {n} thread(s), texts preloaded", "-", run["max_rss_mb"]
+            elif kind == "processes":
+                label, busy, rss = ("library encode in 2 processes at once, half the shards each, texts preloaded",
+                                    "-", f"{run['max_rss_mb']:.0f} per process")
             else:
                 label = f"gpt-data tokenize --workers {n} (CLI process, end to end)"
                 busy, rss = f"{run['tokens'] / run['busy_seconds']:,.0f}", f"{run['max_rss_mb']:.0f} per worker"
@@ -142,16 +156,20 @@ def bench_throughput(args: argparse.Namespace, work: Path) -> None:
                   f"| {busy} | {run['cpu_seconds']:.1f} | {cpu_rate:,.0f} | {cpu_rate / cpu_base:.0%} "
                   f"| {rss if isinstance(rss, str) else f'{rss:.0f}'} |")
         assert best[("cli", 1)]["bin"] == best[("cli", 2)]["bin"], "output differs between 1 and 2 workers"
+        ours = best[("cli", 1)]["seconds"] / best[("cli", 2)]["seconds"]
+        machine = best[("ceiling", 1)]["seconds"] / best[("processes", 2)]["seconds"]
+        print(f"\n{name}, 1 -> 2 workers: ours {ours:.2f}x faster (wall, end to end); the library itself in 2 "
+              f"processes {machine:.2f}x: ours has {ours / machine:.0%} of the scaling this machine gives")
         fixed_cost(spec, name, texts[0], work, runs, cpu_base)
 
 
 def fixed_cost(spec: str, name: str, text: str, work: Path, runs: dict, cpu_base: float) -> None:
     """CPU a run spends whatever its size (interpreter, imports, tokenizer load, spawning workers),
-    measured on 4 one-document shards (as many shards as the corpus), and the per-CPU-second
+    measured on one-document shards (as many shards as the corpus), and the per-CPU-second
     rate once it is taken out."""
     tiny = work / "tiny"
     tiny.mkdir(exist_ok=True)
-    for i in range(4):
+    for i in range(len(list((work / "corpus").glob("*.parquet")))):
         pq.write_table(pa.table({"id": ["0"], "text": [text]}), tiny / f"part-{i}.parquet")
     for n in (1, 2):
         fixed = min(run_cli(spec, tiny, work / f"tiny-{name}-{n}", n)["cpu_seconds"] for _ in range(2))
@@ -238,12 +256,15 @@ def main() -> None:
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-sentencepiece", action="store_true")
     parser.add_argument("--repeats", type=int, default=3, help="runs per measurement; the best is kept")
-    parser.add_argument("--ceiling-child", nargs=3, metavar=("SPEC", "CORPUS", "THREADS"), help=argparse.SUPPRESS)
+    parser.add_argument("--shards", type=int, default=16,
+                        help="parquet shards of the corpus (default %(default)s: several per worker, as in real runs)")
+    parser.add_argument("--ceiling-child", nargs=4, metavar=("SPEC", "CORPUS", "THREADS", "PART"),
+                        help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help="scratch directory (default: a temp dir, deleted afterwards)")
     args = parser.parse_args()
     if args.ceiling_child:
-        spec, corpus, threads = args.ceiling_child
-        return ceiling_child(spec, Path(corpus), int(threads))
+        spec, corpus, threads, part = args.ceiling_child
+        return ceiling_child(spec, Path(corpus), int(threads), part)
     work = Path(tempfile.mkdtemp(prefix="bench_tokenize_", dir=args.workdir))
     try:
         if not args.skip_throughput:
