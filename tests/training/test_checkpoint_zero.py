@@ -7,8 +7,9 @@ is checked against an independent path (ZeRO-2's, one process's).
 """
 import pytest
 
-from tests.training.launch import losses, max_relative_difference, resume_from, run_pretrain
+from tests.training.launch import TINY, losses, max_relative_difference, resume_from, run_pretrain
 from training.checkpoint_files import OPTIMIZER_KEYS, ShardReader, read_manifest
+from training.config import load_config
 
 pytestmark = pytest.mark.multiproc
 
@@ -16,6 +17,7 @@ pytestmark = pytest.mark.multiproc
 COMMON = ["train.steps=8", "model.dropout=0.0", "model.make_vocab_size_divisible_by=1024",
           "data.blend=tests/data/tokens/blend2.json", "logging.eval_iters=1", "precision=fp32"]
 STEP4 = "step00000004"
+LR = load_config(TINY).train.lr
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,11 @@ def test_zero3_checkpoint_holds_what_zero2_saves(source):
             expected, saved = zero2.full(name, key), zero3.full(name, key)
             assert saved.shape == expected.shape, name
             scale = expected.abs().max().clamp_min(1e-30)
-            assert (saved - expected).abs().max() <= 1e-4 * scale, (name, key)
+            # The two reduce gradients in another order; where a gradient is ~0, Adam's m/sqrt(v)
+            # turns that rounding into a small fraction of a step of size lr (CI saw 9e-7 = 3e-4 lr on a
+            # bias of scale 7e-3, where a relative 1e-4 alone allows 7.2e-7).
+            slack = 1e-3 * LR if key == "param" else 0.0
+            assert (saved - expected).abs().max() <= 1e-4 * scale + slack, (name, key)
             assert key == "param" or saved.abs().max() > 0, (name, key)  # 4 steps of Adam moments were saved
 
 
