@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from data_pipeline.dedup.layout import shard_of
+from data_pipeline.dedup.stages import partition_index
 from data_pipeline.errors import UserError
 from data_pipeline.executor import ShardTask
 from data_pipeline.shards import ShardWriter
@@ -96,7 +97,7 @@ def star_round(task: ShardTask, stats: Stats, *, previous: Path, partitions: int
     With m(u) = min(u, neighbours of u): large-star links every larger neighbour v of u
     to m(u); small-star links u and every smaller neighbour v of u to m(u). Both keep
     a component connected and only move edges towards its smallest node."""
-    src, dst = read_edges(previous, int(task.name.split("-")[1]))
+    src, dst = read_edges(previous, partition_index(task))
     first, smallest, smaller, larger = neighbourhoods(src, dst)
     star = (smaller == 0) | ((smaller == 1) & (larger == 0))  # a centre, or a leaf of one centre
     stats.add("nodes", n=int(first.sum()))

@@ -31,7 +31,7 @@ from data_pipeline.dedup.components import EDGES_PER_PARTITION, label_components
 from data_pipeline.dedup.keepers import keepers_partition, members_partition
 from data_pipeline.dedup.layout import parse_priority, work_dir
 from data_pipeline.dedup.minhash import MinHasher, fold32
-from data_pipeline.dedup.pairs import PAIR_SCHEMA, local_band_keys, write_pairs
+from data_pipeline.dedup.pairs import local_band_keys, write_pairs
 from data_pipeline.dedup.removal import (RECORD_FIELDS, cluster_summary, read_records, record_columns,
                                          remove_duplicates, report)
 from data_pipeline.dedup.stages import KEYS_PER_PARTITION, StageRunner, partition_index, row_count
@@ -133,8 +133,9 @@ def example_pairs(pair_files: list[Path], threshold: float | None, signature_fil
     picked = []
     for path in pair_files:
         a, b, similarity = duplicate_pairs(path, threshold)
-        best = np.argsort(pair_rank(a, b), kind="stable")[:EXAMPLE_PAIRS]
-        picked.append((pair_rank(a[best], b[best]), a[best], b[best], similarity[best]))
+        rank = pair_rank(a, b)
+        best = np.argsort(rank, kind="stable")[:EXAMPLE_PAIRS]
+        picked.append((rank[best], a[best], b[best], similarity[best]))
     rank, a, b, similarity = (np.concatenate(column) for column in zip(*picked))
     _, first = np.unique(rank, return_index=True)  # sorted by rank, repeats dropped
     chosen = first[:EXAMPLE_PAIRS]

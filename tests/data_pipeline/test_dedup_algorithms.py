@@ -159,7 +159,9 @@ def test_components_on_disk_match_reference_union_find(partitions, tmp_path):
     pairs = pairs[pairs[:, 0] != pairs[:, 1]]
     labels, found = components_on_disk(np.concatenate([pairs, pairs[:, ::-1]])[rng.permutation(2 * len(pairs))],
                                        tmp_path, partitions)
-    assert labels == reference_union_find(pairs.tolist())
+    want = reference_union_find(pairs.tolist())
+    assert labels == want
+    assert sum(size_histogram(np.array(list(labels.values()))).values()) == len(set(want.values()))
     assert found.edges == len({(min(a, b), max(a, b)) for a, b in pairs.tolist()})
     assert 3 <= found.rounds <= 40
 
