@@ -74,6 +74,8 @@ OVERRIDES=("parallel.tp=$TP" "parallel.pp=$PP" "checkpoint.dir=$CKPT_DIR")
 [[ -n ${ACT_CKPT:-} ]] && OVERRIDES+=("parallel.activation_checkpointing=$ACT_CKPT")
 [[ -n ${BLEND:-} ]] && OVERRIDES+=("data.blend=$BLEND")
 [[ -n ${CKPT_INTERVAL:-} ]] && OVERRIDES+=("checkpoint.interval=$CKPT_INTERVAL")
+# The trainer checks memory again with the same figure, so the pre-flight and the ranks agree.
+[[ -n $GPU_MEMORY_GB ]] && OVERRIDES+=("parallel.device_memory_gb=$GPU_MEMORY_GB")
 # shellcheck disable=SC2206
 [[ -n ${EXTRA_ARGS:-} ]] && OVERRIDES+=($EXTRA_ARGS)
 

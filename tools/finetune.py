@@ -20,6 +20,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import random
 import sys
 import tempfile
@@ -131,7 +132,8 @@ def batch_forward(model: nn.Module, states: FinalStates, head: nn.Module, info: 
     tokens = tokens.to(device)
     logits = model(tokens)  # vocab-parallel [rows, width, padded_vocab / TP]; `states` keeps the final states
     lm_losses = tensor_parallel.vocab_parallel_cross_entropy(logits[:, :-1].float().contiguous(), tokens[:, 1:])
-    real = (torch.arange(width - 1)[None] < (lengths - 1)[:, None]).to(device)
+    # targets: the real tokens, less the special ones (padded vocabulary rows from start_id on, out of the softmax)
+    real = (torch.arange(width - 1)[None] < (lengths - 1)[:, None]).to(device) & (tokens[:, 1:] < info.start_id)
     extract_states = states.value[torch.arange(len(flat), device=device), (lengths - 1).to(device)]
     return task_logits(head, info, extract_states, examples), (lm_losses * real).sum(), real.sum()
 
@@ -222,7 +224,7 @@ def finetune(model: GPT, tokenizer: Tokenizer, task: Task, *, epochs: int = 3, l
     device = model.token_embedding.weight.device
     head = TaskHead(model.cfg.d_model, info.num_labels, head_dropout).to(device)  # the same on every rank
     # dropout: one stream per data-parallel rank, shared by its TP group, plus a TP-local one for sharded heads
-    seed_everything(seed, 0, dp_rank, parallel_state.get_tensor_model_parallel_rank())
+    seed_everything(seed, 0, dp_rank, parallel_state.get_tensor_model_parallel_rank(), device)
     states = FinalStates(model)
     trunk = model
     if dp > 1:
@@ -405,6 +407,7 @@ def start_process_groups(tp: int) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     from data_pipeline.tokenizers import load_tokenizer
+    from training.distributed import resolve_device
 
     for name in ("epochs", "batch_size", "tp"):
         if getattr(args, name) < 1:
@@ -413,7 +416,8 @@ def run(args: argparse.Namespace) -> dict:
         raise UserError("--head-dropout must be in [0, 1)")
     task = load_task(args.task)
     start_process_groups(args.tp)
-    model = load_trunk(args.hf_dir, args.checkpoint, args.tp)
+    device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))  # each rank its own GPU
+    model = load_trunk(args.hf_dir, args.checkpoint, args.tp).to(device)
     tokenizer = load_tokenizer(args.tokenizer)
     head, info, history = finetune(model, tokenizer, task, epochs=args.epochs, lr=args.lr,
                                    batch_size=args.batch_size, lm_weight=args.lm_weight, warmup=args.warmup,

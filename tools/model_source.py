@@ -18,6 +18,7 @@ from data_pipeline.errors import UserError
 from data_pipeline.tokenizers import Tokenizer, load_tokenizer
 from training.config import Config
 from training.consolidated import load_gpt
+from training.distributed import default_device, resolve_device
 from training.model import GPT
 
 
@@ -33,6 +34,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--hf-dir", help="a Hugging Face GPT-2 directory (config.json + weights)")
     source.add_argument("--checkpoint", help="one of our checkpoints (any TP/PP/DP layout) or a gpt-finetune output")
+    parser.add_argument("--device", default=default_device(),
+                        help="where the model runs: cpu, cuda or cuda:N (default: %(default)s, the GPU when there is one)")
     parser.add_argument("--tokenizer", default="gpt2",
                         help="tokenizer spec: gpt2, gpt2:PATH.tiktoken or sentencepiece:PATH (default %(default)s)")
 
@@ -46,20 +49,21 @@ def save_trunk(model: GPT, directory: Path) -> Path:
     return write_layout(state, cfg, str(directory), 1, 1, model.cfg.padded_vocab_size(1))
 
 
-def load_model(hf_dir: str | None = None, checkpoint: str | None = None) -> GPT:
-    """A single-process model; a Hugging Face directory goes through `gpt-convert from-hf` first."""
+def load_model(hf_dir: str | None = None, checkpoint: str | None = None,
+               device: str | torch.device = "cpu") -> GPT:
+    """A single-process model on `device`; a Hugging Face directory goes through `gpt-convert from-hf` first."""
     if hf_dir is not None:
         from tools.convert import from_hf
 
         if not (Path(hf_dir) / "config.json").is_file():
             raise UserError(f"not a Hugging Face model directory (no config.json): {hf_dir}")
         with tempfile.TemporaryDirectory(prefix="gpt-hf-") as converted:
-            return load_gpt(from_hf(hf_dir, converted, tp=1, pp=1))[0]
-    return load_gpt(checkpoint)[0]
+            return load_gpt(from_hf(hf_dir, converted, tp=1, pp=1), device)[0]
+    return load_gpt(checkpoint, device)[0]
 
 
 def load_from_args(args: argparse.Namespace) -> LoadedModel:
-    model = load_model(args.hf_dir, args.checkpoint)
+    model = load_model(args.hf_dir, args.checkpoint, resolve_device(args.device))
     loaded = LoadedModel(model, load_tokenizer(args.tokenizer))
     if args.checkpoint is not None:
         from tools.finetune import load_head

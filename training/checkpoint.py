@@ -137,7 +137,7 @@ def _adam_step(engine) -> int:
 def _set_adam_step(engine, step: int) -> None:
     for state in _base_optimizer(engine).state.values():
         if "step" in state:
-            state["step"] = torch.tensor(float(step)) if torch.is_tensor(state["step"]) else step
+            state["step"] = torch.full_like(state["step"], float(step)) if torch.is_tensor(state["step"]) else step
 
 
 def _loss_scaler_state(engine) -> dict:
@@ -164,10 +164,11 @@ def _link_optimizer_state(engine) -> None:
     empty; a fresh engine has no Adam state at all. Create zero state where missing, relink.
     """
     base = _base_optimizer(engine)
+    step_on_device = base.defaults.get("fused") or base.defaults.get("capturable")  # where torch's Adam keeps it
     for param in _adam_parameters(engine):
         state = base.state[param]
         if not state:
-            state["step"] = torch.tensor(0.0)
+            state["step"] = torch.tensor(0.0, device=param.device if step_on_device else "cpu")
             state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
     if hasattr(engine.optimizer, "_lazy_init_hp_params_optimizer_state"):

@@ -111,7 +111,7 @@ class LoggingConfig:
     eval_interval: int = 0  # steps between validation runs; 0: only at the end
     eval_iters: int = 4  # validation batches of train.global_batch_size sequences
     tensorboard: bool = True
-    peak_tflops: float = 0.0  # per device, for MFU; 0: guess from the device (A100/H100 bf16, CPU)
+    peak_tflops: float = 0.0  # per device, for MFU; 0: the GPU's datasheet peak (training/metrics.py), measured on CPU
 
 
 @dataclass
@@ -132,6 +132,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     precision: str = "fp32"  # fp32 | bf16 | fp16
+    tf32: bool = True  # fp32 matmuls on TF32 tensor cores (Ampere and later GPUs); no effect on CPU
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -64,16 +64,52 @@ def start_default_group(backend: str, rank: int, world: int, timeout: datetime.t
                             timeout=timeout)
 
 
+def process_group_backend(device_type: str) -> str:
+    """The default group's backend: on GPUs NCCL for CUDA tensors *and* gloo for CPU ones.
+
+    Control values (a stop flag, a Python object gathered for a checkpoint) are small CPU
+    tensors in torch, DeepSpeed and megatron-core alike; with NCCL alone each of those
+    collectives raises "No backend type associated with device type cpu". Every subgroup
+    megatron-core and DeepSpeed create inherits both backends."""
+    return "cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo"
+
+
+def default_device() -> str:
+    """What the tools run on when not told: the GPU when there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """`--device` as a torch device (`cuda` means this process's GPU); a device that is not there is a UserError."""
+    from data_pipeline.errors import UserError
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device (cpu, cuda, cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: no CUDA GPU is visible to this process")
+        index = local_rank if device.index is None else device.index
+        if index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: this node has {torch.cuda.device_count()} GPUs")
+        device = torch.device("cuda", index)
+    elif device.type != "cpu":
+        raise UserError(f"--device {name}: only cpu and cuda are supported")
+    return device
+
+
 def init_distributed(tp: int, pp: int, timeout_minutes: int = 30) -> Layout:
-    """Start the default group (NCCL on GPU, gloo on CPU) and megatron-core's parallel groups."""
+    """Start the default group (gloo on CPU; NCCL + gloo on GPU) and megatron-core's parallel groups."""
     import deepspeed
 
     rank, world, local_rank = world_from_environment()
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
-        device, backend = torch.device("cuda", local_rank), "nccl"
+        device = torch.device("cuda", local_rank)
     else:
-        device, backend = torch.device("cpu"), "gloo"
+        device = torch.device("cpu")
+    backend = process_group_backend(device.type)
     timeout = datetime.timedelta(minutes=timeout_minutes)
     if not dist.is_initialized():
         start_default_group(backend, rank, world, timeout)

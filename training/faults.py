@@ -45,8 +45,9 @@ def fault_point(where: str, step: int) -> None:
 class StopRequest:
     """Remembers a stop signal until the end of the current step."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device) -> None:
         self.signal: int | None = None
+        self.device = device  # the flag travels like any hot-path tensor: NCCL has no CPU tensors
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._handle)
 
@@ -55,7 +56,7 @@ class StopRequest:
 
     def agreed(self) -> bool:
         """True on every rank if any rank was signalled (Slurm may signal only some of them)."""
-        flag = torch.tensor([1.0 if self.signal is not None else 0.0])
+        flag = torch.tensor([1.0 if self.signal is not None else 0.0], device=self.device)
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())

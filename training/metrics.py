@@ -3,18 +3,51 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
 from training.config import ModelConfig
 
-# Dense peak TFLOP/s per GPU by (name fragment, precision); checked against vendor datasheets.
-GPU_PEAK_TFLOPS = {
-    ("H100", "bf16"): 989.0, ("H100", "fp16"): 989.0, ("H100", "fp32"): 494.0,  # fp32 via TF32
-    ("A100", "bf16"): 312.0, ("A100", "fp16"): 312.0, ("A100", "fp32"): 156.0,
-    ("V100", "fp16"): 125.0, ("V100", "fp32"): 15.7,
-}
+# Published dense (no 2:4 sparsity) peak TFLOP/s per GPU: (name fragments, {precision: peak}). "tf32" is
+# the fp32 peak with TF32 tensor cores on, "fp32" without. The first entry whose fragment occurs in
+# torch.cuda.get_device_name() wins, so more specific names come first ("A100" before "A10").
+GPU_PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
+    ("GB200", {"bf16": 2500.0, "fp16": 2500.0, "tf32": 1250.0, "fp32": 80.0}),
+    ("B200", {"bf16": 2250.0, "fp16": 2250.0, "tf32": 1125.0, "fp32": 75.0}),
+    ("H200 NVL", {"bf16": 835.0, "fp16": 835.0, "tf32": 418.0, "fp32": 60.0}),
+    ("H100 NVL", {"bf16": 835.0, "fp16": 835.0, "tf32": 418.0, "fp32": 60.0}),
+    ("H100 PCIe", {"bf16": 756.0, "fp16": 756.0, "tf32": 378.0, "fp32": 51.0}),
+    ("H200", {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "fp32": 67.0}),  # also GH200
+    ("H100", {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "fp32": 67.0}),  # SXM
+    ("H800", {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "fp32": 67.0}),
+    ("H20", {"bf16": 148.0, "fp16": 148.0, "tf32": 74.0, "fp32": 44.0}),
+    ("A100", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}),
+    ("A800", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}),
+    ("A10G", {"bf16": 70.0, "fp16": 70.0, "tf32": 35.0, "fp32": 31.2}),  # AWS's figures
+    ("A10", {"bf16": 125.0, "fp16": 125.0, "tf32": 62.5, "fp32": 31.2}),
+    ("A40", {"bf16": 149.7, "fp16": 149.7, "tf32": 74.8, "fp32": 37.4}),
+    ("L40S", {"bf16": 362.0, "fp16": 362.0, "tf32": 183.0, "fp32": 91.6}),
+    ("L40", {"bf16": 181.0, "fp16": 181.0, "tf32": 90.5, "fp32": 90.5}),
+    ("L4", {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3}),
+    ("V100", {"fp16": 125.0, "fp32": 15.7}),  # no bf16, no TF32
+    ("MI325X", {"bf16": 1307.0, "fp16": 1307.0, "tf32": 653.7, "fp32": 163.4}),
+    ("MI300X", {"bf16": 1307.0, "fp16": 1307.0, "tf32": 653.7, "fp32": 163.4}),
+    ("MI250X", {"bf16": 383.0, "fp16": 383.0, "fp32": 95.7}),
+]
+
+
+def gpu_peak_tflops(name: str, precision: str, tf32: bool) -> float | None:
+    """The datasheet peak for a GPU named `name` at `precision` (fp32 on TF32 cores when `tf32`).
+
+    An unknown GPU must not stop a run for a metric: it warns and returns None (MFU logged as null)."""
+    column = "tf32" if precision == "fp32" and tf32 else precision
+    peak = next((peaks.get(column) for fragment, peaks in GPU_PEAK_TFLOPS if fragment in name), None)
+    if peak is None:
+        warnings.warn(f"no known {column} peak for {name}: MFU is logged as null; set logging.peak_tflops "
+                      "to the GPU's dense peak TFLOP/s to get it", stacklevel=2)
+    return peak
 
 
 def training_flops_per_token(model: ModelConfig) -> float:
@@ -41,15 +74,12 @@ def measure_cpu_peak_tflops(size: int = 1024, repeats: int = 4) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e12
 
 
-def device_peak_tflops(device: torch.device, precision: str, configured: float) -> float:
+def device_peak_tflops(device: torch.device, precision: str, configured: float, tf32: bool = False) -> float | None:
+    """Peak TFLOP/s per device for MFU: `logging.peak_tflops` if set, else the GPU's datasheet or the CPU's measured rate."""
     if configured > 0:
         return configured
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for (fragment, prec), peak in GPU_PEAK_TFLOPS.items():
-            if fragment in name and prec == precision:
-                return peak
-        raise ValueError(f"no known peak for {name} at {precision}: set logging.peak_tflops")
+        return gpu_peak_tflops(torch.cuda.get_device_name(device), precision, tf32)
     return measure_cpu_peak_tflops()
 
 

@@ -82,8 +82,14 @@ def write_run_record(run_dir: Path, cfg: Config, layout: Layout) -> None:
         "deepspeed": deepspeed.__version__, "megatron_core": megatron.core.__version__,
         "layout": {"world": layout.world, "tp": layout.tp, "pp": layout.pp, "dp": layout.dp,
                    "device": layout.device.type, "backend": torch.distributed.get_backend()},
+        "device_name": torch.cuda.get_device_name(layout.device) if layout.device.type == "cuda" else platform.machine(),
+        "precision": cfg.precision, "tf32": uses_tf32(cfg, layout),
         "command": sys.argv,
     }, indent=2))
+
+
+def uses_tf32(cfg: Config, layout: Layout) -> bool:
+    return cfg.tf32 and layout.device.type == "cuda"
 
 
 def evaluate(engine: ParallelEngine, valid, cfg: Config, layout: Layout) -> float:
@@ -94,7 +100,9 @@ def evaluate(engine: ParallelEngine, valid, cfg: Config, layout: Layout) -> floa
 
 def train(cfg: Config, blend: Blend, run_dir: Path) -> None:
     layout = init_distributed(cfg.parallel.tp, cfg.parallel.pp)
-    seed_everything(cfg.train.seed, layout.pp_rank, layout.dp_rank, layout.tp_rank)
+    if layout.device.type == "cuda":  # fp32 matmuls (and fp32 parts of mixed precision) on TF32 tensor cores
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
+    seed_everything(cfg.train.seed, layout.pp_rank, layout.dp_rank, layout.tp_rank, layout.device)
     resume_from = checkpoint.find_resume_point(cfg, run_dir)
     if resume_from:
         checkpoint.fit_config(cfg, resume_from)
@@ -107,7 +115,7 @@ def train(cfg: Config, blend: Blend, run_dir: Path) -> None:
     seq = cfg.model.seq_length
     engine = ParallelEngine(cfg, layout, batch_size(0, cfg.train))
     guard = BadStepGuard(engine, cfg.train.spike_threshold, cfg.train.spike_window, layout.device)
-    stop = StopRequest()
+    stop = StopRequest(layout.device)
     progress = Progress()
     if resume_from:
         progress.restore(checkpoint.load(engine, cfg, layout, resume_from), guard)
@@ -118,7 +126,7 @@ def train(cfg: Config, blend: Blend, run_dir: Path) -> None:
     train_data, valid_data = build_datasets(cfg, blend, samples_for(cfg) + progress.skipped_samples, eval_samples,
                                             cache_dir)
     log = MetricsLog(run_dir, enabled=is_logger, tensorboard=cfg.logging.tensorboard)
-    peak = device_peak_tflops(layout.device, cfg.precision, cfg.logging.peak_tflops)
+    peak = device_peak_tflops(layout.device, cfg.precision, cfg.logging.peak_tflops, tf32=uses_tf32(cfg, layout))
     flops_per_token = training_flops_per_token(cfg.model)
     ckpt_dir = checkpoint.checkpoint_dir(cfg, run_dir)
     if resume_from:  # last: the lines above draw random numbers (e.g. the CPU peak measurement)
@@ -141,7 +149,7 @@ def train(cfg: Config, blend: Blend, run_dir: Path) -> None:
             log.write({
                 "step": step, "loss": loss, "lr": lr, "tokens": progress.tokens, "batch_size": batch,
                 "tokens_per_s": batch * seq / elapsed, "step_time_s": elapsed,
-                "tflops": tflops, "mfu": tflops / peak, "grad_norm": engine.grad_norm,
+                "tflops": tflops, "mfu": tflops / peak if peak else None, "grad_norm": engine.grad_norm,
                 "loss_scale": engine.loss_scale, "skipped_steps": engine.skipped_steps,
                 "bad_step": guard.last_bad, "bad_steps": guard.total,
             })

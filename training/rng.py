@@ -17,42 +17,43 @@ import numpy as np
 import torch
 
 
-def _use_cuda() -> bool:
-    return torch.cuda.is_available() and torch.cuda.is_initialized()
-
-
-def _get_state() -> torch.Tensor:
-    return torch.cuda.get_rng_state() if _use_cuda() else torch.get_rng_state()
-
-
-def _set_state(state: torch.Tensor) -> None:
-    if _use_cuda():
-        torch.cuda.set_rng_state(state)
-    else:
-        torch.set_rng_state(state)
-
-
 class TensorParallelRNG:
+    """The TP-local stream of one device type: dropout draws from the generator of the device it runs on.
+
+    The device is fixed when seeding (the trainer's device), never inferred from whether CUDA
+    happens to be initialised yet: a state saved for one generator cannot be set on another."""
+
     def __init__(self) -> None:
         self.state: torch.Tensor | None = None
+        self.device_type = "cuda" if torch.cuda.is_available() else "cpu"
 
-    def seed(self, seed: int) -> None:
-        outer = _get_state()
+    def _get_state(self) -> torch.Tensor:
+        return torch.cuda.get_rng_state() if self.device_type == "cuda" else torch.get_rng_state()
+
+    def _set_state(self, state: torch.Tensor) -> None:
+        if self.device_type == "cuda":
+            torch.cuda.set_rng_state(state)
+        else:
+            torch.set_rng_state(state)
+
+    def seed(self, seed: int, device_type: str | None = None) -> None:
+        self.device_type = device_type or self.device_type
+        outer = self._get_state()
         torch.manual_seed(seed)
-        self.state = _get_state()
-        _set_state(outer)
+        self.state = self._get_state()
+        self._set_state(outer)
 
     @contextlib.contextmanager
     def fork(self):
         if self.state is None:  # unseeded (e.g. a tool building a model for inference)
             self.seed(0)
-        outer = _get_state()
-        _set_state(self.state)
+        outer = self._get_state()
+        self._set_state(self.state)
         try:
             yield
         finally:
-            self.state = _get_state()
-            _set_state(outer)
+            self.state = self._get_state()
+            self._set_state(outer)
 
     def checkpoint_context(self):
         """`context_fn` for torch.utils.checkpoint: recomputation replays the same TP-local masks."""
@@ -88,10 +89,12 @@ def derive_seed(*parts) -> int:
     return zlib.crc32("/".join(map(str, parts)).encode())
 
 
-def seed_everything(seed: int, pp_rank: int, dp_rank: int, tp_rank: int) -> None:
-    """Shared stream across a TP group (differs per stage and data-parallel rank); TP-local stream per rank."""
+def seed_everything(seed: int, pp_rank: int, dp_rank: int, tp_rank: int, device: torch.device | None = None) -> None:
+    """Shared stream across a TP group (differs per stage and data-parallel rank); TP-local stream per rank.
+
+    `device` is where dropout runs (default: the GPU when there is one)."""
     shared = derive_seed(seed, "pp", pp_rank, "dp", dp_rank)
     random.seed(shared)
     np.random.seed(shared)
     torch.manual_seed(shared)
-    _TP_RNG.seed(derive_seed(shared, "tp", tp_rank))
+    _TP_RNG.seed(derive_seed(shared, "tp", tp_rank), device.type if device is not None else None)
