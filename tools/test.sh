@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 bash tools/setup.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
-# DeepSpeed JIT-compiles its CPU shared-memory op once (~1 min); keep it with the venv.
+# Ops DeepSpeed JIT-compiles stay with the venv (the trainer skips the CPU shared-memory one).
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.venv/torch_extensions}
 export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore}
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -99,6 +99,16 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+def skip_deepspeed_shm_build() -> None:
+    """Keep DeepSpeed from JIT-compiling its shared-memory all-reduce (~1 min of g++ per fresh environment).
+
+    On CPU, DeepSpeed's comm backend builds the op when it starts, but only its inference
+    all-reduce uses it; training collectives go through torch.distributed (gloo) either way."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def init_distributed(tp: int, pp: int, timeout_minutes: int = 30) -> Layout:
     """Start the default group (gloo on CPU; NCCL + gloo on GPU) and megatron-core's parallel groups."""
     import deepspeed
@@ -113,6 +123,8 @@ def init_distributed(tp: int, pp: int, timeout_minutes: int = 30) -> Layout:
     timeout = datetime.timedelta(minutes=timeout_minutes)
     if not dist.is_initialized():
         start_default_group(backend, rank, world, timeout)
+    if device.type == "cpu":
+        skip_deepspeed_shm_build()
     deepspeed.init_distributed(dist_backend=backend, timeout=timeout)  # adopts the group
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
     return Layout(
