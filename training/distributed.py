@@ -28,14 +28,6 @@ class Layout:
     dp_rank: int
     device: torch.device
 
-    @property
-    def is_first_stage(self) -> bool:
-        return self.pp_rank == 0
-
-    @property
-    def is_last_stage(self) -> bool:
-        return self.pp_rank == self.pp - 1
-
     def describe(self) -> str:
         return f"world {self.world} = TP {self.tp} x PP {self.pp} x DP {self.dp} on {self.device.type}"
 
