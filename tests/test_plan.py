@@ -10,13 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from training.config import ConfigError, check_layout, load_config
 from training.memory import (GIB, Layout, block_parameters, check_fits, estimate_memory, estimate_stages,
                              stage_layers)
+from training.metrics import training_flops_per_token
 from tools.plan import main as plan_main
 from tools.plan import plan
-from tools.plan_cost import Cluster, step_cost
+from tools.plan_cost import Cluster, model_flops, step_cost
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs/tiny/gpt3_tiny.yaml"
@@ -186,6 +188,33 @@ def test_trainer_check_refuses_a_layout_that_cannot_fit():
                                      "parallel.tp=1", "parallel.pp=1"])
     with pytest.raises(ConfigError, match="needs .* GiB per GPU.*gpt-plan"):
         check_fits(config, 1024, 80)
+
+
+def test_banded_layers_count_their_window_of_keys_not_the_sequence():
+    """GPT-3's banded layers: the trainer's MFU count and the planner drop exactly the attention FLOPs
+    that torch's FLOP counter saves between every query attending all keys (how dense causal layers
+    are counted) and every query attending exactly its window of keys (the band's model FLOPs)."""
+    banded, dense = tiny(), tiny("model.sparse_every=0")
+    m = banded.model
+    batch, s, window = 2, m.seq_length, m.sparse_window
+    q, k, v = (torch.randn(batch, m.n_heads, s, m.head_dim, requires_grad=True) for _ in range(3))
+
+    def counted(attend) -> int:  # forward and backward
+        with FlopCounterMode(display=False) as counter:
+            attend().sum().backward()
+        return counter.get_total_flops()
+
+    def windows(x):  # [batch, heads, s, head_dim, window]: keys i - window + 1 .. i of query i (zeros before 0)
+        return nn.functional.pad(x, (0, 0, window - 1, 0)).unfold(2, window, 1)
+
+    every_key = counted(lambda: (q @ k.transpose(-1, -2)).softmax(-1) @ v)
+    band = counted(lambda: (q.unsqueeze(-2) @ windows(k)).softmax(-1) @ windows(v).transpose(-1, -2))
+    sparse_layers = sum(m.is_sparse_layer(layer) for layer in range(m.n_layers))
+    saved_per_token = sparse_layers * (every_key - band) / (batch * s)
+    assert 0 < sparse_layers < m.n_layers and window < s
+    assert training_flops_per_token(dense.model) - training_flops_per_token(m) == pytest.approx(saved_per_token)
+    tokens = 8 * s  # the planner's count (d_model = heads x head_dim here, as it assumes)
+    assert model_flops(dense, tokens) - model_flops(banded, tokens) == pytest.approx(tokens * saved_per_token)
 
 
 def test_pipeline_bubble_is_p_minus_1_over_m():

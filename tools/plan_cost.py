@@ -2,9 +2,10 @@
 
 FLOP counts follow Narayanan et al. 2021 ("Efficient Large-Scale Language Model Training on GPU
 Clusters Using Megatron-LM", section 5.1): a transformer layer's forward pass costs
-24bsh^2 + 4bs^2h FLOPs and the logits 2bshV; backward costs twice the forward, and full
-activation recomputation adds one more forward of every layer. Communication uses ring
-collectives (an all-reduce moves 2(n-1)/n of the data per GPU) over the bandwidth of the
+24bsh^2 + 4bs^2h FLOPs (24bsh^2 + 4bswh on GPT-3's banded layers of window w, as
+training.metrics.attended_keys counts them) and the logits 2bshV; backward costs twice the
+forward, and full activation recomputation adds one more forward of every layer. Communication
+uses ring collectives (an all-reduce moves 2(n-1)/n of the data per GPU) over the bandwidth of the
 links the group spans: NVLink when the group stays inside a node, the network otherwise.
 Nothing is assumed to overlap with compute, so the estimate errs on the slow side.
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 from training.config import Config
 from training.memory import BYTES, Layout, stage_layers
+from training.metrics import attended_keys
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ def model_flops(config: Config, tokens: int, recompute: bool = False) -> float:
     s, h, layers, vocab = m.seq_length, m.d_model, m.n_layers, config.model.padded_vocab_size(1)
     sequences = tokens / s
     passes = 4 if recompute else 3
-    return sequences * (passes * layers * (24 * s * h * h + 4 * s * s * h) + 3 * 2 * s * h * vocab)
+    return sequences * (passes * (layers * 24 * s * h * h + 4 * s * h * attended_keys(m)) + 3 * 2 * s * h * vocab)
 
 
 def _group_bandwidth(cluster: Cluster, stride: int, size: int) -> float:
@@ -88,9 +90,10 @@ def step_cost(config: Config, layout: Layout, cluster: Cluster) -> StepCost:
     activation = s * b * h * e
 
     stages = stage_layers(config, t, pp)
+    keys = attended_keys(m) / m.n_layers  # a stage's blocks cost the model's mean (dense and banded mixed)
     slowest, tp_bytes = 0.0, 0.0
     for params, blocks, _, has_head in stages:
-        block_flops = (24 * b * s * h * h + 4 * b * s * s * h) / t * (4 if recompute else 3)
+        block_flops = (24 * b * s * h * h + 4 * b * s * keys * h) / t * (4 if recompute else 3)
         head_flops = 3 * 2 * b * s * h * m.padded_vocab_size(t) / t if has_head else 0
         # Megatron layers all-reduce twice in forward and twice in backward (plus 2 to recompute).
         stage_tp_bytes = blocks * (6 if recompute else 4) * _ring(t, activation)

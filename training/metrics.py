@@ -50,17 +50,27 @@ def gpu_peak_tflops(name: str, precision: str, tf32: bool) -> float | None:
     return peak
 
 
+def attended_keys(model: ModelConfig) -> int:
+    """Keys per query, summed over the layers, that model FLOPs count: seq on a dense layer (the
+    whole score square, as Narayanan et al. count causal attention) and the window on a GPT-3
+    banded layer (the whole band, counted alike; not the extra masked keys that its blocks
+    compute, which are overhead of the implementation like recomputation)."""
+    band = min(model.sparse_window, model.seq_length)
+    return sum(band if model.is_sparse_layer(layer) else model.seq_length for layer in range(model.n_layers))
+
+
 def training_flops_per_token(model: ModelConfig) -> float:
     """Model FLOPs per trained token: 3 x forward (forward + 2x backward), no recomputation.
 
     Forward per token: 2 FLOPs per weight of every matmul (QKV, projection, MLP, output
-    layer) plus attention scores and weighted sum (2 x 2 x seq x inner per layer), as in
-    Narayanan et al. 2021 (their 72·B·s·l·h²(1 + s/6h) + 6·B·s·h·V for 4h MLPs).
+    layer) plus attention scores and weighted sum (2 x 2 x keys x inner per layer, keys = seq
+    or a banded layer's window), as in Narayanan et al. 2021 (their 72·B·s·l·h²(1 + s/6h) +
+    6·B·s·h·V for dense 4h-MLP models).
     """
     h, inner = model.d_model, model.n_heads * model.head_dim
     ffn = model.ffn_multiplier * h
     matmul_weights = model.n_layers * (h * 3 * inner + inner * h + 2 * h * ffn) + h * model.vocab_size
-    attention = model.n_layers * 2 * 2 * model.seq_length * inner
+    attention = 2 * 2 * attended_keys(model) * inner
     return 3.0 * (2.0 * matmul_weights + attention)
 
 
