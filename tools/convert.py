@@ -1,6 +1,6 @@
 """gpt-convert: our checkpoints <-> Hugging Face GPT-2, resharding, consolidation, inspection.
 
-    gpt-convert to-hf --input CKPT_DIR --output HF_DIR [--keep-padded-vocab]
+    gpt-convert to-hf --input CKPT_DIR --output HF_DIR
     gpt-convert from-hf --input HF_DIR --output CKPT_DIR --tp N --pp N
     gpt-convert reshard --input CKPT_DIR --output CKPT_DIR --tp N --pp N
     gpt-convert consolidate --input CKPT_DIR --output CKPT_DIR
@@ -10,20 +10,26 @@ CKPT_DIR is a checkpoint (`.../step00000100`) or the directory holding `latest`.
 Written checkpoints are weights-only (no optimizer or trainer state): a run started
 from one with `checkpoint.load=CKPT_DIR` begins at step 0 from these weights. The
 trainer itself resumes full checkpoints at any TP/PP/DP layout without resharding.
+Written vocabularies are padded to a multiple of `--vocab-multiple` x TP (the trainer's
+default padding): padded rows are masked out of the softmax, so any padding is the same model.
 """
 from __future__ import annotations
 
 import argparse
+import pickle
 import sys
 from pathlib import Path
 
 import torch
 
 from data_pipeline.errors import UserError
-from training.checkpoint_files import ShardReader, check_files, read_manifest, write_weights
+from training.checkpoint_files import ShardReader, check_files, read_manifest, refuse_existing, write_weights
 from training.config import Config, ModelConfig
 
 HF_EXCLUDED = ("attn.bias", "attn.masked_bias")  # causal-mask buffers, not weights
+HF_FORMATS = ("directory with config.json and model.safetensors, or pytorch_model.bin (a pickle: read with "
+              "torch's weights-only loading, tensors only; anything else is refused)")
+VOCAB_MULTIPLE = ModelConfig.make_vocab_size_divisible_by  # the trainer's default padding (x TP)
 
 
 # --------------------------------------------------------------------------- the QKV layout
@@ -74,14 +80,15 @@ def check_gpt2_compatible(model: ModelConfig) -> None:
         raise UserError(f"model.d_head={model.d_head} x n_heads != d_model: GPT-2 requires d_model = heads x head size")
 
 
-def to_hf(input_dir: str, output_dir: str, keep_padded_vocab: bool = False) -> Path:
+def to_hf(input_dir: str, output_dir: str) -> Path:
+    """GPT-2 over the tokenizer's vocabulary: our padded rows are no tokens (masked out of our softmax)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     manifest = _verified_manifest(input_dir)
     model_cfg = ModelConfig(**manifest["config"]["model"])
     check_gpt2_compatible(model_cfg)
     ours = ShardReader(manifest).state_dict()
-    vocab = manifest["padded_vocab_size"] if keep_padded_vocab else model_cfg.vocab_size
+    vocab = model_cfg.vocab_size
     hf_config = GPT2Config(
         vocab_size=vocab, n_positions=model_cfg.seq_length, n_embd=model_cfg.d_model, n_layer=model_cfg.n_layers,
         n_head=model_cfg.n_heads, n_inner=model_cfg.ffn_multiplier * model_cfg.d_model,
@@ -159,11 +166,15 @@ def _single_process(cfg: Config) -> Config:
     return single
 
 
-def from_hf(input_dir: str, output_dir: str, tp: int, pp: int, vocab_multiple: int = 128) -> Path:
+def from_hf(input_dir: str, output_dir: str, tp: int, pp: int, vocab_multiple: int = VOCAB_MULTIPLE) -> Path:
     from transformers import GPT2LMHeadModel
 
     try:
-        hf = GPT2LMHeadModel.from_pretrained(input_dir, torch_dtype=torch.float32)
+        hf = GPT2LMHeadModel.from_pretrained(input_dir, torch_dtype=torch.float32, local_files_only=True,
+                                             weights_only=True)  # a pickled pytorch_model.bin: tensors, never code
+    except pickle.UnpicklingError:
+        raise UserError(f"from-hf: the weights in {input_dir} hold more than tensors (unpickling them would run "
+                        "code); refusing them") from None
     except (OSError, ValueError) as err:
         raise UserError(f"from-hf: cannot load a GPT-2 model from {input_dir}: {err}") from None
     cfg = config_from_hf(hf.config, vocab_multiple)
@@ -179,12 +190,15 @@ def from_hf(input_dir: str, output_dir: str, tp: int, pp: int, vocab_multiple: i
     return write_layout(state, cfg, output_dir, tp, pp, padded)
 
 
-def reshard(input_dir: str, output_dir: str, tp: int, pp: int) -> Path:
+def reshard(input_dir: str, output_dir: str, tp: int, pp: int, vocab_multiple: int = VOCAB_MULTIPLE) -> Path:
+    """The weights at TP x PP, the vocabulary re-padded to a multiple of `vocab_multiple` x TP."""
     from training.consolidated import checkpoint_config
 
     manifest = _verified_manifest(input_dir)
     cfg = checkpoint_config(manifest)
-    return write_layout(ShardReader(manifest).state_dict(), cfg, output_dir, tp, pp, manifest["padded_vocab_size"])
+    cfg.model.make_vocab_size_divisible_by = vocab_multiple
+    padded = cfg.model.padded_vocab_size(tp)
+    return write_layout(ShardReader(manifest, padded).state_dict(), cfg, output_dir, tp, pp, padded)
 
 
 # --------------------------------------------------------------------------- inspect
@@ -220,6 +234,12 @@ def _verified_manifest(path: str) -> dict:
 
 # --------------------------------------------------------------------------- CLI
 
+def add_vocab_multiple(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--vocab-multiple", type=int, default=VOCAB_MULTIPLE,
+                        help="pad the vocabulary to a multiple of this x TP (model.make_vocab_size_divisible_by; "
+                             "default %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpt-convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -227,23 +247,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("to-hf", help="our checkpoint -> Hugging Face GPT-2 directory (config.json + safetensors)")
     p.add_argument("--input", required=True, help="checkpoint directory (or the one holding `latest`)")
     p.add_argument("--output", required=True, help="Hugging Face model directory to write")
-    p.add_argument("--keep-padded-vocab", action="store_true",
-                   help="keep the padded vocabulary rows (exactly our softmax; default: the tokenizer's vocabulary)")
     p = sub.add_parser("from-hf", help="Hugging Face GPT-2 directory -> our checkpoint at a TP x PP layout")
-    p.add_argument("--input", required=True, help="directory with config.json and model weights")
+    p.add_argument("--input", required=True, help=HF_FORMATS)
     p.add_argument("--output", required=True, help="checkpoint directory to write")
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--pp", type=int, default=1)
-    p.add_argument("--vocab-multiple", type=int, default=128,
-                   help="pad the vocabulary to a multiple of this x TP (model.make_vocab_size_divisible_by)")
+    add_vocab_multiple(p)
     p = sub.add_parser("reshard", help="write a checkpoint's weights at another TP x PP layout")
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True)
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--pp", type=int, default=1)
+    add_vocab_multiple(p)
     p = sub.add_parser("consolidate", help="all weights in one file (TP 1 x PP 1) for inference")
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True)
+    add_vocab_multiple(p)
     p = sub.add_parser("inspect", help="print layout, step, tokens, parameter count; verify checksums")
     p.add_argument("--input", required=True)
     return parser
@@ -252,14 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in ("from-hf", "reshard", "consolidate"):
+            refuse_existing(Path(args.output))  # before the work, not after it
         if args.command == "to-hf":
-            print(f"wrote {to_hf(args.input, args.output, args.keep_padded_vocab)}")
+            print(f"wrote {to_hf(args.input, args.output)}")
         elif args.command == "from-hf":
             print(f"wrote {from_hf(args.input, args.output, args.tp, args.pp, args.vocab_multiple)}")
         elif args.command == "reshard":
-            print(f"wrote {reshard(args.input, args.output, args.tp, args.pp)}")
+            print(f"wrote {reshard(args.input, args.output, args.tp, args.pp, args.vocab_multiple)}")
         elif args.command == "consolidate":
-            print(f"wrote {reshard(args.input, args.output, 1, 1)}")
+            print(f"wrote {reshard(args.input, args.output, 1, 1, args.vocab_multiple)}")
         else:
             print(describe(args.input))
     except UserError as err:

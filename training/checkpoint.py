@@ -16,8 +16,6 @@ The format is described in `training/checkpoint_files.py` and docs/checkpoints.m
 """
 from __future__ import annotations
 
-import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -30,9 +28,9 @@ from deepspeed.runtime.zero.partition_parameters import GatheredParameters
 from deepspeed.utils import (safe_get_full_fp32_param, safe_get_full_optimizer_state, safe_set_full_fp32_param,
                              safe_set_full_optimizer_state)
 
-from training.checkpoint_files import (FORMAT, LATEST, MANIFEST, OPTIMIZER_KEYS, CheckpointError, ShardReader,
-                                       check_files, check_model_matches, file_digest, fsync_dir, latest_tag,
-                                       read_manifest, rng_file, state_file, tag_for, vocab_multiple_for,
+from training.checkpoint_files import (FORMAT, LATEST, OPTIMIZER_KEYS, CheckpointError, ShardReader, check_files,
+                                       check_model_matches, complete_checkpoints, file_digest, latest_tag, publish,
+                                       read_file, read_manifest, resume_point, rng_file, state_file, tag_for,
                                        write_text_atomically)
 from training.config import Config
 from training.distributed import Layout
@@ -179,14 +177,17 @@ def _link_optimizer_state(engine) -> None:
 # --------------------------------------------------------------------------- RNG
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-             "tp": tensor_parallel_rng().state}
+    """Every stream as tensors, ints and tuples, so that the file loads with `weights_only=True`."""
+    name, keys, *rest = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), *rest),
+             "torch": torch.get_rng_state(), "tp": tensor_parallel_rng().state}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore what `read_rng` returns."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -207,6 +208,9 @@ def save(engine, cfg: Config, layout: Layout, directory: Path, trainer_state: di
     deepspeed_engine = engine.engine
     step = trainer_state["step"]
     tag = tag_for(step)
+    if (directory / tag).exists():  # every rank sees it: all refuse together
+        raise CheckpointError(f"checkpoint {directory / tag} already exists; not overwriting it (move it away to save "
+                              f"step {step} here)")
     partial = directory / f"{tag}.partial"
     if layout.rank == 0:
         shutil.rmtree(partial, ignore_errors=True)
@@ -225,10 +229,11 @@ def save(engine, cfg: Config, layout: Layout, directory: Path, trainer_state: di
             entries[name] = {"shape": list(values["param"].shape), "partition_dim": partition_dim(param),
                              "tp_rank": layout.tp_rank}
     own_file = state_file(layout.pp_rank, layout.tp_rank, layout.dp_rank)
+    fault_point("save", step, "before-shards")
     torch.save(shard, partial / own_file)
     del shard
     torch.save(rng_state(), partial / rng_file(layout.rank))
-    fault_point("save", step)
+    fault_point("save", step, "after-shards")
     dist.barrier()
 
     files = sorted(str(p.relative_to(partial)) for p in partial.rglob("*.pt"))
@@ -250,13 +255,7 @@ def save(engine, cfg: Config, layout: Layout, directory: Path, trainer_state: di
             "params": _parameter_index(gathered),
             "files": {name: info for _, _, d in gathered for name, info in sorted(d.items())},
         }
-        write_text_atomically(partial / MANIFEST, json.dumps(manifest, indent=1))
-        final = directory / tag
-        if final.exists():  # a newer timeline's save of the same step, never pointed to by `latest` now
-            shutil.rmtree(final)
-        os.replace(partial, final)
-        fsync_dir(directory)
-        write_text_atomically(directory / LATEST, tag)
+        publish(partial, manifest, lambda phase: fault_point("save", step, phase))
         apply_retention(directory, cfg.checkpoint.keep_last, cfg.checkpoint.keep_every)
     dist.barrier()
     return directory / tag
@@ -279,14 +278,15 @@ def _parameter_index(gathered) -> dict:
 
 
 def apply_retention(directory: Path, keep_last: int, keep_every: int) -> None:
-    """Keep the newest `keep_last` checkpoints plus every `keep_every`-th step (0: no such rule)."""
+    """Keep the newest `keep_last` checkpoints plus every `keep_every`-th step (0: no such rule).
+
+    Only checkpoints older than the one `latest` names (just completed) are ever deleted."""
     if keep_last <= 0:
         return
     current = latest_tag(directory)
-    complete = sorted(p for p in directory.glob("step*") if (p / MANIFEST).exists())
-    for path in complete[:-keep_last]:
+    for path in complete_checkpoints(directory)[:-keep_last]:
         step = int(path.name[len("step"):])
-        if path.name != current and not (keep_every and step % keep_every == 0):
+        if path.name < current and not (keep_every and step % keep_every == 0):
             shutil.rmtree(path, ignore_errors=True)
     for stale in directory.glob("step*.partial"):
         shutil.rmtree(stale, ignore_errors=True)
@@ -295,19 +295,26 @@ def apply_retention(directory: Path, keep_last: int, keep_every: int) -> None:
 # --------------------------------------------------------------------------- load
 
 def find_resume_point(cfg: Config, run_dir: Path) -> dict | None:
-    """The manifest to start from: this run's `latest`, else `checkpoint.load`, else None (fresh start)."""
+    """The manifest to start from: this run's newest complete checkpoint (normally `latest`'s), else
+    `checkpoint.load`, else None (fresh start).
+
+    When `latest` is missing, damaged or behind, rank 0 says so and, once the checkpoint is known to be
+    this model's (a foreign directory is refused untouched), points `latest` at it again."""
     directory = checkpoint_dir(cfg, run_dir)
-    if latest_tag(directory):
-        return read_manifest(directory)
-    if cfg.checkpoint.load:
-        return read_manifest(cfg.checkpoint.load)
-    return None
+    path, note = resume_point(directory)
+    if path is None:
+        return read_manifest(cfg.checkpoint.load) if cfg.checkpoint.load else None
+    manifest = read_manifest(path)
+    if note and dist.get_rank() == 0:
+        print(f"[pretrain] {note}", flush=True)
+        check_model_matches(manifest, cfg.to_dict()["model"])
+        write_text_atomically(directory / LATEST, path.name)
+    return manifest
 
 
 def fit_config(cfg: Config, manifest: dict) -> None:
-    """Check the model config against the checkpoint and keep its padded vocabulary at this TP."""
+    """Check the model config against the checkpoint (its vocabulary is re-padded to this layout's on load)."""
     check_model_matches(manifest, cfg.to_dict()["model"])
-    cfg.model.make_vocab_size_divisible_by = vocab_multiple_for(manifest, cfg.parallel.tp)
 
 
 def _agree(layout: Layout, problems: list[str]) -> None:
@@ -329,7 +336,7 @@ def load(engine, cfg: Config, layout: Layout, manifest: dict) -> dict:
     files = sorted(manifest["files"])
     _agree(layout, check_files(manifest, [f for i, f in enumerate(files) if i % layout.world == layout.rank]))
 
-    reader = ShardReader(manifest)
+    reader = ShardReader(manifest, cfg.model.padded_vocab_size(layout.tp))  # rows (and Adam moments) cut or added
     params = canonical_parameters(engine.module, cfg.model.n_layers)
     keys = ["param", *OPTIMIZER_KEYS] if manifest["optimizer"] else ["param"]
     staged, problems = [], []
@@ -373,7 +380,6 @@ def restore_rng(manifest: dict, cfg: Config, layout: Layout) -> None:
     same_layout = all(saved[k] == v for k, v in (("tp", layout.tp), ("pp", layout.pp), ("dp", layout.dp)))
     step = manifest["trainer"]["step"]
     if same_layout:
-        path = Path(manifest["path"]) / rng_file(layout.rank)
-        set_rng_state(torch.load(path, weights_only=False))
+        set_rng_state(read_file(Path(manifest["path"]), rng_file(layout.rank)))
     else:
         seed_everything(cfg.train.seed + step, layout.pp_rank, layout.dp_rank, layout.tp_rank)

@@ -6,21 +6,31 @@ A checkpoint is a directory `<checkpoint.dir>/<tag>/`:
                                and where each parameter's TP shards live
     state/pp{P}-tp{T}-dp{D}.pt  {name: {"param", "exp_avg", "exp_avg_sq"}} in fp32, TP-local
     rng/rank{R:05d}.pt         every rank's RNG states (torch, numpy, python, TP dropout stream)
+                               as tensors and ints
+
+Every file loads with `torch.load(weights_only=True)`: tensors and plain values, never code.
+Names read from a checkpoint (`latest`'s tag, the manifest's files) must stay inside it.
 
 Parameters use the names of the single-process `training.model.GPT` whatever the
 pipeline layout was, and each tensor is one TP rank's shard along `partition_dim`
-(null: replicated). The padded vocabulary is kept: padded rows take part in the
-softmax. Any reader (resume at another TP/PP/DP, conversion, inference) merges the
-shards along `partition_dim` and cuts them again as it needs.
+(null: replicated). Any reader (resume at another TP/PP/DP, conversion, inference)
+merges the shards along `partition_dim` and cuts them again as it needs, re-padding the
+vocabulary to its own layout's (padded rows are masked out of the model's softmax).
 """
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import random
+import re
+import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 import xxhash
+from numpy._core.multiarray import _reconstruct
 
 from data_pipeline.errors import UserError
 
@@ -30,6 +40,11 @@ LATEST = "latest"
 OPTIMIZER_KEYS = ("exp_avg", "exp_avg_sq")
 # Model keys that decide parameter shapes: a checkpoint only loads into a model that agrees on them.
 SHAPE_KEYS = ("arch", "n_layers", "d_model", "n_heads", "d_head", "seq_length", "vocab_size", "ffn_multiplier")
+VOCAB_PARAMETER = "token_embedding.embedding.weight"  # one row per id of the padded vocabulary
+TAG = re.compile(r"step\d{8}")
+NAME_PART = re.compile(r"[A-Za-z0-9_.-]+")
+# RNG files written before they held tensors only: numpy's key array as numpy pickled it, and nothing else.
+LEGACY_RNG_TYPES = (_reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType)
 
 
 class CheckpointError(UserError):
@@ -75,11 +90,113 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def publish(partial: Path, manifest: dict, after=lambda phase: None) -> Path:
+    """Complete a checkpoint written into `<tag>.partial/`: manifest last, rename to `<tag>`, then move `latest`.
+
+    `after(phase)` runs after each of these steps (fault injection)."""
+    write_text_atomically(partial / MANIFEST, json.dumps(manifest, indent=1))
+    after("after-manifest")
+    final = partial.with_name(manifest["tag"])
+    os.replace(partial, final)
+    fsync_dir(final.parent)
+    after("after-rename")
+    write_text_atomically(final.parent / LATEST, manifest["tag"])
+    after("after-latest")
+    return final
+
+
+# --------------------------------------------------------------------------- reading files safely
+
+def checked_name(name: str, root: Path, what: str, nested: bool = False) -> str:
+    """A name read from a checkpoint, refused unless it is relative and stays inside `root` (no `..`).
+
+    `nested` names may have `/`-separated parts (`state/pp0-tp0-dp0.pt`); tags may not."""
+    parts = name.split("/") if nested and isinstance(name, str) else [name]
+    if not all(isinstance(p, str) and NAME_PART.fullmatch(p) and p not in (".", "..") for p in parts):
+        raise CheckpointError(f"checkpoint {root}: {what} {name!r}, which is not a plain name inside it; refusing it")
+    return name
+
+
+def _unsafe_globals(path: Path) -> str:
+    try:
+        return ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path)) or "unknown objects"
+    except Exception:  # noqa: BLE001 - only used to name what was refused
+        return "unknown objects"
+
+
+def load_plain(path: Path, what: str, allowed: tuple = ()):
+    """`torch.load` that never runs code from the file: tensors and plain values (and the `allowed` types) only."""
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{what} holds more than tensors and plain values (unpickling it would call "
+                              f"{_unsafe_globals(path)}); refusing to load it") from None
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user-facing problem
+        raise CheckpointError(f"{what} cannot be read ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+
+
+def read_rng(path: Path, what: str) -> dict:
+    """A rank's RNG states, checked by setting them in fresh generators; numpy's as `np.random.set_state` takes it."""
+    state = load_plain(path, what, LEGACY_RNG_TYPES)
+    try:
+        name, keys, *rest = state["numpy"]
+        state["numpy"] = (name, np.asarray(keys, dtype=np.uint32), *rest)
+        random.Random().setstate(state["python"])
+        np.random.RandomState().set_state(state["numpy"])
+        torch.Generator().set_state(state["torch"])
+        generators = [state["tp"]] if state["tp"] is not None else []  # None: never seeded
+        generators += [state["cuda"]] if "cuda" in state else []
+        if not all(isinstance(s, torch.Tensor) and s.dtype == torch.uint8 for s in generators):
+            raise TypeError("the TP and CUDA states must be byte tensors")
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{what} is not a set of RNG states ({err})") from None
+    return state
+
+
+def read_file(root: Path, name: str):
+    """A checkpoint file's content, loaded without running code from it."""
+    what = f"checkpoint {root}: file {name}"
+    return read_rng(root / name, what) if name.startswith("rng/") else load_plain(root / name, what)
+
+
 # --------------------------------------------------------------------------- finding checkpoints
 
 def latest_tag(directory: str | Path) -> str | None:
     pointer = Path(directory) / LATEST
-    return pointer.read_text().strip() if pointer.exists() else None
+    return checked_name(pointer.read_text().strip(), Path(directory), f"{LATEST} names") if pointer.exists() else None
+
+
+def complete_checkpoints(directory: Path) -> list[Path]:
+    """The complete checkpoints (`step<N>/` with a manifest) in a checkpoint directory, oldest first."""
+    return sorted(p for p in directory.glob("step*") if TAG.fullmatch(p.name) and (p / MANIFEST).is_file())
+
+
+def resume_point(directory: Path) -> tuple[Path | None, str | None]:
+    """The checkpoint a run continues from: the newest complete one, and a note when `latest` does not name it.
+
+    `latest` lags after a save killed between its rename and moving `latest`; a lost or damaged
+    `latest` must not make a run start afresh over complete checkpoints."""
+    pointer = directory / LATEST
+    tag = pointer.read_text().strip() if pointer.exists() else None
+    if tag:
+        checked_name(tag, directory, f"{LATEST} names")
+    complete = complete_checkpoints(directory)
+    if not complete:
+        if tag is None:
+            return None, None
+        raise CheckpointError(f"{pointer} names {tag or 'nothing'}, but {directory} holds no complete checkpoint; "
+                              f"remove {pointer} to start afresh")
+    newest = complete[-1]
+    if tag == newest.name:
+        return newest, None
+    if not tag:
+        state = "is missing" if tag is None else "is empty"
+    elif (directory / tag / MANIFEST).is_file():
+        state = f"names {tag}, but {newest.name} is newer (its save ended before it moved {LATEST})"
+    else:
+        state = f"names {tag}, which is not a complete checkpoint"
+    return newest, f"{pointer} {state}: continuing from the newest complete checkpoint, {newest.name}"
 
 
 def resolve(path: str | Path) -> Path:
@@ -88,7 +205,11 @@ def resolve(path: str | Path) -> Path:
     if (path / MANIFEST).exists():
         return path
     if (path / LATEST).exists():
-        return path / latest_tag(path)
+        tag = latest_tag(path)
+        if not (path / tag / MANIFEST).exists():
+            raise CheckpointError(f"{path / LATEST} names {tag}, which " + (
+                f"is incomplete: it has no {MANIFEST}" if (path / tag).is_dir() else "does not exist"))
+        return path / tag
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.name.endswith(".partial") or any(path.glob("state/*.pt")):
@@ -104,23 +225,46 @@ def read_manifest(path: str | Path) -> dict:
         raise CheckpointError(f"checkpoint {path}: {MANIFEST} is corrupt ({err})") from None
     if manifest.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path}: unknown format {manifest.get('format')!r} (expected {FORMAT})")
+    _check_names(manifest, path)
     manifest["path"] = str(path)
     return manifest
 
 
+def _check_names(manifest: dict, root: Path) -> None:
+    """Every file the manifest names stays inside the checkpoint, and tensors are read only from listed files."""
+    try:
+        for name in manifest["files"]:
+            checked_name(name, root, "its manifest names file", nested=True)
+        for name, info in manifest["params"].items():
+            for location in info["shards"]:
+                if location not in manifest["files"]:
+                    raise CheckpointError(f"checkpoint {root}: {name} is stored in {location!r}, which its "
+                                          f"{MANIFEST} does not list")
+    except (KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"checkpoint {root}: {MANIFEST} is malformed ({type(err).__name__}: {err})") from None
+
+
 def check_files(manifest: dict, names: list[str] | None = None, checksums: bool = True) -> list[str]:
-    """Problems with the listed files (all by default): missing, wrong size, wrong checksum."""
+    """Problems with the listed files (all by default): missing, wrong size, wrong checksum, or content that
+    is more than tensors and plain values (checked with the checksums)."""
     root = Path(manifest["path"])
     problems = []
     for name in manifest["files"] if names is None else names:
-        expected, path = manifest["files"][name], root / name
-        if not path.exists():
+        expected, path = manifest["files"].get(name), root / name
+        if expected is None:
+            problems.append(f"checkpoint {root}: file {name} is not listed in its {MANIFEST}")
+        elif not path.exists():
             problems.append(f"checkpoint {root}: file {name} is missing")
         elif path.stat().st_size != expected["bytes"]:
             problems.append(f"checkpoint {root}: file {name} has {path.stat().st_size} bytes, "
                             f"the manifest says {expected['bytes']} (truncated or overwritten)")
         elif checksums and file_digest(path) != expected["xxh3"]:
             problems.append(f"checkpoint {root}: file {name} fails its checksum (corrupt)")
+        elif checksums:
+            try:
+                read_file(root, name)
+            except CheckpointError as err:
+                problems.append(str(err))
     return problems
 
 
@@ -147,6 +291,16 @@ def merge_shards(shards: list[torch.Tensor], partition_dim: int | None) -> torch
     return shards[0] if partition_dim is None or len(shards) == 1 else torch.cat(shards, dim=partition_dim)
 
 
+def repad_vocabulary(rows: torch.Tensor, padded_vocab_size: int) -> torch.Tensor:
+    """Vocabulary rows cut or zero-extended to `padded_vocab_size` (weights and Adam moments alike).
+
+    Padded rows get no probability and no gradient (`TokenEmbedding.logits`), so any padding is
+    the same model, and a zero row with zero moments stays out of every update but weight decay."""
+    if rows.shape[0] >= padded_vocab_size:
+        return rows[:padded_vocab_size]
+    return torch.cat([rows, rows.new_zeros(padded_vocab_size - rows.shape[0], *rows.shape[1:])])
+
+
 def split_shard(full: torch.Tensor, partition_dim: int | None, tp: int, tp_rank: int) -> torch.Tensor:
     if partition_dim is None or tp == 1:
         return full
@@ -154,19 +308,19 @@ def split_shard(full: torch.Tensor, partition_dim: int | None, tp: int, tp_rank:
 
 
 class ShardReader:
-    """Reads full (TP-merged) or re-split tensors of a checkpoint; files are memory-mapped and opened once."""
+    """Reads full (TP-merged) or re-split tensors of a checkpoint; files are memory-mapped and opened once.
 
-    def __init__(self, manifest: dict):
+    The vocabulary comes re-padded to `padded_vocab_size` (default: the checkpoint's own)."""
+
+    def __init__(self, manifest: dict, padded_vocab_size: int | None = None):
         self.manifest = manifest
         self.root = Path(manifest["path"])
+        self.padded_vocab_size = padded_vocab_size or manifest["padded_vocab_size"]
         self._open: dict[str, dict] = {}
 
     def _file(self, name: str) -> dict:
         if name not in self._open:
-            try:
-                self._open[name] = torch.load(self.root / name, map_location="cpu", mmap=True, weights_only=True)
-            except Exception as err:  # noqa: BLE001 - any unreadable shard is the same user-facing problem
-                raise CheckpointError(f"checkpoint {self.root}: cannot read {name} ({err})") from None
+            self._open[name] = read_file(self.root, name)
         return self._open[name]
 
     def names(self) -> list[str]:
@@ -189,7 +343,7 @@ class ShardReader:
         if list(tensor.shape) != info["shape"]:
             raise CheckpointError(f"checkpoint {self.root}: {name} has shape {list(tensor.shape)}, "
                                   f"the manifest says {info['shape']}")
-        return tensor
+        return repad_vocabulary(tensor, self.padded_vocab_size) if name == VOCAB_PARAMETER else tensor
 
     def shard(self, name: str, tp: int, tp_rank: int, key: str = "param") -> torch.Tensor:
         return split_shard(self.full(name, key), self.manifest["params"][name]["partition_dim"], tp, tp_rank)
@@ -201,16 +355,27 @@ class ShardReader:
 
 # --------------------------------------------------------------------------- writing without an engine
 
+def refuse_existing(output: Path) -> None:
+    """Tools write new checkpoints only: a directory that already holds one is left as it is."""
+    if (output / LATEST).exists() or complete_checkpoints(output):
+        raise CheckpointError(f"{output} already holds a checkpoint; not overwriting it (write to a new directory)")
+
+
 def write_weights(output: str | Path, state_dict: dict[str, torch.Tensor], partition_dims: dict[str, int | None],
-                  config: dict, tp: int, pp: int, stage_of: dict[str, int], padded_vocab_size: int) -> Path:
+                  config: dict, tp: int, pp: int, stage_of: dict[str, int], padded_vocab_size: int,
+                  extra_files: dict[str, dict[str, torch.Tensor]] | None = None, extra: dict | None = None) -> Path:
     """A weights-only checkpoint (no optimizer or trainer state) at a TP x PP layout, e.g. from Hugging Face.
 
     `stage_of` maps each parameter to its pipeline stage; the result loads like any checkpoint.
+    `extra_files` (name -> tensors) are written and verified with it, `extra` keys join its manifest
+    (a fine-tuned head). An `output` that already holds a checkpoint is refused, never overwritten.
     """
     output = Path(output)
     tag = tag_for(0)
-    root = output / tag
-    (root / "state").mkdir(parents=True, exist_ok=True)
+    refuse_existing(output)
+    root = output / f"{tag}.partial"
+    shutil.rmtree(root, ignore_errors=True)  # an interrupted earlier write
+    (root / "state").mkdir(parents=True)
     params: dict[str, dict] = {}
     for pp_rank in range(pp):
         for tp_rank in range(tp):
@@ -224,13 +389,14 @@ def write_weights(output: str | Path, state_dict: dict[str, torch.Tensor], parti
                 if partition_dims[name] is not None or tp_rank == 0:
                     info["shards"].append(state_file(pp_rank, tp_rank, 0))
             torch.save(shard, root / state_file(pp_rank, tp_rank, 0))
+    for name, tensors in (extra_files or {}).items():
+        torch.save(tensors, root / name)
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*.pt"))
     manifest = {
         "format": FORMAT, "tag": tag, "optimizer": False, "trainer": None,
         "layout": {"tp": tp, "pp": pp, "dp": 1, "world": tp * pp},
         "padded_vocab_size": padded_vocab_size, "config": config, "params": params,
         "files": {name: {"bytes": (root / name).stat().st_size, "xxh3": file_digest(root / name)} for name in files},
+        **(extra or {}),
     }
-    write_text_atomically(root / MANIFEST, json.dumps(manifest, indent=1))
-    write_text_atomically(output / LATEST, tag)
-    return root
+    return publish(root, manifest)

@@ -73,6 +73,9 @@ class TokenEmbedding(nn.Module):
             init_method=seeded_normal(seed, "token_embedding", cfg.init_std),
             config=megatron_config(tp, 1), tp_group=parallel_state.get_tensor_model_parallel_group(),
         )
+        # This rank's logit columns from here on are vocabulary padding (ids >= vocab_size).
+        self.first_padded = min(max(cfg.vocab_size - self.embedding.vocab_start_index, 0),
+                                self.embedding.num_embeddings_per_partition)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -82,10 +85,17 @@ class TokenEmbedding(nn.Module):
         return self.embedding(tokens)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """This rank's slice of the vocabulary logits: [batch, seq, padded_vocab / TP]."""
+        """This rank's slice of the vocabulary logits: [batch, seq, padded_vocab / TP].
+
+        Padding columns hold the dtype's most negative value: no probability in any softmax and
+        no gradient to the padded rows, so every padding (every TP size) is the same model.
+        Finite, not -inf, so that a masked target's loss times a zero weight stays 0, not NaN."""
         hidden = tensor_parallel.copy_to_tensor_model_parallel_region(
             hidden, group=parallel_state.get_tensor_model_parallel_group())
-        return F.linear(hidden, self.embedding.weight)
+        logits = F.linear(hidden, self.embedding.weight)
+        if self.first_padded < logits.shape[-1]:  # only ranks holding padding pay for the fill
+            logits[..., self.first_padded:] = torch.finfo(logits.dtype).min
+        return logits
 
 
 class PositionEmbedding(nn.Module):
@@ -277,6 +287,8 @@ class GPT(nn.Module):
 
 
 def language_model_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross entropy over vocab-parallel logits (computed in fp32)."""
+    """Mean next-token cross entropy over vocab-parallel logits (computed in fp32).
+
+    The softmax covers the real vocabulary only: `TokenEmbedding.logits` masks the padding columns."""
     losses = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), labels)
     return losses.mean()

@@ -9,6 +9,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from data_pipeline.errors import UserError
 from data_pipeline.tokenizers import load_tokenizer
+from tests.training.crafted import CreatesFile
 from tools.convert import describe, from_hf, main, reshard, to_hf
 from training.checkpoint_files import read_manifest
 from training.consolidated import load_gpt
@@ -54,7 +55,9 @@ def test_from_hf_and_back_keeps_logits(tmp_path, vocab, d, layers, heads, tp, pp
         logits = ours(tokens)
     assert logits.shape[-1] == manifest["padded_vocab_size"]
     assert (logits[..., :vocab] - reference).abs().max() < 1e-4
-    assert (logits[..., vocab:] == 0).all()  # zero padding rows
+    assert not ours.token_embedding.weight[vocab:].any()  # zero padding rows, as Megatron pads ...
+    assert (logits[..., vocab:] == torch.finfo(logits.dtype).min).all()  # ... masked out of the softmax:
+    assert (logits.log_softmax(-1)[..., :vocab] - reference.log_softmax(-1)).abs().max() < 1e-4  # GPT-2's
 
     to_hf(str(tmp_path / "ours"), str(tmp_path / "back"))
     back = GPT2LMHeadModel.from_pretrained(tmp_path / "back").eval()
@@ -63,31 +66,20 @@ def test_from_hf_and_back_keeps_logits(tmp_path, vocab, d, layers, heads, tp, pp
         assert (back(tokens).logits - reference).abs().max() < 1e-4
 
 
-def test_reshard_and_consolidate_keep_weights(tmp_path):
-    random_gpt2(tmp_path / "hf", 1001, 48, 3, 4)
-    from_hf(str(tmp_path / "hf"), str(tmp_path / "tp2"), 2, 1)
-    reshard(str(tmp_path / "tp2"), str(tmp_path / "pp3"), 1, 3)
-    assert main(["consolidate", "--input", str(tmp_path / "pp3"), "--output", str(tmp_path / "one")]) == 0
-    one = read_manifest(tmp_path / "one")
-    assert len(one["files"]) == 1 and one["layout"]["tp"] == 1
-    tokens = real_tokens(1001, 32)
+def test_reshard_and_consolidate_keep_weights_and_repad_the_vocabulary(tmp_path):
+    """517 ids are 640 rows at TP1 and 768 at TP2 (multiples of 128 x TP): padded up and cut back, same model."""
+    random_gpt2(tmp_path / "hf", 517, 48, 3, 4)
+    from_hf(str(tmp_path / "hf"), str(tmp_path / "tp1"), 1, 1)
+    reshard(str(tmp_path / "tp1"), str(tmp_path / "tp2-pp3"), 2, 3)
+    assert main(["consolidate", "--input", str(tmp_path / "tp2-pp3"), "--output", str(tmp_path / "one")]) == 0
+    manifests = [read_manifest(tmp_path / name) for name in ("tp1", "tp2-pp3", "one")]
+    assert [m["padded_vocab_size"] for m in manifests] == [640, 768, 640]
+    assert len(manifests[2]["files"]) == 1 and manifests[2]["layout"]["tp"] == 1
+    tokens = real_tokens(517, 32)
     with torch.no_grad():
-        a = load_gpt(tmp_path / "tp2")[0](tokens)
-        b = load_gpt(tmp_path / "one")[0](tokens)
-    assert torch.equal(a, b)
-
-
-def test_keep_padded_vocab_is_exactly_our_softmax(tmp_path):
-    random_gpt2(tmp_path / "hf", 1001, 48, 2, 4)
-    from_hf(str(tmp_path / "hf"), str(tmp_path / "ours"), 2, 1)
-    to_hf(str(tmp_path / "ours"), str(tmp_path / "padded"), keep_padded_vocab=True)
-    padded = GPT2LMHeadModel.from_pretrained(tmp_path / "padded").eval()
-    assert padded.config.vocab_size == 1024
-    tokens = real_tokens(1001, 32)
-    with torch.no_grad():
-        ours = load_gpt(tmp_path / "ours")[0](tokens).log_softmax(-1)
-        theirs = padded(tokens).logits.log_softmax(-1)
-    assert (ours - theirs).abs().max() < 1e-4
+        tp1, tp2, one = (load_gpt(tmp_path / name)[0](tokens) for name in ("tp1", "tp2-pp3", "one"))
+    assert torch.equal(tp1, one)
+    torch.testing.assert_close(tp2.log_softmax(-1)[..., :517], tp1.log_softmax(-1)[..., :517], rtol=0, atol=1e-6)
 
 
 def test_inspect_and_damaged_checkpoints(tmp_path, capsys):
@@ -124,3 +116,28 @@ def test_to_hf_refuses_what_gpt2_cannot_express(tmp_path):
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(UserError, match="sparse attention"):
         to_hf(str(tmp_path / "ours"), str(tmp_path / "out"))
+
+
+def test_from_hf_reads_tensors_and_nothing_else(tmp_path, capsys):
+    """A pickled pytorch_model.bin loads as tensors; one that would run code when unpickled is refused in one line
+    and the code never runs; an output directory that holds a checkpoint is not overwritten."""
+    model = random_gpt2(tmp_path / "hf", 1001, 48, 2, 4)
+    pickled = tmp_path / "bin"
+    model.config.save_pretrained(pickled)
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    from_hf(str(pickled), str(tmp_path / "ours"), 1, 1)
+    tokens = real_tokens(1001, 32)
+    with torch.no_grad():
+        assert (load_gpt(tmp_path / "ours")[0](tokens)[..., :1001] - model(tokens).logits).abs().max() < 1e-4
+    capsys.readouterr()
+    assert main(["from-hf", "--input", str(tmp_path / "hf"), "--output", str(tmp_path / "ours")]) == 2
+    assert capsys.readouterr().err.strip() == (f"gpt-convert: error: {tmp_path / 'ours'} already holds a checkpoint; "
+                                               "not overwriting it (write to a new directory)")  # before reading
+    marker = tmp_path / "marker"
+    torch.save({"transformer.wte.weight": CreatesFile(marker)}, pickled / "pytorch_model.bin")
+    assert main(["from-hf", "--input", str(pickled), "--output", str(tmp_path / "crafted")]) == 2
+    err = capsys.readouterr().err  # after transformers' progress bar
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        f"gpt-convert: error: from-hf: the weights in {pickled} hold more than tensors (unpickling them would run "
+        "code); refusing them")
+    assert not marker.exists() and not (tmp_path / "crafted").exists()

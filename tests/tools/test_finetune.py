@@ -4,6 +4,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -17,8 +18,8 @@ from tests.training.launch import REPO, free_port, max_relative_difference
 from tools.convert import write_layout
 from tools.eval_tasks import load_task
 from tools.evaluate import main as gpt_eval
-from tools.finetune import (FinalStates, FinetuneInfo, batch_forward, build_parser, finetune, load_head,
-                            main as gpt_finetune, sequences)
+from tools.finetune import (FinalStates, FinetuneInfo, TaskHead, batch_forward, build_parser, finetune, full_weights,
+                            load_head, main as gpt_finetune, save, sequences)
 from tools.model_source import load_model, save_trunk
 from training.config import Config, ModelConfig
 from training.model import GPT
@@ -85,9 +86,12 @@ def by_hand(model: GPT, sequence: list[int]) -> tuple[torch.Tensor, float, int]:
     for block in model.blocks:
         hidden = block(hidden)
     hidden = model.final_norm(hidden)
-    logits = model.token_embedding.logits(hidden)  # over the padded vocabulary, as the training loss
-    nll = F.cross_entropy(logits[0, :-1], tokens[0, 1:], reduction="sum")
-    return hidden[0, -1], float(nll), len(sequence) - 1
+    vocab = model.cfg.vocab_size
+    logits = model.token_embedding.logits(hidden)[0, :-1, :vocab]  # the softmax over the real vocabulary ...
+    targets = tokens[0, 1:]
+    text = targets < vocab  # ... so the special tokens (padded rows) are no LM targets
+    nll = F.cross_entropy(logits[text], targets[text], reduction="sum")
+    return hidden[0, -1], float(nll), int(text.sum())
 
 
 @pytest.mark.parametrize("make_task", [same_source, true_ending], ids=["similarity", "multiple_choice"])
@@ -156,6 +160,26 @@ def test_parallel_flags_are_checked(tmp_path, capsys):
         assert capsys.readouterr().err.strip() == f"gpt-finetune: error: {message}"
 
 
+def test_heads_are_part_of_the_checkpoint_and_older_outputs_still_load(tmp_path):
+    """The head is a file of the checkpoint (listed, verified) and its task in the manifest; an output written
+    before, with head.pt and finetune.json next to `latest`, gives the same head."""
+    model = tiny_gpt()
+    info = FinetuneInfo("t", "classification", 3, 50257, 50258, 50259, max_length=48)
+    save(tmp_path / "new", full_weights(model), model, TaskHead(32, 3), info)
+    manifest = json.loads((tmp_path / "new" / "step00000000" / "manifest.json").read_text())
+    assert "head.pt" in manifest["files"] and manifest["finetune"]["num_labels"] == 3
+    shutil.copytree(tmp_path / "new", tmp_path / "old")
+    old = tmp_path / "old"
+    (old / "step00000000" / "head.pt").rename(old / "head.pt")
+    (old / "finetune.json").write_text(json.dumps(manifest.pop("finetune")))
+    manifest["files"].pop("head.pt")
+    (old / "step00000000" / "manifest.json").write_text(json.dumps(manifest))
+    (new_head, new_info), (old_head, old_info) = (load_head(tmp_path / d, model) for d in ("new", "old"))
+    assert new_info == old_info == info
+    for name, value in new_head.state_dict().items():
+        assert torch.equal(value, old_head.state_dict()[name])
+
+
 # --------------------------------------------------------------------------- data and tensor parallel
 
 PARALLEL_RUN = ["--epochs", "2", "--batch-size", "8", "--lr", "1e-3", "--warmup", "0.1", "--head-dropout", "0"]
@@ -207,7 +231,7 @@ def test_two_processes_take_the_same_steps_as_one(parallel_reference, layout):
     assert tuned.keys() == expected.keys()
     for name in expected:
         torch.testing.assert_close(tuned[name], expected[name], rtol=0, atol=1e-4, msg=name)
-    heads = [torch.load(d / "head.pt", weights_only=True) for d in (out, root / "one")]
+    heads = [torch.load(d / "step00000000" / "head.pt", weights_only=True) for d in (out, root / "one")]
     for name in heads[1]:
         torch.testing.assert_close(heads[0][name], heads[1][name], rtol=0, atol=1e-5)
     summaries = [json.loads((d / "summary.json").read_text()) for d in (out, root / "one")]

@@ -1,5 +1,5 @@
-"""Exact resume and fault tolerance of one training process: stop/resume, SIGTERM, SIGKILL mid-save, NaN steps,
-loss spikes and the stop policy.
+"""Exact resume and fault tolerance of one training process: stop/resume, SIGTERM, SIGKILL at every point of a
+save, NaN steps, loss spikes and the stop policy; checkpoints that are damaged, foreign or crafted.
 
 Every interrupted run must reproduce the uninterrupted run's per-step losses bit for bit
 (fp32, dropout on, so the RNG streams are part of what is restored).
@@ -11,17 +11,25 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
+from tests.tools.real_text_task import same_source
+from tests.training.crafted import CreatesFile, craft
 from tests.training.launch import REPO, TINY, losses, read_metrics, run_pretrain
-from training.checkpoint_files import ShardReader, check_files, read_manifest
+from tools.convert import main as gpt_convert
+from tools.finetune import FinetuneInfo, TaskHead, load_head, main as gpt_finetune, save as save_finetuned
+from tools.generate import main as gpt_generate
+from training.checkpoint_files import CheckpointError, ShardReader, check_files, read_manifest
+from training.consolidated import ensure_single_process_groups, load_gpt
+from training.distributed import shutdown
 
 pytestmark = pytest.mark.multiproc
 
-COMMON = ["train.steps=8", "model.dropout=0.1", "model.make_vocab_size_divisible_by=1024",
-          "data.blend=tests/data/tokens/blend2.json", "logging.eval_iters=1", "precision=fp32"]
+COMMON = ["train.steps=8", "model.dropout=0.1", "data.blend=tests/data/tokens/blend2.json", "logging.eval_iters=1",
+          "precision=fp32"]
 
 
 def manifest(run_dir, tag=None) -> dict:
@@ -73,14 +81,36 @@ def test_sigterm_finishes_the_step_saves_and_exits_zero(straight, tmp_path):
     assert losses(tmp_path) == straight
 
 
-def test_sigkill_during_save_leaves_previous_checkpoint(straight, tmp_path):
-    killed = run_pretrain(tmp_path, 1, COMMON + ["checkpoint.interval=2"], check=False,
-                          env={"GPT_FAULT_KILL_IN_SAVE": "4"})
-    assert killed.returncode == -signal.SIGKILL
-    ckpt = tmp_path / "checkpoints"
-    assert (ckpt / "latest").read_text() == "step00000002"
-    assert (ckpt / "step00000004.partial").is_dir() and not (ckpt / "step00000004.partial" / "manifest.json").exists()
-    run_pretrain(tmp_path, 1, COMMON + ["checkpoint.interval=2", "checkpoint.keep_last=2", "checkpoint.keep_every=4"])
+def test_a_kill_at_any_point_of_a_save_loses_no_complete_checkpoint(straight, tmp_path):
+    """SIGKILL before and after the shard files, after the manifest, after the rename and after `latest` moved:
+    `latest` never names an incomplete checkpoint, a complete one is never lost (a missing or lagging `latest` is
+    recovered from, not a fresh start over it), and the reruns end on the uninterrupted run's losses."""
+    ckpt, overrides = tmp_path / "checkpoints", COMMON + ["checkpoint.interval=2"]
+
+    def killed_at(point: str) -> subprocess.CompletedProcess:
+        result = run_pretrain(tmp_path, 1, overrides, check=False, env={"GPT_FAULT_KILL_IN_SAVE": point})
+        assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+        return result
+
+    partial = ckpt / "step00000002.partial"
+    killed_at("2:before-shards")
+    assert partial.is_dir() and not any(partial.rglob("*.pt")) and not (ckpt / "latest").exists()
+    killed_at("2")  # after the shard files, as the bare step always meant
+    assert any(partial.rglob("*.pt")) and not (partial / "manifest.json").exists()
+    killed_at("2:after-manifest")
+    assert (partial / "manifest.json").exists() and not (ckpt / "latest").exists()
+    killed_at("2:after-rename")  # complete, and no `latest`: a fresh start would overwrite it
+    assert (ckpt / "step00000002" / "manifest.json").exists() and not (ckpt / "latest").exists()
+    result = killed_at("4:after-latest")
+    assert (f"{ckpt / 'latest'} is missing: continuing from the newest complete checkpoint, step00000002"
+            in result.stdout)
+    assert f"resumed from {ckpt / 'step00000002'} at step 2" in result.stdout
+    assert (ckpt / "latest").read_text() == "step00000004"
+    killed_at("6:after-rename")
+    assert (ckpt / "latest").read_text() == "step00000004" and (ckpt / "step00000006" / "manifest.json").exists()
+    result = run_pretrain(tmp_path, 1, overrides + ["checkpoint.keep_last=2", "checkpoint.keep_every=4"])
+    assert "latest names step00000004, but step00000006 is newer" in result.stdout
+    assert f"resumed from {ckpt / 'step00000006'} at step 6" in result.stdout
     assert losses(tmp_path) == straight
     assert sorted(p.name for p in ckpt.iterdir()) == ["latest", "step00000004", "step00000006", "step00000008"]
 
@@ -137,6 +167,101 @@ def test_corrupt_or_mismatched_checkpoint_is_refused(straight_run, tmp_path):
     result = run_pretrain(tmp_path / "a", 1, COMMON, check=False)
     assert result.returncode == 2
     assert "state/pp0-tp0-dp0.pt fails its checksum" in result.stderr
+    foreign = tmp_path / "b" / "checkpoints"
+    (foreign / "latest").unlink()  # and no `latest`: still not a fresh start over them
+    before = {p: p.stat().st_mtime_ns for p in foreign.rglob("*")}
     result = run_pretrain(tmp_path / "b", 1, COMMON + ["model.d_model=128"], check=False)
-    assert result.returncode == 2
-    assert "has model.d_model=64 but the config says model.d_model=128" in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "has model.d_model=64 but the config says model.d_model=128")
+    assert {p: p.stat().st_mtime_ns for p in foreign.rglob("*")} == before
+
+
+# --------------------------------------------------------------------------- crafted checkpoints
+
+@pytest.fixture
+def process_group():
+    """gpt-generate and gpt-finetune in this process, as tests/tools runs them."""
+    ensure_single_process_groups()
+    yield
+    shutdown()
+
+
+def refusals(checkpoint: Path, tmp_path: Path, capsys) -> list[str]:
+    """The one-line errors of gpt-convert inspect, gpt-generate and gpt-finetune on a checkpoint (all must fail)."""
+    task = same_source(tmp_path / "task", train=8, test=4)
+    lines = []
+    for tool, args in ((gpt_convert, ["inspect", "--input", str(checkpoint)]),
+                       (gpt_generate, ["--checkpoint", str(checkpoint), "--prompt-ids", "1,2", "--max-new-tokens", "1"]),
+                       (gpt_finetune, ["--checkpoint", str(checkpoint), "--task", str(task), "--output",
+                                       str(tmp_path / "tuned")])):
+        capsys.readouterr()
+        assert tool(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        lines.append(err)
+    return lines
+
+
+def test_a_pickle_in_a_checkpoint_is_never_unpickled(straight_run, tmp_path, capsys, process_group):
+    """An RNG file, and a fine-tuned head, replaced by a pickle that creates a file when unpickled (the manifest
+    re-signed to match): resume and the tools refuse it in one line and the file is never created."""
+    marker = tmp_path / "marker"
+    run = tmp_path / "run"
+    shutil.copytree(straight_run / "checkpoints", run / "checkpoints")
+    rng = run / "checkpoints" / "step00000008"
+    craft(rng, "rng/rank00000.pt", {"python": CreatesFile(marker)})
+    result = run_pretrain(run, 1, COMMON + ["train.steps=10"], check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    expected = (f"checkpoint {rng}: file rng/rank00000.pt holds more than tensors and plain values (unpickling it "
+                "would call io.open); refusing to load it")
+    assert result.stderr.strip().splitlines()[-1] == f"training.pretrain: error: {expected}"
+    assert all(line.endswith(expected) for line in refusals(run / "checkpoints", tmp_path, capsys))
+    assert not marker.exists()
+
+    model = load_gpt(straight_run / "checkpoints")[0]
+    tuned = tmp_path / "finetuned"
+    save_finetuned(tuned, {n: p.detach() for n, p in model.named_parameters()}, model, TaskHead(64, 2),
+                   FinetuneInfo("t", "similarity", 2, 50257, 50258, 50259, 64))
+    assert load_head(tuned, model)[1].kind == "similarity"
+    with pytest.raises(CheckpointError, match="already holds a checkpoint"):  # never overwritten
+        save_finetuned(tuned, {n: p.detach() for n, p in model.named_parameters()}, model, TaskHead(64, 2),
+                       FinetuneInfo("t", "similarity", 2, 50257, 50258, 50259, 64))
+    head = tuned / "step00000000"
+    craft(head, "head.pt", {"linear.weight": CreatesFile(marker)})
+    expected = f"file head.pt holds more than tensors and plain values (unpickling it would call io.open)"
+    assert all(expected in line for line in refusals(tuned, tmp_path, capsys))
+    result = run_pretrain(tmp_path / "from_tuned", 1, COMMON + [f"checkpoint.load={tuned}"], check=False)
+    assert result.returncode == 2 and expected in result.stderr.strip().splitlines()[-1]
+    assert not marker.exists()
+
+
+def test_names_in_a_checkpoint_stay_inside_it(straight_run, tmp_path, capsys, process_group):
+    """A `latest` reading `../elsewhere` and a manifest naming `../../x.pt` (a real copy of the shard, with its
+    size and checksum: only the name is wrong) are refused in one line; a `latest` naming a missing tag too."""
+    source = straight_run / "checkpoints" / "step00000008"
+    pointed = tmp_path / "pointed" / "checkpoints"
+    shutil.copytree(source, tmp_path / "pointed" / "elsewhere")
+    pointed.mkdir()
+    (pointed / "latest").write_text("../elsewhere")
+    outside = tmp_path / "listed" / "checkpoints" / "step00000008"
+    shutil.copytree(source, outside)
+    shutil.copy(source / "state" / "pp0-tp0-dp0.pt", tmp_path / "listed" / "x.pt")
+    manifest = json.loads((outside / "manifest.json").read_text())
+    manifest["files"]["../../x.pt"] = manifest["files"].pop("state/pp0-tp0-dp0.pt")
+    for info in manifest["params"].values():
+        info["shards"] = ["../../x.pt"]
+    (outside / "manifest.json").write_text(json.dumps(manifest))
+    dangling = tmp_path / "dangling" / "checkpoints"
+    dangling.mkdir(parents=True)
+    (dangling / "latest").write_text("step00000030")
+    for directory, message in (
+            (pointed, f"checkpoint {pointed}: latest names '../elsewhere', which is not a plain name inside it; "
+                      "refusing it"),
+            (outside, f"checkpoint {outside}: its manifest names file '../../x.pt', which is not a plain name "
+                      "inside it; refusing it"),
+            (dangling, f"{dangling / 'latest'} names step00000030, which does not exist")):
+        for line in refusals(directory, tmp_path, capsys):
+            assert line.endswith(message), line
+        with pytest.raises(CheckpointError, match="refusing it|does not exist"):
+            load_gpt(directory)

@@ -1,7 +1,8 @@
 """3D parallelism changes how the work is split, not the numbers.
 
 Same seed, same data, fp32, dropout 0: every layout's per-step losses must match a
-single process within 1e-5 relative (float summation order is the only difference).
+single process within 1e-5 relative (float summation order is the only difference), at
+each layout's own default vocabulary padding (50304 rows at TP1, 50432 at TP2).
 """
 import json
 
@@ -12,11 +13,8 @@ from tests.training.launch import max_relative_difference, read_metrics, run_pre
 
 pytestmark = pytest.mark.multiproc
 
-# vocab 50257 padded to a multiple of 1024 x TP gives 51200 for TP 1 and 2 alike: the padded
-# rows take part in the softmax, so layouts compare only at equal padded vocabularies.
-COMMON = ["train.steps=10", "model.make_vocab_size_divisible_by=1024", "model.dropout=0.0",
-          "precision=fp32", "data.blend=tests/data/tokens/blend2.json", "logging.eval_iters=2",
-          "logging.eval_interval=4"]
+COMMON = ["train.steps=10", "model.dropout=0.0", "precision=fp32", "data.blend=tests/data/tokens/blend2.json",
+          "logging.eval_iters=2", "logging.eval_interval=4"]
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +66,8 @@ def test_layout_matches_single_process(reference, tmp_path, nproc, layout):
     train, valid = read_metrics(tmp_path)
     ref_train, ref_valid = reference
     assert [r["step"] for r in train] == list(range(1, 11))
+    # step 1, before any update: only summation order differs (padded rows in the softmax gave 2.3e-4 at TP2)
+    assert max_relative_difference([ref_train[0]["loss"]], [train[0]["loss"]]) < 1e-6
     assert max_relative_difference([r["loss"] for r in ref_train], [r["loss"] for r in train]) < 1e-5
     assert max_relative_difference([r["valid_loss"] for r in ref_valid], [r["valid_loss"] for r in valid]) < 1e-5
     assert max_relative_difference([r["grad_norm"] for r in ref_train], [r["grad_norm"] for r in train]) < 1e-4

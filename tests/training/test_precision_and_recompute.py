@@ -10,7 +10,7 @@ from tests.training.launch import REPO, free_port, max_relative_difference, read
 
 pytestmark = pytest.mark.multiproc
 
-BASE = ["train.steps=6", "model.make_vocab_size_divisible_by=1024", "logging.eval_iters=1"]
+BASE = ["train.steps=6", "logging.eval_iters=1"]
 
 
 @pytest.mark.parametrize("precision, layout, tolerance", [
