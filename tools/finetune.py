@@ -42,8 +42,9 @@ from training.model import GPT
 from training.rng import seed_everything
 
 FINETUNE_KINDS = ("classification", "entailment", "similarity", "multiple_choice")
-HEAD_FILE = "head.pt"
-INFO_FILE = "finetune.json"
+HEAD_FILE = "head.pt"  # inside the checkpoint, listed and verified with its files
+INFO_KEY = "finetune"  # the manifest's FinetuneInfo
+LEGACY_INFO_FILE = "finetune.json"  # gpt-finetune once wrote it and HEAD_FILE next to `latest`
 
 
 @dataclass
@@ -326,7 +327,7 @@ def full_weights(model: GPT) -> dict[str, torch.Tensor]:
 
 
 def save(directory: Path, weights: dict[str, torch.Tensor], model: GPT, head: TaskHead, info: FinetuneInfo) -> None:
-    """A weights-only TP = PP = 1 checkpoint of the trunk (`full_weights`), the head and what gpt-eval needs.
+    """A weights-only TP = PP = 1 checkpoint of the trunk (`full_weights`) with the head and what gpt-eval needs.
 
     Written with `write_weights` rather than gpt-convert's `write_layout`: that one asks a
     single-process model for the partition dimensions, which a tensor-parallel process cannot build."""
@@ -337,18 +338,32 @@ def save(directory: Path, weights: dict[str, torch.Tensor], model: GPT, head: Ta
     cfg = Config(model=copy.deepcopy(model.cfg))
     cfg.model.make_vocab_size_divisible_by = padded
     dims = {name: partition_dim(param) for name, param in model.named_parameters()}
-    write_weights(directory, weights, dims, cfg.to_dict(), 1, 1, dict.fromkeys(weights, 0), padded)
-    torch.save(head.state_dict(), directory / HEAD_FILE)
-    (directory / INFO_FILE).write_text(json.dumps(asdict(info), indent=2) + "\n")
+    write_weights(directory, weights, dims, cfg.to_dict(), 1, 1, dict.fromkeys(weights, 0), padded,
+                  extra_files={HEAD_FILE: head.state_dict()}, extra={INFO_KEY: asdict(info)})
 
 
-def load_head(directory: Path, model: GPT) -> tuple[TaskHead | None, FinetuneInfo | None]:
-    """The task head saved next to a fine-tuned model, if any."""
-    if not (directory / INFO_FILE).is_file():
+def load_head(checkpoint: Path, model: GPT) -> tuple[TaskHead | None, FinetuneInfo | None]:
+    """The task head of a fine-tuned checkpoint, if any, verified like its other files."""
+    from training.checkpoint_files import CheckpointError, check_files, load_plain, read_manifest
+
+    manifest = read_manifest(checkpoint)
+    legacy = Path(checkpoint) / LEGACY_INFO_FILE
+    if INFO_KEY in manifest:
+        root, record = Path(manifest["path"]), manifest[INFO_KEY]
+        problems = check_files(manifest, [HEAD_FILE])
+        if problems:
+            raise CheckpointError(problems[0])
+    elif legacy.is_file():
+        root, record = legacy.parent, json.loads(legacy.read_text())
+    else:
         return None, None
-    info = FinetuneInfo(**json.loads((directory / INFO_FILE).read_text()))
-    head = TaskHead(model.cfg.d_model, info.num_labels)
-    head.load_state_dict(torch.load(directory / HEAD_FILE, map_location="cpu", weights_only=True))
+    state = load_plain(root / HEAD_FILE, f"fine-tuned head {root / HEAD_FILE}")
+    try:
+        info = FinetuneInfo(**record)
+        head = TaskHead(model.cfg.d_model, info.num_labels)
+        head.load_state_dict(state)
+    except (TypeError, RuntimeError) as err:
+        raise CheckpointError(f"the fine-tuned head in {root} does not fit ({' '.join(str(err).split())})") from None
     return head.to(model.token_embedding.weight.device).eval(), info
 
 
@@ -407,6 +422,7 @@ def start_process_groups(tp: int) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     from data_pipeline.tokenizers import load_tokenizer
+    from training.checkpoint_files import refuse_existing
     from training.distributed import resolve_device
 
     for name in ("epochs", "batch_size", "tp"):
@@ -415,6 +431,7 @@ def run(args: argparse.Namespace) -> dict:
     if not 0 <= args.head_dropout < 1:
         raise UserError("--head-dropout must be in [0, 1)")
     task = load_task(args.task)
+    refuse_existing(Path(args.output))  # before the work, not after it
     start_process_groups(args.tp)
     device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))  # each rank its own GPU
     model = load_trunk(args.hf_dir, args.checkpoint, args.tp).to(device)

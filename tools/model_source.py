@@ -16,6 +16,7 @@ import torch
 
 from data_pipeline.errors import UserError
 from data_pipeline.tokenizers import Tokenizer, load_tokenizer
+from tools.convert import HF_FORMATS
 from training.config import Config
 from training.consolidated import load_gpt
 from training.distributed import default_device, resolve_device
@@ -32,7 +33,7 @@ class LoadedModel:
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--hf-dir", help="a Hugging Face GPT-2 directory (config.json + weights)")
+    source.add_argument("--hf-dir", help=f"a Hugging Face GPT-2 {HF_FORMATS}")
     source.add_argument("--checkpoint", help="one of our checkpoints (any TP/PP/DP layout) or a gpt-finetune output")
     parser.add_argument("--device", default=default_device(),
                         help="where the model runs: cpu, cuda or cuda:N (default: %(default)s, the GPU when there is one)")

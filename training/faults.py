@@ -36,10 +36,18 @@ def _steps_from_env(name: str) -> set[int]:
     return {int(s) for s in os.environ.get(name, "").split(",") if s.strip()}
 
 
-def fault_point(where: str, step: int) -> None:
-    """Die here, as a node failure or OOM-killer would, when the environment asks for it."""
-    if where == "save" and step in _steps_from_env("GPT_FAULT_KILL_IN_SAVE"):
-        os.kill(os.getpid(), signal.SIGKILL)
+def fault_point(where: str, step: int, phase: str) -> None:
+    """Die here, as a node failure or OOM-killer would, when the environment asks for it.
+
+    `GPT_FAULT_KILL_IN_SAVE` lists `STEP` (after the shard files) or `STEP:PHASE`, PHASE one of the
+    save's `before-shards`, `after-shards`, `after-manifest`, `after-rename` (before `latest` moves)
+    and `after-latest` (before retention)."""
+    if where != "save":
+        return
+    for item in os.environ.get("GPT_FAULT_KILL_IN_SAVE", "").split(","):
+        at, _, wanted = item.strip().partition(":")
+        if at and int(at) == step and (wanted or "after-shards") == phase:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class StopRequest:
