@@ -38,7 +38,9 @@ sys.path.insert(0, str(REPO))
 
 from data_pipeline.dedup.layout import doc_ids  # noqa: E402
 from data_pipeline.dedup.pairs import PAIR_SCHEMA  # noqa: E402
-from data_pipeline.shards import DOCUMENT_SCHEMA, ShardWriter, mark_done  # noqa: E402
+from data_pipeline.dedup.stages import StageRunner, partition_inputs  # noqa: E402
+from data_pipeline.executor import finish, made_from, make_tasks  # noqa: E402
+from data_pipeline.shards import DOCUMENT_SCHEMA, ShardWriter  # noqa: E402
 from data_pipeline.stats import peak_rss_mb  # noqa: E402
 
 CLUSTER_SIZE, CLUSTERED_SHARE, COPIES = 4, 0.3, 3
@@ -58,7 +60,6 @@ def build(root: Path, shards: int, rows: int, seed: int = 0) -> dict:
                             "quality": rng.random(rows)})
         with ShardWriter(work / "signatures" / f"{name}.parquet", records.schema) as out:
             out.write_table(records)
-        mark_done(work / "signatures", name, {"shard": name, "stats": {}})
     everyone = np.concatenate([doc_ids(s, np.arange(rows)) for s in range(shards)])
     clustered = rng.permutation(everyone)[:int(CLUSTERED_SHARE * len(everyone)) // CLUSTER_SIZE * CLUSTER_SIZE]
     groups = np.sort(clustered.reshape(-1, CLUSTER_SIZE), axis=1)
@@ -76,16 +77,39 @@ def build(root: Path, shards: int, rows: int, seed: int = 0) -> dict:
         with ShardWriter(work / "pairs" / f"{name}.parquet", PAIR_SCHEMA) as out:
             out.write_table(pa.table({"a": mine[:, 0], "b": mine[:, 1],
                                       "jaccard": rng.uniform(0.8, 1.0, len(mine)).astype(np.float32)}))
-        mark_done(work / "pairs", name, {"shard": name, "stats": {}})
+    mark_earlier_stages_done(root, shards)
     return {"documents": len(everyone), "clustered": len(clustered), "pairs": len(pairs),
             "stored": sum(len(np.concatenate(p)) for p in stored)}
+
+
+def ours_argv(root: Path, shards: int) -> list[str]:
+    return ["dedup", "minhash", "--input", str(root / "in"), "--output", str(root / "out"), "--stage", "clusters",
+            "--partitions", str(shards), "--workers", "1", "--executor", "local"]
+
+
+def mark_earlier_stages_done(root: Path, shards: int) -> None:
+    """Completion markers of the faked signatures and buckets stages, recording what `ours_argv`'s
+    run expects them to be made from (its settings and inputs), so that it takes them as done."""
+    from dataclasses import asdict
+
+    from data_pipeline.cli import build_parser
+    from data_pipeline.dedup.fuzzy import config_from_args
+    from data_pipeline.dedup.layout import work_dir
+    from data_pipeline.shards import discover_shards
+
+    args = build_parser().parse_args(ours_argv(root, shards))
+    work = work_dir(args.output, "minhash")
+    runner = StageRunner(args, discover_shards(args.input), work, asdict(config_from_args(args)))
+    for task in make_tasks(runner.inputs, work / "signatures", args.input):
+        finish(task, made_from(task, runner.settings, runner.depends), {})
+    for task in make_tasks(partition_inputs(shards), work / "pairs"):
+        finish(task, made_from(task, runner.partition_options(shards), runner.depends), {})
 
 
 def run_ours(root: Path, shards: int) -> None:
     from data_pipeline.cli import main
 
-    assert main(["dedup", "minhash", "--input", str(root / "in"), "--output", str(root / "out"), "--stage",
-                 "clusters", "--partitions", str(shards), "--workers", "1", "--executor", "local"]) == 0
+    assert main(ours_argv(root, shards)) == 0
 
 
 def run_in_memory(root: Path, shards: int) -> None:

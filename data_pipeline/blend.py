@@ -26,6 +26,7 @@ from typing import Any
 
 from data_pipeline import indexed
 from data_pipeline.errors import UserError
+from data_pipeline.shards import output_directory
 
 BLEND_VERSION = 1
 _SOURCE_KEYS = {"name", "prefix", "weight", "tokens", "documents", "epochs"}
@@ -97,8 +98,9 @@ def load_blend(path: str | os.PathLike, check_files: bool = True) -> Blend:
 
 
 def write_blend(path: str | os.PathLike, tokenizer: dict[str, Any], sources: list[BlendSource],
-                token_budget: int | None = None) -> Path:
-    """Write a blend file; prefixes and the tokenizer path are stored relative to its directory."""
+                token_budget: int | None = None, overwrite: bool = True) -> Path:
+    """Write a blend file; prefixes and the tokenizer path are stored relative to its directory.
+    Without `overwrite` an existing file with another blend is refused (a trainer may use it)."""
     path = Path(path).resolve()
     base = path.parent
     tok = dict(tokenizer)
@@ -110,7 +112,9 @@ def write_blend(path: str | os.PathLike, tokenizer: dict[str, Any], sources: lis
         "sources": [dict(asdict(s), prefix=_relative(s.prefix, base)) for s in sources],
         "token_budget": token_budget,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not overwrite and path.exists() and path.read_text() != json.dumps(data, indent=2) + "\n":
+        raise UserError(f"{path} holds another blend; rerun with --overwrite to replace it, or choose another --output")
+    output_directory(path.parent)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)

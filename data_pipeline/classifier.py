@@ -31,7 +31,7 @@ from data_pipeline.errors import UserError
 from data_pipeline.executor import ShardTask, add_executor_args, run_shards
 from data_pipeline.extract import INPUT_SUFFIXES, read_any
 from data_pipeline.recipe import options_from_config
-from data_pipeline.shards import ShardWriter, discover_shards, read_schema
+from data_pipeline.shards import ShardWriter, discover_shards, file_identity, output_directory, read_schema
 from data_pipeline.stats import Stats, count_output
 
 N_FEATURES = 2**18
@@ -182,11 +182,13 @@ def _score_batch(docs, model: QualityModel, options: ScoreOptions, kept: ShardWr
 
 
 def run_score(input: str | Path, output: str | Path, config: dict, *, workers: int = 1,
-              executor: str = "auto") -> Stats:
+              executor: str = "auto", overwrite: bool = False) -> Stats:
     """Score (and with keep=pareto, sample) every shard under `input` (the recipe step)."""
     options = check_score(config)
+    recorded = dict(asdict(options), batch_size=None, model_file=file_identity(options.model))  # batches: same output
     stats = run_shards(partial(score_shard, options=options), discover_shards(input, INPUT_SUFFIXES), output,
-                       input_root=input, workers=workers, executor=executor, stage="classifier score")
+                       options=recorded, overwrite=overwrite, input_root=input, workers=workers, executor=executor,
+                       stage="classifier score")
     docs_in = stats.get("documents_in")
     if docs_in:
         print(f"classifier score: keep rate {stats.get('documents_out') / docs_in:.3f} "
@@ -228,6 +230,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train_main(args: argparse.Namespace) -> int:
+    output_directory(Path(args.output).parent)  # before the training, not after
     model = train(args.positive, args.negative, holdout=args.holdout, seed=args.seed, max_docs=args.max_docs,
                   regularization=args.regularization)
     model.save(args.output)
@@ -238,5 +241,5 @@ def _train_main(args: argparse.Namespace) -> int:
 
 def _score_main(args: argparse.Namespace) -> int:
     config = asdict(ScoreOptions(model=args.model, keep=args.keep, alpha=args.alpha, seed=args.seed))
-    run_score(args.input, args.output, config, workers=args.workers, executor=args.executor)
+    run_score(args.input, args.output, config, workers=args.workers, executor=args.executor, overwrite=args.overwrite)
     return 0

@@ -237,15 +237,21 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) < (1 if name == "ngram" else 0):
             raise UserError(f"--{name.replace('_', '-')} must be {'at least 1' if name == 'ngram' else 'non-negative'}")
     rules = Rules(args.ngram, args.window, args.min_fragment, args.max_pieces, args.max_documents)
-    runner = StageRunner(args, discover_shards(args.input))
-    out = Path(args.output)
-    work = out / WORK_DIR / "decontaminate"
-    count_dir = work / "counts"
     benchmarks = read_benchmarks(args.benchmarks, [f for f in args.fields.split(",") if f])
-    names = sorted(benchmarks)
     table, sizes = build_index(benchmarks, rules.ngram)
-    runner.check_settings(work, dict(vars(rules), benchmarks=sorted(benchmarks),
-                                     index=xxhash.xxh3_64_hexdigest(table["hash"].to_numpy().tobytes())))
+    settings = dict(vars(rules), benchmarks=sorted(benchmarks),
+                    index=xxhash.xxh3_64_hexdigest(table["hash"].to_numpy().tobytes()))
+    work = Path(args.output) / WORK_DIR / "decontaminate"
+    with StageRunner(args, discover_shards(args.input), work, settings) as runner:
+        run_passes(args, runner, work, rules, table, sizes)
+    return 0
+
+
+def run_passes(args: argparse.Namespace, runner: StageRunner, work: Path, rules: Rules, table: pa.Table,
+               sizes: dict) -> None:
+    out = Path(args.output)
+    count_dir = work / "counts"
+    names = sorted(sizes)
     index_path = work / f"index-{runner.rank.rank}.parquet"
     with ShardWriter(index_path, INDEX_SCHEMA) as writer:  # rebuilt each run from the benchmark files
         writer.write_table(table)
@@ -265,7 +271,6 @@ def run(args: argparse.Namespace) -> int:
                 row = report[name]
                 print(f"  {name}: {row['contaminated_examples']:,}/{row['examples']:,} examples found in training "
                       f"data, {row['documents']:,} documents touched, {row['documents_dropped']:,} dropped")
-    return 0
 
 
 def contamination_report(out: Path, shards: list[str], names: list[str], sizes: dict, stats: Stats) -> dict:

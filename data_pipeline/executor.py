@@ -19,12 +19,19 @@ What `run_shards` does:
    task (``SLURM_ARRAY_TASK_ID``/``_COUNT``), a Slurm step task (``SLURM_PROCID``/
    ``SLURM_NTASKS``), an MPI rank (mpi4py, when started by ``mpiexec``) or a lone
    local run.
-2. Skips shards that already have a completion marker (resume after a kill).
-3. Runs the rest on ``--workers`` spawned processes (in-process when 1), with a
+2. Locks this rank's shards (`claim`): a second run over the same shards of the same
+   output directory is refused in one line, while MPI ranks and Slurm array tasks, which
+   take disjoint shards, run side by side.
+3. Skips shards whose completion marker records what this run would make them from
+   (`made_from`: the input's size and mtime, the stage's `options`, the `code_version`);
+   a shard without a marker is (re)done (resume after a kill). A marker that records
+   anything else is refused in one line, or with ``overwrite`` redone: finished work is
+   never replaced without ``--overwrite``.
+4. Runs the rest on ``--workers`` spawned processes (in-process when 1), with a
    progress bar. Per shard it records ``seconds`` and ``max_rss_mb`` in the shard's
    stats, then writes the marker (with the stats) after `process` returned, i.e. after
    its outputs were renamed into place.
-4. Merges all markers of the current input list into ``output_dir/stats.json`` (under
+5. Merges the current markers of the input list into ``output_dir/stats.json`` (under
    a file lock, so ranks finishing together cannot lose each other's shards), prints a
    summary, and raises `UserError` naming the failed shards if any failed (the other
    shards are still completed and kept).
@@ -32,25 +39,31 @@ What `run_shards` does:
 from __future__ import annotations
 
 import argparse
+import errno
 import fcntl
+import json
 import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import xxhash
 from tqdm import tqdm
 
 from data_pipeline.errors import UserError
-from data_pipeline.shards import is_done, load_markers, mark_done, shard_name, write_json
+from data_pipeline.shards import (code_version, file_identity, mark_done, output_directory, read_marker, shard_name,
+                                  unmark, write_json)
 from data_pipeline.stats import Stats, peak_rss_mb
 
 EXECUTORS = ("auto", "local", "mpi", "slurm")
+LOCK_FILE = ".shards.lock"
 
 
 @dataclass(frozen=True)
@@ -86,6 +99,9 @@ def add_executor_args(parser: argparse.ArgumentParser, default_workers: int = 1)
     parser.add_argument("--executor", choices=EXECUTORS, default="auto",
                         help="how this process finds its share of the input: auto-detect a Slurm "
                              "array/step or mpiexec (default), force one, or run everything locally")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="redo finished shards made from other inputs, options or code (without it "
+                             "such a rerun is refused)")
 
 
 def detect_rank(executor: str = "auto") -> Rank:
@@ -126,26 +142,140 @@ def make_tasks(inputs: Sequence[Path], output_dir: str | os.PathLike,
     return tasks
 
 
-def run_shards(process: ProcessFn, inputs: Sequence[Path], output_dir: str | os.PathLike, *,
-               input_root: str | os.PathLike | None = None, workers: int = 1,
-               executor: str = "auto", stage: str = "stage", quiet: bool = False, summary: bool = True) -> Stats:
+def normalised(options: dict) -> dict:
+    """`options` as they read back from a marker (tuples as lists, paths as strings)."""
+    return json.loads(json.dumps(options, sort_keys=True, default=str))
+
+
+def inputs_digest(tasks: Sequence[ShardTask]) -> str:
+    """One digest of the names and `file_identity` of all `tasks`' inputs, for results that
+    depend on every input (dedup, decontamination, a merged token shard)."""
+    identities = [[t.name, file_identity(t.path)] for t in tasks]
+    return xxhash.xxh64(json.dumps(identities).encode()).hexdigest()
+
+
+def made_from(task: ShardTask, options: dict, depends: str | None = None) -> dict:
+    """What a shard's outputs are made from, as its marker records it: its input file,
+    the `inputs_digest` of what else it reads (`depends`), the stage's options, the code."""
+    return {"input": file_identity(task.path), "depends": depends, "options": options, "code": code_version()}
+
+
+def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two (nested) option mappings."""
+    keys = []
+    for key in sorted(old.keys() | new.keys()):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(prefix + key)
+    return keys
+
+
+def changes(record: dict, expected: dict) -> str | None:
+    """Why a marker (or merged output) `record` does not describe what `expected` would make
+    (None when it does)."""
+    made = record.get("made_from")
+    if made is None:
+        return "no record of what they were made from (an older gpt-data)"
+    reasons = []
+    if (made.get("input"), made.get("depends")) != (expected["input"], expected["depends"]):
+        reasons.append("input files changed")
+    keys = changed_keys(made.get("options") or {}, expected["options"])
+    if keys:
+        reasons.append(f"other settings ({', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''})")
+    if made.get("code") != expected["code"]:
+        reasons.append("other data_pipeline code")
+    return ", ".join(reasons) or None
+
+
+def unfinished(tasks: Sequence[ShardTask], options: dict, *, depends: str | None = None,
+               overwrite: bool = False) -> tuple[list[tuple[ShardTask, dict]], str | None]:
+    """The tasks to run, each with the record its marker will hold, and a refusal message.
+    A task is run if it has no marker, or (only with `overwrite`) if its marker records other
+    inputs, options or code; without `overwrite` such markers are refused, never replaced."""
+    todo, stale = [], []
+    for task in tasks:
+        record = made_from(task, options, depends)
+        marker = read_marker(task.output_dir, task.name)
+        why = None if marker is None else changes(marker, record)
+        if marker is None or (why and overwrite):
+            todo.append((task, record))
+        elif why:
+            stale.append((task, why))
+    if stale:
+        (task, why), count = stale[0], len(stale)
+        return [], (f"{task.output_dir}: {count} finished shard(s) (e.g. {task.name}) do not match this run: {why}; "
+                    "rerun with --overwrite to redo them, or choose a new --output")
+    return todo, None
+
+
+def agree(rank: Rank, error: str | None) -> None:
+    """Raise `error`, this rank's or another's, on every rank: under MPI one rank raising
+    alone would leave the others waiting at the next barrier."""
+    if rank.kind == "mpi":
+        from mpi4py import MPI
+
+        error = next((e for e in MPI.COMM_WORLD.allgather(error) if e), None)
+    if error:
+        raise UserError(error)
+
+
+@contextmanager
+def claim(output_dir: Path, names: Sequence[str], rank: Rank) -> Iterator[None]:
+    """Hold a lock on each of `names` in `output_dir` for the duration, or refuse (on every
+    rank): two runs writing one shard delete each other's tmp files and markers.
+
+    One fcntl byte-range lock per name, at an offset from its hash, in ``output_dir/.shards.lock``:
+    MPI ranks and Slurm array tasks lock disjoint shards and run side by side, a local run
+    and an array task over the same shards do not, and a killed run's locks die with it.
+    Locks belong to the process, so the lock file is opened nowhere else."""
+    fd = os.open(output_directory(output_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        agree(rank, _lock_all(fd, names, output_dir))
+        yield
+    finally:
+        os.close(fd)
+
+
+def _lock_all(fd: int, names: Sequence[str], output_dir: Path) -> str | None:
+    for name in names:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, xxhash.xxh64_intdigest(name.encode()) >> 2)
+        except OSError as err:
+            if err.errno in (errno.EACCES, errno.EAGAIN):
+                return (f"another run is writing {output_dir} (shard {name}); wait for it to finish "
+                        "or choose another --output")
+            return f"cannot lock {output_dir / LOCK_FILE}: {err.strerror} (fcntl locks are needed)"
+    return None
+
+
+def run_shards(process: ProcessFn, inputs: Sequence[Path], output_dir: str | os.PathLike, *, options: dict,
+               depends: str | None = None, overwrite: bool = False, input_root: str | os.PathLike | None = None,
+               workers: int = 1, executor: str = "auto", stage: str = "stage", quiet: bool = False,
+               summary: bool = True) -> Stats:
     """Run `process` on this rank's unfinished shards; return the merged stats of all ranks.
+    `options` are everything besides the input that decides a shard's outputs, `depends` the
+    `inputs_digest` of other files every task reads (see `made_from`); `overwrite` redoes
+    finished shards that were made from anything else instead of refusing.
     `quiet` hides the progress bar and the summary, `summary=False` the summary only."""
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    options = normalised(options)
     tasks = make_tasks(inputs, output_dir, input_root)
     rank = detect_rank(executor)
     mine = tasks[rank.rank::rank.world]
-    todo = [t for t in mine if not is_done(output_dir, t.name)]
-    failures = _run_tasks(process, todo, workers, f"{stage} [{rank.rank}/{rank.world}]" if rank.world > 1 else stage,
-                          quiet)
-    if rank.kind == "mpi":
-        from mpi4py import MPI
+    with claim(output_dir, [t.name for t in mine], rank):
+        todo, refusal = unfinished(mine, options, depends=depends, overwrite=overwrite)
+        agree(rank, refusal)
+        failures = _run_tasks(process, todo, workers, f"{stage} [{rank.rank}/{rank.world}]" if rank.world > 1 else stage,
+                              quiet)
+        if rank.kind == "mpi":
+            from mpi4py import MPI
 
-        MPI.COMM_WORLD.Barrier()
-    merged = write_stage_stats(output_dir, tasks, stage)
+            MPI.COMM_WORLD.Barrier()
+    merged = write_stage_stats(output_dir, tasks, stage, options, depends)
     if summary and not quiet and (rank.rank == 0 or rank.kind != "mpi"):
         print(format_summary(stage, merged, len(mine) - len(todo), len(todo)), file=sys.stderr)
     if failures:
@@ -155,7 +285,7 @@ def run_shards(process: ProcessFn, inputs: Sequence[Path], output_dir: str | os.
     return merged
 
 
-def _run_tasks(process: ProcessFn, todo: list[ShardTask], workers: int, desc: str,
+def _run_tasks(process: ProcessFn, todo: list[tuple[ShardTask, dict]], workers: int, desc: str,
                quiet: bool) -> list[tuple[str, str]]:
     failures: list[tuple[str, str]] = []
     bar = tqdm(total=len(todo), desc=desc, unit="shard", disable=quiet or not todo, dynamic_ncols=True)
@@ -174,11 +304,11 @@ def _run_tasks(process: ProcessFn, todo: list[ShardTask], workers: int, desc: st
         bar.update()
 
     if workers == 1 or len(todo) <= 1:
-        for task in todo:
-            finished(*run_one(process, task, LiveStats(read)), counted_live=True)
+        for task, record in todo:
+            finished(*run_one(process, task, record, LiveStats(read)), counted_live=True)
     else:
         with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(run_one, process, task) for task in todo]
+            futures = [pool.submit(run_one, process, task, record) for task, record in todo]
             for future in as_completed(futures):
                 finished(*future.result())
     bar.close()
@@ -199,9 +329,12 @@ class LiveStats(Stats):
             self._on_documents(int(n))
 
 
-def run_one(process: ProcessFn, task: ShardTask, stats: Stats | None = None) -> tuple[str, str | None, dict]:
-    """Run one shard and mark it done; a failure is returned as a message, not raised."""
+def run_one(process: ProcessFn, task: ShardTask, record: dict,
+            stats: Stats | None = None) -> tuple[str, str | None, dict]:
+    """Run one shard and mark it done, made from `record`; a failure is returned as a
+    message, not raised."""
     stats = stats if stats is not None else Stats()
+    unmark(task.output_dir, task.name)  # a redo killed halfway must not look finished
     start = time.perf_counter()
     try:
         process(task, stats)
@@ -212,16 +345,24 @@ def run_one(process: ProcessFn, task: ShardTask, stats: Stats | None = None) -> 
         return task.name, f"{type(err).__name__}: {err}", {}
     stats.add("seconds", n=round(time.perf_counter() - start, 4))
     stats.set_max("max_rss_mb", value=round(peak_rss_mb(), 1))
-    mark_done(task.output_dir, task.name, {"shard": task.name, "input": str(task.path), "stats": stats.to_dict()})
+    finish(task, record, stats.to_dict())
     return task.name, None, stats.to_dict()
 
 
-def write_stage_stats(output_dir: Path, tasks: Sequence[ShardTask], stage: str) -> Stats:
-    """Merge the markers of `tasks` into ``stats.json`` (file-locked against other ranks)."""
-    names = {t.name for t in tasks}
+def finish(task: ShardTask, record: dict, stats: dict[str, Any]) -> None:
+    """Write `task`'s completion marker: what it was made from (`made_from`) and its stats."""
+    mark_done(task.output_dir, task.name, {"shard": task.name, "input": str(task.path), "made_from": record,
+                                           "stats": stats})
+
+
+def write_stage_stats(output_dir: Path, tasks: Sequence[ShardTask], stage: str, options: dict,
+                      depends: str | None) -> Stats:
+    """Merge the current markers of `tasks` into ``stats.json`` (file-locked against other
+    ranks); a marker of other inputs, options or code does not count as done."""
     with open(output_dir / ".stats.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        markers = [m for m in load_markers(output_dir) if m.get("shard") in names]
+        markers = [m for t in tasks if (m := read_marker(output_dir, t.name)) is not None
+                   and changes(m, made_from(t, options, depends)) is None]
         merged = Stats()
         for marker in markers:
             merged.merge(marker.get("stats", {}))

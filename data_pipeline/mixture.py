@@ -236,6 +236,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tokenizer", help="tokenizer of the shards when they have no PREFIX.stats.json "
                                             "(default: read from the stats files, else gpt2)")
     parser.add_argument("--output", help="blend JSON to write (omit to only print the table)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --output blend (and quality split) that differs")
     parser.set_defaults(func=main)
 
 
@@ -271,20 +273,22 @@ def main(args: argparse.Namespace) -> int:
     for warning in mixture.warnings(args.max_epochs):
         print(f"warning: {warning}", file=sys.stderr)
     if args.output:
-        write_mixture(mixture, sources, args.output, args.tokenizer)
+        write_mixture(mixture, sources, args.output, args.tokenizer, args.overwrite)
         print(f"wrote {args.output}")
     return 0
 
 
-def write_mixture(mixture: Mixture, sources: list[MixSource], output: str, tokenizer: str | None) -> None:
-    """Write the blend JSON for a mixture whose sources are all token shards."""
+def write_mixture(mixture: Mixture, sources: list[MixSource], output: str, tokenizer: str | None,
+                  overwrite: bool = False) -> None:
+    """Write the blend JSON for a mixture whose sources are all token shards (an existing
+    different one only with `overwrite`)."""
     planned = [r.name for r in mixture.rows if r.prefix is None]
     if planned:
         raise UserError(f"cannot write a blend: source(s) {', '.join(planned)} are token counts, not shards")
     tokenizer_spec = _common_tokenizer(sources, tokenizer)
     blend_sources = [BlendSource(r.name, r.prefix, r.weight, r.tokens, r.documents or 0, r.epochs)
                      for r in mixture.rows if r.weight > 0]
-    write_blend(output, tokenizer_spec, blend_sources, mixture.token_budget)
+    write_blend(output, tokenizer_spec, blend_sources, mixture.token_budget, overwrite)
 
 
 def _common_tokenizer(sources: list[MixSource], override: str | None) -> dict:
@@ -346,7 +350,7 @@ def _split_quality(sources: list[MixSource], args: argparse.Namespace, budget: i
             raise UserError(f"--quality-split {s.name}: needs a token shard, not a token count")
         if s.weight is None:
             raise UserError(f"--quality-split {s.name}: give the source a weight, not target epochs")
-        buckets = split_by_quality(s.prefix, edges, out_dir / f"{s.name}.quality")
+        buckets = split_by_quality(s.prefix, edges, out_dir / f"{s.name}.quality", args.overwrite)
         for bucket, w in zip(buckets, bucket_weights(s.weight, buckets, multipliers)):
             if bucket.tokens:
                 result.append(replace(s, name=f"{s.name}/{bucket.label}", tokens=bucket.tokens,

@@ -21,6 +21,8 @@ import numpy as np
 
 from data_pipeline import indexed
 from data_pipeline.errors import UserError
+from data_pipeline.executor import changed_keys
+from data_pipeline.shards import file_identity
 from data_pipeline.tokenize import quality_path
 
 _CHUNK_DOCS = 1 << 16
@@ -90,8 +92,10 @@ def bucket_weights(weight: float, buckets: list[Bucket], multipliers: np.ndarray
     return weight * mass / mass.sum()
 
 
-def split_by_quality(prefix: str | os.PathLike, edges: np.ndarray, output_dir: str | os.PathLike) -> list[Bucket]:
-    """Write one sub-shard per bucket under `output_dir` (reused when already split the same way)."""
+def split_by_quality(prefix: str | os.PathLike, edges: np.ndarray, output_dir: str | os.PathLike,
+                     overwrite: bool = False) -> list[Bucket]:
+    """Write one sub-shard per bucket under `output_dir`: reused when already split the same
+    way from the same files; a split of anything else is refused, or with `overwrite` replaced."""
     prefix, output_dir = Path(prefix), Path(output_dir)
     index = indexed.read_index(prefix)
     scores_file = quality_path(prefix)
@@ -108,11 +112,16 @@ def split_by_quality(prefix: str | os.PathLike, edges: np.ndarray, output_dir: s
         raise UserError(f"{prefix}: {int(outside.sum())} quality scores outside [{edges[0]:g}, {edges[-1]:g}]")
     manifest_path = output_dir / "split.json"
     manifest = {"source": str(prefix.resolve()), "tokens": index.tokens, "documents": index.documents,
-                "edges": [float(e) for e in edges]}
+                "edges": [float(e) for e in edges],
+                "files": {p.name: file_identity(p) for p in (indexed.bin_path(prefix), scores_file)}}
     if manifest_path.is_file():
         old = json.loads(manifest_path.read_text())
-        if {k: old.get(k) for k in manifest} == manifest:
+        changed = changed_keys({k: old.get(k) for k in manifest}, manifest)
+        if not changed:
             return [Bucket(**b) for b in old["buckets"]]
+        if not overwrite:
+            raise UserError(f"{output_dir} holds a quality split of another shard or edges ({', '.join(changed)}); "
+                            "rerun with --overwrite to replace it, or choose another --output")
     buckets = _write_buckets(prefix, index, scores, edges, output_dir)
     manifest["buckets"] = [b.__dict__ for b in buckets]
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")

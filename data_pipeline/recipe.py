@@ -32,8 +32,11 @@ Adding a step: add one `STEPS` entry, either
   ``arguments="module:function"``, which turns (input, output, config, workers,
   executor) into its leading flags and the options left (see `mixture`); or
 - ``name: Step("module:run_function", "module:check_function")``: ``run(input, output,
-  config, *, workers, executor) -> Stats``, and an optional ``check(config) -> None`` that
-  raises `UserError` on a bad key or value.
+  config, *, workers, executor, overwrite) -> Stats``, and an optional ``check(config) -> None``
+  that raises `UserError` on a bad key or value.
+
+``gpt-data run --overwrite`` passes ``--overwrite`` to every step (subcommand steps take it
+as a flag).
 
 Modules are imported only when a recipe uses the step.
 """
@@ -116,8 +119,9 @@ def _check_cli(command: tuple[str, ...], arguments: str | Callable, config: dict
 
 
 def _run_cli(command: tuple[str, ...], arguments: str | Callable, input, output, config, *, workers: int,
-             executor: str) -> None:
-    args = _parse_cli(command, cli_argv(command, input, output, config, workers, executor, arguments))
+             executor: str, overwrite: bool) -> None:
+    argv = cli_argv(command, input, output, config, workers, executor, arguments)
+    args = _parse_cli(command, argv + ["--overwrite"] * overwrite)
     code = args.func(args)
     if code:
         raise UserError(f"{' '.join(command)} exited with code {code}")
@@ -238,8 +242,10 @@ def produced(path: Path) -> bool:
     return path.exists() or all(path.with_name(path.name + suffix).is_file() for suffix in (".bin", ".idx"))
 
 
-def run_recipe(path: str | Path, workers: int | None = None, executor: str | None = None) -> list[PlannedStep]:
-    """Run every step of the recipe at `path`; completed shards of earlier runs are kept."""
+def run_recipe(path: str | Path, workers: int | None = None, executor: str | None = None,
+               overwrite: bool = False) -> list[PlannedStep]:
+    """Run every step of the recipe at `path`; completed shards of earlier runs are kept
+    (those made from other inputs, options or code are refused, or redone with `overwrite`)."""
     recipe = load_recipe(path)
     steps = plan(recipe)
     workers = workers or int(recipe.get("workers", 1))
@@ -247,7 +253,8 @@ def run_recipe(path: str | Path, workers: int | None = None, executor: str | Non
     for step in steps:
         if not produced(step.input):
             raise UserError(f"step {step.name}: input does not exist: {step.input}")
-        _resolve(STEPS[step.name].run)(step.input, step.output, step.config, workers=workers, executor=executor)
+        _resolve(STEPS[step.name].run)(step.input, step.output, step.config, workers=workers, executor=executor,
+                                       overwrite=overwrite)
     return steps
 
 
@@ -260,4 +267,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=None, help="override the recipe's workers")
     parser.add_argument("--executor", default=None, choices=("auto", "local", "mpi", "slurm"),
                         help="override the recipe's executor")
-    parser.set_defaults(func=lambda args: run_recipe(args.recipe, args.workers, args.executor) and 0)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="pass --overwrite to every step: redo work made from other inputs, options or code")
+    parser.set_defaults(func=lambda args: run_recipe(args.recipe, args.workers, args.executor, args.overwrite) and 0)

@@ -18,17 +18,22 @@ API (everything a stage needs besides `executor.run_shards`):
 - `ShardWriter(path, schema)` -> context manager; `write(doc)` / `write_table(table)`;
   rows go to ``<path>.tmp-<pid>`` and are renamed to `path` only on a clean exit.
   `AtomicOutput` is its context-manager base, for other writers with `close`/`abort`.
-- `is_done(output_dir, name)`, `mark_done(output_dir, name, record)`,
-  `load_markers(output_dir)`: per-shard completion markers in ``output_dir/.done/``.
+- `read_marker(output_dir, name)`, `mark_done(output_dir, name, record)`,
+  `unmark(output_dir, name)`: per-shard completion markers in ``output_dir/.done/``.
   A marker is written after all of the shard's outputs are renamed into place, so a
-  shard without a marker is simply redone (overwriting its outputs atomically).
+  shard without a marker is simply redone (overwriting its outputs atomically). It
+  records what the shard was made from (`executor.made_from`): `file_identity` of its
+  input, the stage's options and `code_version`.
+- `output_directory(path)`: create an ``--output`` directory, or a one-line `UserError`.
 - `write_json(path, obj)`: atomic JSON write.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import os
+import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -36,6 +41,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import xxhash
 
 from data_pipeline.document import DOCUMENT_SCHEMA, Document, documents_to_table
 from data_pipeline.errors import UserError
@@ -102,9 +108,12 @@ def read_documents(path: str | os.PathLike, stats: Stats | None = None) -> Itera
 def read_schema(path: str | os.PathLike) -> pa.Schema:
     """Columns of a parquet shard (the core schema for JSONL), so a stage can keep them."""
     path = Path(path)
-    if path.name.endswith(PARQUET_SUFFIXES):
+    if not path.name.endswith(PARQUET_SUFFIXES):
+        return DOCUMENT_SCHEMA
+    try:
         return pq.read_schema(path)
-    return DOCUMENT_SCHEMA
+    except (OSError, pa.ArrowInvalid) as err:
+        raise UserError(f"cannot read parquet shard {path}: {err}") from None
 
 
 def read_batches(path: str | os.PathLike, columns: list[str] | None = None,
@@ -118,6 +127,10 @@ def read_batches(path: str | os.PathLike, columns: list[str] | None = None,
 
 
 def _read_parquet(path: Path, stats: Stats) -> Iterator[Document]:
+    columns = read_schema(path).names
+    missing = [c for c in ("id", "text") if c not in columns]
+    if missing:  # every row would be skipped: this is not a document shard, not damage
+        raise UserError(f"{path}: no {' or '.join(map(repr, missing))} column (columns: {', '.join(columns)})")
     for batch in read_batches(path):
         for row in batch.to_pylist():
             if row.get("text") is None or row.get("id") is None:
@@ -255,6 +268,18 @@ class ShardWriter(AtomicOutput):
         self._tmp.unlink(missing_ok=True)
 
 
+def output_directory(path: str | os.PathLike) -> Path:
+    """Create `path` and check that it takes files: an output that cannot be created or
+    written is one line before any work, not a traceback from inside a shard."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as err:
+        raise UserError(f"cannot write to --output {path}: {err.strerror}") from None
+    return path
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON atomically (tmp file + rename)."""
     path = Path(path)
@@ -271,8 +296,12 @@ def _marker(output_dir: str | os.PathLike, name: str) -> Path:
     return Path(output_dir) / DONE_DIR / f"{name}.json"
 
 
-def is_done(output_dir: str | os.PathLike, name: str) -> bool:
-    return _marker(output_dir, name).exists()
+def read_marker(output_dir: str | os.PathLike, name: str) -> dict | None:
+    """Shard `name`'s completion record, or None if it is not done."""
+    try:
+        return json.loads(_marker(output_dir, name).read_text())
+    except FileNotFoundError:
+        return None
 
 
 def mark_done(output_dir: str | os.PathLike, name: str, record: dict) -> None:
@@ -280,9 +309,27 @@ def mark_done(output_dir: str | os.PathLike, name: str, record: dict) -> None:
     write_json(_marker(output_dir, name), record)
 
 
-def load_markers(output_dir: str | os.PathLike) -> list[dict]:
-    """All completion records in `output_dir`, sorted by shard name."""
-    done = Path(output_dir) / DONE_DIR
-    if not done.is_dir():
-        return []
-    return [json.loads(p.read_text()) for p in sorted(done.glob("*.json"))]
+def unmark(output_dir: str | os.PathLike, name: str) -> None:
+    """Shard `name` is being redone: until it is marked again it counts as unfinished."""
+    _marker(output_dir, name).unlink(missing_ok=True)
+
+
+def file_identity(path: str | os.PathLike) -> dict | None:
+    """Size and modification time of an input (None for a virtual one, a hash partition):
+    enough to notice a replaced or grown file without reading it."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+@functools.cache
+def code_version() -> str:
+    """Digest of the data_pipeline sources, recorded in every marker, so that outputs of
+    other code are not silently mixed with this code's."""
+    root = Path(__file__).parent
+    digest = xxhash.xxh64()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()

@@ -114,14 +114,14 @@ def summarize(path: str | Path, bins: int = 10) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from data_pipeline.shards import discover_shards, read_batches
+    from data_pipeline.shards import discover_shards, read_batches, read_schema
 
     root = Path(path)
     summary: dict[str, Any] = {"documents": 0, "bytes": 0, "language": {}, "quality_histogram": {}, "removed": {}}
     quality_counts = np.zeros(bins, dtype=np.int64)
     shards = discover_shards(root, (".parquet",))
     for shard in shards:
-        columns = [c for c in ("text", "language", "quality") if c in _schema_names(shard)]
+        columns = [c for c in ("text", "language", "quality") if c in read_schema(shard).names]
         for batch in read_batches(shard, columns):
             summary["documents"] += batch.num_rows
             summary["bytes"] += int(pc.sum(pc.binary_length(batch.column("text").cast(pa.binary()))).as_py() or 0)
@@ -142,12 +142,6 @@ def summarize(path: str | Path, bins: int = 10) -> dict[str, Any]:
     summary["shards"] = len(shards)
     summary["estimated_tokens"] = int(summary["bytes"] / BYTES_PER_TOKEN)
     return summary
-
-
-def _schema_names(shard: Path) -> list[str]:
-    import pyarrow.parquet as pq
-
-    return pq.read_schema(shard).names
 
 
 def render_table(summary: dict[str, Any]) -> str:
@@ -190,12 +184,13 @@ def register(subparsers) -> None:
 
 def _main(args) -> int:
     from data_pipeline.errors import UserError
-    from data_pipeline.shards import write_json
+    from data_pipeline.shards import output_directory, write_json
 
     summary = summarize(args.input)
     output = Path(args.output) if args.output else Path(args.input)
     if not output.is_dir() and args.output is None:
         raise UserError("--output is required when --input is a file")
+    output_directory(output)
     table = render_table(summary)
     print(table)
     write_json(output / "summary.json", summary)

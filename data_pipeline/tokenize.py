@@ -5,7 +5,9 @@ CCNet's field names) is tokenized by one worker into ``PREFIX.parts/<shard>.bin/
 every document followed by the tokenizer's EOD id, then marked done (resume point).
 When every shard is done the parts are concatenated in sorted input order into
 ``PREFIX.bin/.idx``, so the output does not depend on ``--workers`` or on which rank
-ran which shard. Empty documents are skipped (counted in stats).
+ran which shard. Empty documents are skipped (counted in stats). ``PREFIX.stats.json``
+records what the shard was made from (inputs, options, code): a rerun with anything
+else is refused, or with ``--overwrite`` redone.
 """
 from __future__ import annotations
 
@@ -25,8 +27,10 @@ import numpy as np
 
 from data_pipeline import indexed
 from data_pipeline.errors import UserError
-from data_pipeline.executor import ShardTask, add_executor_args, detect_rank, make_tasks, run_shards
-from data_pipeline.shards import DONE_DIR, PARQUET_SUFFIXES, discover_shards, read_batches, read_documents, write_json
+from data_pipeline.executor import (ShardTask, add_executor_args, changes, detect_rank, inputs_digest, make_tasks,
+                                    normalised, run_shards)
+from data_pipeline.shards import (DONE_DIR, PARQUET_SUFFIXES, code_version, discover_shards, output_directory,
+                                  read_batches, read_documents, write_json)
 from data_pipeline.stats import Stats
 from data_pipeline.tokenizers import Tokenizer, load_tokenizer
 
@@ -61,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     summary = tokenize(args.input, args.output, args.tokenizer, workers=args.workers, executor=args.executor,
                        text_column=args.text_column, quality_column=args.quality_column,
-                       batch_size=args.batch_size, keep_parts=args.keep_parts)
+                       batch_size=args.batch_size, keep_parts=args.keep_parts, overwrite=args.overwrite)
     if summary is not None:
         print(f"tokenize: wrote {args.output}.bin/.idx: {summary['tokens']:,} tokens "
               f"({summary['dtype']}), {summary['documents']:,} documents", file=sys.stderr)
@@ -70,33 +74,43 @@ def main(args: argparse.Namespace) -> int:
 
 def tokenize(input_path: str | Path, prefix: str | Path, tokenizer: str | dict | Tokenizer = "gpt2", *,
              workers: int = 1, executor: str = "auto", text_column: str = "text", quality_column: str = "quality",
-             batch_size: int = DEFAULT_BATCH, keep_parts: bool = False, quiet: bool = False) -> dict | None:
+             batch_size: int = DEFAULT_BATCH, keep_parts: bool = False, quiet: bool = False,
+             overwrite: bool = False) -> dict | None:
     """Tokenize every shard under `input_path` into ``prefix.bin/.idx``; returns the summary
-    (None on a rank that did not do the merge)."""
+    (None on a rank that did not do the merge). A prefix made from other inputs, options or
+    code is refused, or with `overwrite` replaced."""
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     tok = load_tokenizer(tokenizer)
     prefix = Path(prefix).resolve()
     if prefix.is_dir():
         raise UserError(f"--output is a prefix, not a directory: {prefix} (try {prefix}/NAME_text_document)")
+    output_directory(prefix.parent)
     parts = Path(f"{prefix}.parts")
     inputs = discover_shards(input_path)
     tasks = make_tasks(inputs, parts, input_path)
     names = [t.name for t in tasks]
-    if _already_merged(prefix, names, tok):
+    options = normalised({"tokenizer": tok.spec(), "text_column": text_column, "quality_column": quality_column})
+    expected = {"input": inputs_digest(tasks), "depends": None, "options": options, "code": code_version()}
+    merged = _merged_summary(prefix)
+    why = None if merged is None else changes(merged, expected)
+    if merged is not None and why is None:
         if not quiet:
             print(f"tokenize: {prefix} is already complete for these {len(names)} shard(s)", file=sys.stderr)
-        return _summary(prefix)
+        return merged
+    if why and not overwrite:
+        raise UserError(f"{prefix}.bin/.idx do not match this run: {why}; rerun with --overwrite to replace them, "
+                        "or choose another --output")
     _forget_missing_parts(parts, names)
     process = functools.partial(tokenize_shard, tokenizer=tok.spec(), text_column=text_column,
                                 quality_column=quality_column, batch_size=batch_size)
-    stats = run_shards(process, inputs, parts, input_root=input_path, workers=workers,
-                       executor=executor, stage=STAGE, quiet=quiet)
+    stats = run_shards(process, inputs, parts, options=options, overwrite=overwrite, input_root=input_path,
+                       workers=workers, executor=executor, stage=STAGE, quiet=quiet)
     if stats.get("shards_done") != len(tasks):
         return None  # another rank finishes the remaining shards and merges
     # Other ranks may still be writing the stage stats in the work dir: then only drop the parts.
     cleanup = "none" if keep_parts else ("dir" if detect_rank(executor).world == 1 else "parts")
-    return _merge(prefix, parts, tasks, tok, stats, cleanup)
+    return _merge(prefix, parts, tasks, tok, expected, stats, cleanup)
 
 
 @dataclass(frozen=True)
@@ -119,15 +133,15 @@ def check_step(config: dict) -> None:
     load_tokenizer(options.tokenizer)
 
 
-def run_step(input_path: Path, output: Path, config: dict, *, workers: int, executor: str) -> Stats:
+def run_step(input_path: Path, output: Path, config: dict, *, workers: int, executor: str,
+             overwrite: bool = False) -> Stats:
     """Recipe hook (``data_pipeline.recipe.STEPS``): tokenize into ``output/<prefix>``."""
     from data_pipeline.recipe import options_from_config
 
     options = options_from_config(TokenizeOptions, config, "tokenize")
-    Path(output).mkdir(parents=True, exist_ok=True)
-    tokenize(input_path, Path(output) / options.prefix, options.tokenizer, workers=workers, executor=executor,
-             text_column=options.text_column, quality_column=options.quality_column,
-             batch_size=options.batch_size, keep_parts=options.keep_parts)
+    tokenize(input_path, output_directory(output) / options.prefix, options.tokenizer, workers=workers,
+             executor=executor, text_column=options.text_column, quality_column=options.quality_column,
+             batch_size=options.batch_size, keep_parts=options.keep_parts, overwrite=overwrite)
     stats_file = Path(output) / f"{options.prefix}.stats.json"
     return Stats(json.loads(stats_file.read_text())["stats"] if stats_file.exists() else {})
 
@@ -213,28 +227,29 @@ def _forget_missing_parts(parts: Path, names: list[str]) -> None:
             marker.unlink()
 
 
-def _already_merged(prefix: Path, names: list[str], tok: Tokenizer) -> bool:
+def _merged_summary(prefix: Path) -> dict | None:
+    """The summary of the merged token shard at `prefix`, None if there is none."""
     record = Path(f"{prefix}.stats.json")
     if not (record.is_file() and indexed.exists(prefix)):
-        return False
-    summary = json.loads(record.read_text()).get("summary", {})
-    return summary.get("shard_names") == names and summary.get("tokenizer") == tok.spec()
+        return None
+    return json.loads(record.read_text()).get("summary", {})
 
 
-def _merge(prefix: Path, parts: Path, tasks: list[ShardTask], tok: Tokenizer, stats: Stats,
+def _merge(prefix: Path, parts: Path, tasks: list[ShardTask], tok: Tokenizer, record: dict, stats: Stats,
            cleanup: str) -> dict:
-    """Concatenate the parts in task order into ``prefix``, once even if ranks race here,
-    then remove the work `dir`, only the `parts` files, or `none`."""
+    """Concatenate the parts in task order into ``prefix`` (made from `record`), once even
+    if ranks race here, then remove the work `dir`, only the `parts` files, or `none`."""
     names = [t.name for t in tasks]
     lock = os.open(prefix.parent, os.O_RDONLY)  # a lock that outlives the work dir
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not _already_merged(prefix, names, tok):
+        merged = _merged_summary(prefix)
+        if merged is None or changes(merged, record) is not None:
             index = indexed.merge([parts / name for name in names], prefix)
             _merge_quality(parts, names, prefix)
             summary: dict[str, Any] = {
                 "prefix": prefix.name, "tokens": index.tokens, "documents": index.documents,
-                "dtype": index.dtype.name, "tokenizer": tok.spec(), "shard_names": names,
+                "dtype": index.dtype.name, "tokenizer": tok.spec(), "shard_names": names, "made_from": record,
             }
             write_json(f"{prefix}.stats.json", {"summary": summary, "stats": stats.to_dict()})
             if cleanup == "dir":
@@ -246,7 +261,7 @@ def _merge(prefix: Path, parts: Path, tasks: list[ShardTask], tok: Tokenizer, st
                         path.unlink(missing_ok=True)
     finally:
         os.close(lock)
-    return _summary(prefix)
+    return _merged_summary(prefix)
 
 
 def _merge_quality(parts: Path, names: list[str], prefix: Path) -> None:
@@ -264,6 +279,3 @@ def _merge_quality(parts: Path, names: list[str], prefix: Path) -> None:
     np.save(tmp, np.concatenate(arrays))
     os.replace(tmp, target)
 
-
-def _summary(prefix: Path) -> dict:
-    return json.loads(Path(f"{prefix}.stats.json").read_text())["summary"]

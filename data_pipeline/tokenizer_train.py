@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipeline.errors import UserError
-from data_pipeline.shards import discover_shards, read_documents
+from data_pipeline.shards import discover_shards, output_directory, read_documents
 from data_pipeline.stats import Stats
 from data_pipeline.tokenizers import EOD_TOKEN, SentencePieceTokenizer
 
@@ -92,9 +92,9 @@ def train_tokenizer(input_path: str | Path, output: str | Path, *, vocab_size: i
     """Train on a document sample and return the loaded tokenizer (``output.model``)."""
     import sentencepiece as spm
 
-    texts = sample_documents(input_path, sample_docs, seed)
     output = Path(output).resolve()
-    output.parent.mkdir(parents=True, exist_ok=True)
+    output_directory(output.parent)
+    texts = sample_documents(input_path, sample_docs, seed)
     controls = [EOD_TOKEN] + [s for s in specials or [] if s != EOD_TOKEN]
     try:
         spm.SentencePieceTrainer.train(

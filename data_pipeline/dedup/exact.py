@@ -75,13 +75,17 @@ def groups_partition(task: ShardTask, stats: Stats, *, hash_files: dict[int, Pat
 
 def run(args) -> int:
     """`gpt-data dedup exact`: the stages selected by --stage, in order."""
-    inputs = discover_shards(args.input)
-    runner = StageRunner(args, inputs)
+    settings = {"fold_digits": args.fold_digits, "partitions": args.partitions,
+                "priority": parse_priority(args.priority), "quality_column": args.quality_column}
     work = work_dir(args.output, "exact")
+    with StageRunner(args, discover_shards(args.input), work, settings) as runner:
+        run_stages(args, runner, work)
+    return 0
+
+
+def run_stages(args, runner: StageRunner, work: Path) -> None:
     hash_dir, group_dir = work / "hashes", work / "groups"
     hash_files = runner.files(hash_dir)
-    runner.check_settings(work, {"fold_digits": args.fold_digits, "partitions": args.partitions,
-                                 "priority": parse_priority(args.priority), "quality_column": args.quality_column})
     stages = STAGES if args.stage == "all" else (args.stage,)
     if "hashes" in stages:
         runner.per_shard(partial(hashes_shard, fold_digits=args.fold_digits, quality_column=args.quality_column),
@@ -100,4 +104,3 @@ def run(args) -> int:
                          Path(args.output), "dedup exact: remove")
         groups = Stats().merge(json.loads((group_dir / "stats.json").read_text()))
         report(Path(args.output), "exact", cluster_summary(groups), show=runner.rank.rank == 0)
-    return 0

@@ -37,8 +37,8 @@ from data_pipeline.dedup.removal import (RECORD_FIELDS, cluster_summary, read_re
 from data_pipeline.dedup.stages import KEYS_PER_PARTITION, StageRunner, partition_index, row_count
 from data_pipeline.dedup.text import ngrams, words
 from data_pipeline.errors import UserError
-from data_pipeline.executor import ShardTask
-from data_pipeline.shards import ShardWriter, discover_shards, is_done, mark_done, read_documents
+from data_pipeline.executor import ShardTask, finish, make_tasks
+from data_pipeline.shards import ShardWriter, discover_shards, read_documents, read_marker
 from data_pipeline.stats import Stats
 
 STAGES = ("signatures", "buckets", "clusters", "remove")
@@ -148,9 +148,10 @@ def example_pairs(pair_files: list[Path], threshold: float | None, signature_fil
 
 
 def build_clusters(runner: StageRunner, work: Path, cfg: MinhashConfig, pair_files: list[Path],
-                   signature_files: dict[int, Path]) -> None:
+                   signature_files: dict[int, Path], result: tuple[ShardTask, dict]) -> None:
     """Connected components of the duplicate pairs, then what each cluster keeps: all in
-    partition tasks (see `components` and `keepers`), so no task holds every pair."""
+    partition tasks (see `components` and `keepers`), so no task holds every pair. Rank 0
+    marks the `result` task done with the summary."""
     stage = "dedup minhash: clusters"
     graph = work / "components"
     # Partitions group whole input shards (shard % count): at most one per shard.
@@ -168,7 +169,7 @@ def build_clusters(runner: StageRunner, work: Path, cfg: MinhashConfig, pair_fil
         stats = cluster_summary(kept)
         stats.update(duplicate_pairs=found.edges, component_rounds=found.rounds, cluster_partitions=partitions,
                      example_pairs=example_pairs(pair_files, cfg.threshold, signature_files))
-        mark_done(work, "clusters", {"shard": "clusters", "stats": stats})
+        finish(*result, stats)
         print(f"{stage}: {stats['clusters']:,} clusters of {stats['documents_in_clusters']:,} documents from "
               f"{found.edges:,} distinct duplicate pairs; {found.rounds} rounds over {partitions} partition(s)",
               file=sys.stderr)
@@ -189,12 +190,15 @@ def config_from_args(args) -> MinhashConfig:
 
 def run(args) -> int:
     """`gpt-data dedup minhash`: the stages selected by --stage, in order."""
-    inputs = discover_shards(args.input)
-    runner = StageRunner(args, inputs)
     cfg = config_from_args(args)
     work = work_dir(args.output, "minhash")
+    with StageRunner(args, discover_shards(args.input), work, asdict(cfg)) as runner:
+        run_stages(args, runner, cfg, work)
+    return 0
+
+
+def run_stages(args, runner: StageRunner, cfg: MinhashConfig, work: Path) -> None:
     sig_dir, pairs_dir = work / "signatures", work / "pairs"
-    runner.check_settings(work, asdict(cfg))
     signature_files = runner.files(sig_dir)
     stages = STAGES if args.stage == "all" else (args.stage,)
     if "clusters" in stages and runner.rank.kind == "slurm" and runner.rank.world > 1:
@@ -210,21 +214,21 @@ def run(args) -> int:
         if runner.is_mpi:
             from data_pipeline.dedup.mpi import exchange_buckets
 
-            exchange_buckets(signature_files, pairs_dir, cfg.window, cfg.threshold)
+            exchange_buckets(runner, signature_files, pairs_dir, cfg.window, cfg.threshold)
         else:
             runner.per_partition(partial(buckets_partition, cfg=cfg, partitions=partitions,
                                          signature_files=signature_files),
                                  partitions, pairs_dir, "dedup minhash: buckets")
     if "clusters" in stages:
         runner.partitions_complete(pairs_dir, partitions, "buckets")
-        if not is_done(work, "clusters"):
+        result = runner.single(work, "clusters", runner.settings)
+        if result is not None:
             build_clusters(runner, work, cfg, [pairs_dir / f"part-{k:05d}.parquet" for k in range(partitions)],
-                           signature_files)
+                           signature_files, result)
     if "remove" in stages:
-        runner.require_complete(work, ["clusters"], "clusters")
+        runner.require_complete(make_tasks([Path("clusters")], work), runner.settings, "clusters")
         decision_files = sorted((work / "clusters").glob("part-*.parquet"))
         runner.per_shard(partial(remove_duplicates, decision_files=decision_files, method="minhash"),
                          Path(args.output), "dedup minhash: remove")
-        summary = json.loads((work / ".done" / "clusters.json").read_text())["stats"]
+        summary = read_marker(work, "clusters")["stats"]
         report(Path(args.output), "minhash", summary, show=runner.rank.rank == 0)
-    return 0

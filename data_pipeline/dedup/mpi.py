@@ -16,7 +16,8 @@ from mpi4py import MPI
 from data_pipeline.dedup.buckets import partition_of
 from data_pipeline.dedup.layout import doc_ids
 from data_pipeline.dedup.pairs import read_keys, write_pairs
-from data_pipeline.shards import is_done, mark_done
+from data_pipeline.dedup.stages import StageRunner
+from data_pipeline.executor import finish
 from data_pipeline.stats import Stats
 
 
@@ -31,13 +32,13 @@ def _alltoallv(comm: MPI.Comm, values: np.ndarray, owner: np.ndarray, counts: np
     return recv
 
 
-def exchange_buckets(signature_files: dict[int, Path], pairs_dir: Path, window: int,
+def exchange_buckets(runner: StageRunner, signature_files: dict[int, Path], pairs_dir: Path, window: int,
                      threshold: float | None) -> None:
     """Collective: every rank writes the verified pairs of its key partition."""
     comm = MPI.COMM_WORLD
     rank, world = comm.Get_rank(), comm.Get_size()
-    name = f"part-{rank:05d}"
-    if comm.allreduce(is_done(pairs_dir, name), op=MPI.LAND):
+    pending = runner.single(pairs_dir, f"part-{rank:05d}", runner.partition_options(world))
+    if comm.allreduce(pending is None, op=MPI.LAND):
         return
     keys, ids = [], []
     for shard in sorted(signature_files)[rank::world]:
@@ -53,6 +54,7 @@ def exchange_buckets(signature_files: dict[int, Path], pairs_dir: Path, window: 
     my_keys = _alltoallv(comm, keys, owner, counts, received)
     my_ids = _alltoallv(comm, ids, owner, counts, received)
     stats = Stats()
-    write_pairs(pairs_dir / f"{name}.parquet", my_keys, my_ids, window, threshold, signature_files, stats)
-    mark_done(pairs_dir, name, {"shard": name, "stats": stats.to_dict()})
+    write_pairs(pairs_dir / f"part-{rank:05d}.parquet", my_keys, my_ids, window, threshold, signature_files, stats)
+    if pending is not None:  # a rank already done rewrote the same pairs: its marker still holds
+        finish(*pending, stats.to_dict())
     comm.Barrier()

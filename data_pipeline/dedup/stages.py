@@ -6,6 +6,12 @@ partition (``part-00007``), so they get the same rank split, worker pool,
 progress bar and completion markers. Between stages every rank must see the
 previous stage complete: under MPI a barrier waits for it; a Slurm array has no
 barrier, so each stage runs as its own (dependent) job with ``--stage``.
+
+Every result depends on every input shard and on the command's settings, so each
+stage's markers record both (the settings as options, the inputs as a digest): a rerun
+with other settings, inputs or code is refused at its first stage before that does any
+work, or with ``--overwrite`` redoes every stage. A run holds its input shards locked in the work
+directory for the whole command, so a second run over them is refused at once.
 """
 from __future__ import annotations
 
@@ -14,13 +20,15 @@ import fcntl
 import json
 import math
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from data_pipeline.errors import UserError
-from data_pipeline.executor import Rank, ShardTask, detect_rank, make_tasks, run_shards
-from data_pipeline.shards import is_done, write_json
+from data_pipeline.executor import (Rank, ShardTask, agree, claim, detect_rank, inputs_digest, make_tasks, normalised,
+                                    run_shards, unfinished)
+from data_pipeline.shards import DONE_DIR, unmark, write_json
 from data_pipeline.stats import Stats
 
 
@@ -42,13 +50,26 @@ def row_count(files: dict[int, Path] | list[Path]) -> int:
 
 
 class StageRunner:
-    """Runs the stages of one dedup invocation with the CLI's executor settings."""
+    """Runs the stages of one dedup invocation with the CLI's executor settings; a context
+    manager that holds this rank's input shards locked in the work directory `work`."""
 
-    def __init__(self, args: argparse.Namespace, inputs: Sequence[Path]):
+    def __init__(self, args: argparse.Namespace, inputs: Sequence[Path], work: Path, settings: dict):
         self.args = args
         self.inputs = list(inputs)
         self.rank: Rank = detect_rank(args.executor)
         self.tasks = make_tasks(self.inputs, Path(args.output), args.input)
+        self.work = work
+        self.settings = normalised(settings)
+        self.depends = inputs_digest(self.tasks)
+        self._locks = ExitStack()
+
+    def __enter__(self) -> StageRunner:
+        self._locks.enter_context(claim(self.work, [t.name for t in self.tasks[self.rank.rank::self.rank.world]],
+                                        self.rank))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._locks.close()
 
     @property
     def is_mpi(self) -> bool:
@@ -60,33 +81,33 @@ class StageRunner:
 
             MPI.COMM_WORLD.Barrier()
 
-    def check_settings(self, work: Path, settings: dict) -> None:
-        """Resuming with other settings would mix incompatible intermediates: refuse."""
-        if self.rank.rank == 0:
-            path = work / "settings.json"
-            current = json.loads(json.dumps(settings))
-            if path.exists():
-                previous = json.loads(path.read_text())
-                changed = sorted(k for k in current.keys() | previous.keys() if previous.get(k) != current.get(k))
-                if changed:
-                    raise UserError(f"{work} holds a run with other settings ({', '.join(changed)}); "
-                                    "use a new --output or the same settings")
-            else:
-                write_json(path, current)
-        self.barrier()
-
     def files(self, directory: Path, suffix: str = ".parquet") -> dict[int, Path]:
         """Per-shard stage outputs by shard index."""
         return {t.index: directory / f"{t.name}{suffix}" for t in self.tasks}
 
     def per_shard(self, process: Callable[[ShardTask, Stats], None], out_dir: Path, stage: str) -> Stats:
-        return run_shards(process, self.inputs, out_dir, input_root=self.args.input,
-                          workers=self.args.workers, executor=self.args.executor, stage=stage)
+        return run_shards(process, self.inputs, out_dir, options=self.settings, depends=self.depends,
+                          overwrite=self.args.overwrite, input_root=self.args.input, workers=self.args.workers,
+                          executor=self.args.executor, stage=stage)
 
     def per_partition(self, process: Callable[[ShardTask, Stats], None], count: int, out_dir: Path,
                       stage: str, summary: bool = True) -> Stats:
-        return run_shards(process, partition_inputs(count), out_dir, workers=self.args.workers,
+        """Run `count` partition tasks. The count is part of what their markers record (the same
+        settings can give another count, e.g. under a different number of MPI ranks); with
+        --overwrite, partitions beyond it that an earlier run left are deleted, as readers of a
+        partition directory take every ``part-*`` file in it."""
+        if self.args.overwrite:
+            keep = {p.name for p in partition_inputs(count)}
+            for marker in sorted((out_dir / DONE_DIR).glob("part-*.json")):
+                if marker.stem not in keep:
+                    (out_dir / f"{marker.stem}.parquet").unlink(missing_ok=True)
+                    marker.unlink(missing_ok=True)
+        return run_shards(process, partition_inputs(count), out_dir, options=self.partition_options(count),
+                          depends=self.depends, overwrite=self.args.overwrite, workers=self.args.workers,
                           executor=self.args.executor, stage=stage, summary=summary)
+
+    def partition_options(self, count: int) -> dict:
+        return dict(self.settings, partition_tasks=count)
 
     def partition_count(self, requested: int, items: int, per_partition: int, most: int | None = None) -> int:
         """Hash partitions for a grouping stage: one per rank under MPI, else as requested,
@@ -97,18 +118,31 @@ class StageRunner:
         return max(1, min(count, most or count))
 
     def shards_complete(self, out_dir: Path, stage: str) -> None:
-        self.require_complete(out_dir, [t.name for t in self.tasks], stage)
+        self.require_complete(make_tasks(self.inputs, out_dir, self.args.input), self.settings, stage)
 
     def partitions_complete(self, out_dir: Path, count: int, stage: str) -> None:
-        self.require_complete(out_dir, [p.name for p in partition_inputs(count)], stage)
+        self.require_complete(make_tasks(partition_inputs(count), out_dir), self.partition_options(count), stage)
 
-    def require_complete(self, out_dir: Path, names: list[str], stage: str) -> None:
-        """A stage must not start on a partial result of the previous one (Slurm tasks still running)."""
-        missing = [n for n in names if not is_done(out_dir, n)]
+    def require_complete(self, tasks: list[ShardTask], options: dict, stage: str) -> None:
+        """A stage must not start on a partial (Slurm tasks still running) or stale result of
+        the previous one."""
+        missing, refusal = unfinished(tasks, options, depends=self.depends)
+        if refusal:
+            raise UserError(f"stage {stage}: {refusal}")
         if missing:
-            raise UserError(f"stage {stage} is not complete ({len(missing)} of {len(names)} tasks missing, "
-                            f"e.g. {missing[0]}); with a Slurm array run each stage as its own job "
+            raise UserError(f"stage {stage} is not complete ({len(missing)} of {len(tasks)} tasks missing, "
+                            f"e.g. {missing[0][0].name}); with a Slurm array run each stage as its own job "
                             f"(--stage), waiting for the previous one")
+
+    def single(self, out_dir: Path, name: str, options: dict) -> tuple[ShardTask, dict] | None:
+        """A task run outside `run_shards` (the clusters result, an MPI rank's pairs) with the
+        record for its marker (`executor.finish`), or None if it is done; on every rank."""
+        task = make_tasks([Path(name)], out_dir)[0]
+        todo, refusal = unfinished([task], options, depends=self.depends, overwrite=self.args.overwrite)
+        agree(self.rank, refusal)
+        if todo:
+            unmark(out_dir, name)
+        return todo[0] if todo else None
 
 
 def add_to_stats(output: Path, key: str, value) -> None:

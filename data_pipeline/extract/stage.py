@@ -26,11 +26,12 @@ def check(config: dict) -> None:
 
 
 def run(input: str | Path, output: str | Path, config: dict | None = None, *,
-        workers: int = 1, executor: str = "auto") -> Stats:
+        workers: int = 1, executor: str = "auto", overwrite: bool = False) -> Stats:
     """Extract every input shard under `input` into `output` (the recipe step)."""
     options = options_from_config(ExtractOptions, config or {}, "extract")
     return run_shards(partial(extract_shard, options=options), discover_shards(input, INPUT_SUFFIXES),
-                      output, input_root=input, workers=workers, executor=executor, stage="extract")
+                      output, options=asdict(options), overwrite=overwrite, input_root=input, workers=workers,
+                      executor=executor, stage="extract")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,5 +52,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     config = {"source": args.source, "main_content": args.main_content, "max_record_bytes": args.max_record_bytes}
-    run(args.input, args.output, config, workers=args.workers, executor=args.executor)
+    run(args.input, args.output, config, workers=args.workers, executor=args.executor, overwrite=args.overwrite)
     return 0

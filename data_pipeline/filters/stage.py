@@ -22,7 +22,7 @@ from data_pipeline.executor import ShardTask, add_executor_args, run_shards
 from data_pipeline.extract import INPUT_SUFFIXES, read_any
 from data_pipeline.filters import DEFAULT_CONFIG, Filter, build_filters
 from data_pipeline.filters.c4 import C4Filter
-from data_pipeline.shards import ShardWriter, discover_shards, read_schema
+from data_pipeline.shards import ShardWriter, discover_shards, file_identity, read_schema
 from data_pipeline.stats import Stats, count_output
 
 _built: dict[str, list[Filter]] = {}  # per process: load models once, not once per shard
@@ -72,12 +72,21 @@ def check(config: dict) -> None:
 
 
 def run(input: str | Path, output: str | Path, config: dict | None = None, *,
-        workers: int = 1, executor: str = "auto") -> Stats:
+        workers: int = 1, executor: str = "auto", overwrite: bool = False) -> Stats:
     """Filter every shard under `input` into `output` (the recipe step)."""
     config = config or DEFAULT_CONFIG
     check(config)  # fail on a bad key before any shard starts
     return run_shards(partial(filter_shard, config=config), discover_shards(input, INPUT_SUFFIXES), output,
-                      input_root=input, workers=workers, executor=executor, stage="filter")
+                      options=recorded_options(config), overwrite=overwrite, input_root=input, workers=workers,
+                      executor=executor, stage="filter")
+
+
+def recorded_options(config: dict) -> dict:
+    """What decides the filter's output: the filters in their order with their options, and
+    the files they name (``domains_file``, ``model_path``) by size and mtime."""
+    files = {path: file_identity(path) for options in config.values() for key, path in (options or {}).items()
+             if key.endswith(("_file", "_path")) and path}
+    return {"order": list(config), "filters": config, "files": files}
 
 
 def load_config(path: str | Path) -> dict:
@@ -105,5 +114,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     config = load_config(args.config) if args.config else None
-    run(args.input, args.output, config, workers=args.workers, executor=args.executor)
+    run(args.input, args.output, config, workers=args.workers, executor=args.executor, overwrite=args.overwrite)
     return 0

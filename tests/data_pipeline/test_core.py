@@ -1,8 +1,10 @@
-"""Shared core: shard discovery and I/O, completion markers, stats merging, executors, resume."""
+"""Shared core: shard discovery and I/O, completion markers, stats merging, executors, resume,
+reruns (stale work, concurrent runs, unwritable outputs)."""
 from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -187,3 +189,106 @@ def test_mpi_ranks_split_the_inputs(tmp_path, warc_sample):
     assert outputs(tmp_path / "mpi") == outputs(tmp_path / "local")
     stats = json.loads((tmp_path / "mpi" / "stats.json").read_text())
     assert stats["shards_done"] == 4 and stats["documents_out"] == 88
+
+
+# ---------------------------------------------------------------- reruns
+
+
+def test_replaced_input_is_refused_and_overwrite_redoes_only_its_shard(cli, tmp_path, warc_sample):
+    """Extracting a half-downloaded crawl file, then rerunning once it is complete, must not keep the half."""
+    inputs = make_inputs(tmp_path / "in", warc_sample, 2)
+    (inputs / "part-00.warc.gz").write_bytes(warc_sample.read_bytes()[: warc_sample.stat().st_size // 2])
+    out = tmp_path / "out"
+    assert cli("extract", "--input", inputs, "--output", out)[0] == 0
+    partial = (out / "part-00.parquet").read_bytes()
+    assert pq.read_metadata(out / "part-00.parquet").num_rows < 22
+    untouched = (out / ".done" / "part-01.json").stat().st_mtime_ns
+    shutil.copy(warc_sample, inputs / "part-00.warc.gz")
+    code, _, err = cli("extract", "--input", inputs, "--output", out)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "1 finished shard(s) (e.g. part-00) do not match this run: input files changed" in err
+    assert "--overwrite" in err and (out / "part-00.parquet").read_bytes() == partial
+    code, _, err = cli("extract", "--input", inputs, "--output", out, "--overwrite")
+    assert code == 0 and "(1 this run, 1 already done)" in err
+    assert pq.read_metadata(out / "part-00.parquet").num_rows == 22
+    assert (out / ".done" / "part-01.json").stat().st_mtime_ns == untouched
+    assert json.loads((out / "stats.json").read_text())["documents_out"] == 44
+
+
+@pytest.mark.parametrize("stage", ["extract", "filter"])
+def test_parquet_without_a_text_column_fails_instead_of_dropping_everything(cli, tmp_path, ccnet_sample, stage):
+    docs = list(read_documents(ccnet_sample))
+    pq.write_table(pa.table({"id": [d.id for d in docs], "content": [d.text for d in docs]}), tmp_path / "d.parquet")
+    code, _, err = cli(stage, "--input", tmp_path / "d.parquet", "--output", tmp_path / "out")
+    assert code == 2 and "Traceback" not in err
+    assert "1 shard(s) failed" in err and "no 'text' column (columns: id, content)" in err.strip().splitlines()[-1]
+    assert not list((tmp_path / "out").rglob("*.parquet")) and not (tmp_path / "out" / ".done" / "d.json").exists()
+
+
+def open_fifo_for_writing(fifo: Path, reader: subprocess.Popen, timeout: float = 60) -> int:
+    """Wait until `reader` opens `fifo` (it is then inside that shard, its locks taken); a blocking write end."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and reader.poll() is None:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO until a reader has it open
+        except OSError:
+            time.sleep(0.02)
+            continue
+        os.set_blocking(fd, True)
+        return fd
+    raise AssertionError(f"{fifo} was not opened: {reader.poll()} {reader.stderr.read() if reader.stderr else ''}")
+
+
+@pytest.mark.parametrize("command, stats_dir", [(["extract"], "."),
+                                                (["dedup", "exact", "--stage", "hashes"], ".dedup/exact/hashes")])
+def test_second_run_into_the_same_output_is_refused_while_array_tasks_share_it(h, tmp_path, ccnet_sample,
+                                                                             command, stats_dir):
+    """Shard a.jsonl is a FIFO, so the run that took it stays inside it until the test closes it
+    (unwritten: a write would change its mtime, i.e. the input, under the run)."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    os.mkfifo(inputs / "a.jsonl")
+    shutil.copy(ccnet_sample, inputs / "b.jsonl.gz")
+    argv = (*command, "--input", inputs, "--output", tmp_path / "out")
+    array_task = [{"SLURM_ARRAY_TASK_ID": str(t), "SLURM_ARRAY_TASK_COUNT": "2"} for t in (0, 1)]
+    first = h.gpt_data_process(*argv, env=array_task[0])  # takes a.jsonl
+    fifo = open_fifo_for_writing(inputs / "a.jsonl", first)
+    second = h.gpt_data_process(*argv, "--executor", "local")
+    try:
+        _, err = second.communicate(timeout=60)
+        assert second.returncode == 2 and "another run is writing" in err and "(shard a)" in err, err
+        assert len(err.strip().splitlines()) == 1
+        other_task = h.gpt_data_process(*argv, env=array_task[1])  # takes b.jsonl.gz
+        _, err = other_task.communicate(timeout=120)
+        assert other_task.returncode == 0, err
+    finally:
+        if second.poll() is None:
+            second.kill()
+        os.close(fifo)  # the shard ends empty
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0 and "Traceback" not in err, err
+    stats = json.loads((tmp_path / "out" / stats_dir / "stats.json").read_text())
+    assert stats["shards_done"] == 2 and stats["documents_in"] == 10
+
+
+TOKENS = Path(__file__).resolve().parents[1] / "data" / "tokens"
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "under-proc", "proc"])
+@pytest.mark.parametrize("command", [
+    ("extract", "--output", "{}"), ("dedup", "exact", "--output", "{}"), ("tokenize", "--output", "{}/cc"),
+    ("stats", "--output", "{}"), ("tokenizer", "train", "--vocab-size", "300", "--output", "{}/sp"),
+    ("classifier", "train", "--negative", "{input}", "--output", "{}/model.npz"),
+    ("mixture", "--source", f"wiki={TOKENS / 'wiki_gpt2_text_document'}", "--output", "{}/blend.json"),
+])
+def test_output_that_cannot_be_written_is_one_line(cli, tmp_path, ccnet_sample, command, where):
+    (tmp_path / "file").write_text("a regular file")
+    out = {"under-a-file": tmp_path / "file" / "out", "under-proc": Path("/proc/gpt-data-test/out"),
+           "proc": Path("/proc")}[where]
+    docs = tmp_path / "docs.parquet"
+    with ShardWriter(docs) as writer:
+        for doc in read_documents(ccnet_sample):
+            writer.write(doc)
+    inputs = ["--positive" if command[0] == "classifier" else "--input", docs] if command[0] != "mixture" else []
+    code, _, err = cli(*(a.format(out, input=docs) for a in command), *inputs)
+    assert code == 2 and "cannot write to --output" in err and len(err.strip().splitlines()) == 1, err

@@ -215,6 +215,21 @@ def test_changed_settings_on_resume_are_refused(shards, tmp_path, cli):
     assert code == 2 and "other settings (bands)" in err
 
 
+def test_changed_input_is_refused_and_overwrite_redoes_the_dedup(corpus, tmp_path, cli):
+    """Every decision depends on every input shard: one changed shard means a new dedup."""
+    argv = ("dedup", "exact", "--input", tmp_path / "in", "--priority", "wikipedia,books")
+    dc.write_shards(corpus, tmp_path / "in", 4, docs=range(1000))
+    assert cli(*argv, "--output", tmp_path / "out")[0] == 0
+    before = {p: p.read_bytes() for p in (tmp_path / "out").glob("*.parquet")}
+    dc.write_shards(corpus, tmp_path / "in", 4, docs=range(500, 1500))
+    code, _, err = cli(*argv, "--output", tmp_path / "out")
+    assert code == 2 and "input files changed" in err and len(err.strip().splitlines()) == 1, err
+    assert {p: p.read_bytes() for p in (tmp_path / "out").glob("*.parquet")} == before
+    assert cli(*argv, "--output", tmp_path / "out", "--overwrite")[0] == 0
+    assert cli(*argv, "--output", tmp_path / "fresh")[0] == 0
+    same_tree(tmp_path / "out", tmp_path / "fresh")
+
+
 def test_later_stage_without_earlier_one_is_a_clear_error(shards, tmp_path, cli):
     code, _, err = cli("dedup", "minhash", "--input", shards, "--output", tmp_path, "--stage", "clusters")
     assert code == 2 and "stage signatures is not complete" in err
@@ -252,11 +267,17 @@ def test_exact_dedup_keeps_priority_copy_of_identical_normalised_text(corpus, tm
 
 
 def test_partitions_and_workers_do_not_change_the_clusters(shards, minhash_run, tmp_path, cli):
-    code, _, _ = cli("dedup", "minhash", "--input", shards, "--output", tmp_path, "--priority", "wikipedia,books",
-                     "--partitions", "3", "--workers", "2")
+    argv = ("dedup", "minhash", "--input", shards, "--output", tmp_path, "--priority", "wikipedia,books")
+    code, _, _ = cli(*argv, "--partitions", "3", "--workers", "2")
     assert code == 0
     assert len(list((tmp_path / ".dedup/minhash/pairs").glob("*.parquet"))) == 3
     assert dc.read_decisions(tmp_path).equals(dc.read_decisions(minhash_run))
+    # Back to the default partitioning: refused, then with --overwrite exactly a fresh run's files
+    # (none of the 3-partition run's partitions left for a reader of a partition directory).
+    code, _, err = cli(*argv)
+    assert code == 2 and "other settings (partitions)" in err
+    assert cli(*argv, "--overwrite")[0] == 0
+    same_tree(tmp_path, minhash_run)
 
 
 def same_tree(a: Path, b: Path) -> None:

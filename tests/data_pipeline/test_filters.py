@@ -312,3 +312,32 @@ def test_filter_config_errors_are_one_line(cli, tmp_path, ccnet_sample):
         code, _, err = cli("filter", "--input", ccnet_sample, "--output", tmp_path / "out", "--config", path)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_rerun_with_another_config_or_code_is_refused_until_overwrite(cli, h, tmp_path, ccnet_sample):
+    configs = {}
+    for min_words in (50, 1000):
+        configs[min_words] = tmp_path / f"min{min_words}.yaml"
+        configs[min_words].write_text(f"gopher_quality: {{min_words: {min_words}}}\n")
+    out = tmp_path / "out"
+
+    def run(min_words: int, *flags: str) -> tuple[int, str]:
+        code, _, err = cli("filter", "--input", ccnet_sample, "--output", out, "--config", configs[min_words], *flags)
+        return code, err
+
+    assert run(50)[0] == 0
+    kept = h.read_rows(out)
+    code, err = run(1000)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "do not match this run: other settings (filters.gopher_quality.min_words)" in err
+    assert h.read_rows(out) == kept
+    assert run(1000, "--overwrite")[0] == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert len(h.read_rows(out)) == stats["documents_out"] < len(kept) and stats["removed"]["gopher_quality:min_words"]
+    code, err = run(1000)
+    assert code == 0 and "(0 this run, 1 already done)" in err
+    marker = out / ".done" / "ccnet-head-0091.json"  # as if an earlier version of the code had made it
+    record = json.loads(marker.read_text())
+    marker.write_text(json.dumps(dict(record, made_from=dict(record["made_from"], code="0123456789abcdef"))))
+    code, err = run(1000)
+    assert code == 2 and "other data_pipeline code" in err

@@ -194,9 +194,15 @@ def test_quality_split_weights_buckets_by_the_curve(scored_common_crawl, tmp_pat
     assert blend.sources[-1].name == "wiki" and blend.sources[-1].weight == pytest.approx(0.4)
     epochs = [s.epochs for s in cc_sources]
     assert epochs[2] > epochs[1] > epochs[0]  # better text is repeated more
-    # Re-running reuses the split; another curve only changes weights.
+    # Re-running reuses the split; another curve only changes weights, and replaces the blend
+    # only with --overwrite.
     mtime = Path(f"{cc_sources[0].prefix}.bin").stat().st_mtime_ns
-    assert cli(args[:-6] + ["--quality-curve", "1,1,3", "--output", str(blend_path)]) == 0
+    other_curve = args[:-6] + ["--quality-curve", "1,1,3", "--output", str(blend_path)]
+    before = blend_path.read_bytes()
+    assert cli(other_curve) == 2 and blend_path.read_bytes() == before
+    other_edges = [a if a != "0,0.3,0.6,1" else "0,0.5,1" for a in args]
+    assert cli(other_edges) == 2 and Path(f"{cc_sources[0].prefix}.bin").stat().st_mtime_ns == mtime
+    assert cli(other_curve + ["--overwrite"]) == 0
     again = load_blend(blend_path)
     assert Path(f"{cc_sources[0].prefix}.bin").stat().st_mtime_ns == mtime
     mass = np.array(tokens) * np.array([1, 1, 3])

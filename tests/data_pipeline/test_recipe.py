@@ -63,6 +63,25 @@ def test_recipe_chains_steps_like_running_them_by_hand(cli, h, tmp_path, warc_sa
     assert code == 0 and err.count("0 this run") == 3
 
 
+def test_rerun_with_changed_step_options_is_refused_until_overwrite(cli, h, tmp_path, warc_sample):
+    recipe = {"input": str(warc_sample), "output": str(tmp_path / "run"),
+              "steps": [{"extract": {}}, {"filter": {"gopher_quality": {"min_words": 50}}}, {"tokenize": {}}]}
+    path = write_recipe(tmp_path / "recipe.yaml", recipe)
+    assert cli("run", path)[0] == 0
+    kept = h.read_rows(tmp_path / "run" / "02-filter")
+    recipe["steps"][1]["filter"]["gopher_quality"]["min_words"] = 400
+    write_recipe(path, recipe)
+    code, _, err = cli("run", path)
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "02-filter" in last and "other settings (filters.gopher_quality.min_words)" in last, err
+    assert h.read_rows(tmp_path / "run" / "02-filter") == kept
+    code, _, err = cli("run", path, "--overwrite")  # the tokenize step's input changed with it
+    assert code == 0 and "extract: 1/1 shards done (0 this run, 1 already done)" in err, err
+    now_kept = h.read_rows(tmp_path / "run" / "02-filter")
+    assert 0 < len(now_kept) < len(kept)
+    assert indexed.read_index(tmp_path / "run" / "03-tokenize").documents == len(now_kept)
+
+
 def test_recipe_errors_are_caught_before_any_step_runs(cli, tmp_path, warc_sample):
     base = {"input": str(warc_sample), "output": str(tmp_path / "run")}
     cases = [

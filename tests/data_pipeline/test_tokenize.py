@@ -208,6 +208,24 @@ def test_cli_tokenize(tmp_path, capsys):
                  "--tokenizer", "gpt2"]) == 2
 
 
+def test_prefix_of_other_inputs_or_options_is_refused_until_overwrite(tmp_path):
+    docs = real_documents()
+    write_shards(tmp_path / "in", docs, 2)
+    prefix = tmp_path / "run" / "t"
+    tokenize(tmp_path / "in", prefix, "gpt2", quiet=True)
+    merged = indexed.bin_path(prefix).read_bytes()
+    write_shards(tmp_path / "in", docs[:-3], 2)  # same shard names, other documents
+    with pytest.raises(UserError, match="do not match this run: input files changed; rerun with --overwrite"):
+        tokenize(tmp_path / "in", prefix, "gpt2", quiet=True)
+    with pytest.raises(UserError, match=r"other settings \(quality_column\)"):
+        tokenize(tmp_path / "in", prefix, "gpt2", quality_column="score", quiet=True)
+    assert indexed.bin_path(prefix).read_bytes() == merged
+    summary = tokenize(tmp_path / "in", prefix, "gpt2", overwrite=True, quiet=True)
+    fresh = tokenize(tmp_path / "in", tmp_path / "fresh" / "t", "gpt2", quiet=True)
+    assert summary["documents"] == fresh["documents"] == len(docs) - 3
+    assert indexed.bin_path(prefix).read_bytes() == indexed.bin_path(tmp_path / "fresh" / "t").read_bytes()
+
+
 def test_recipe_step_hooks(tmp_path):
     from data_pipeline.tokenize import check_step, run_step
 
