@@ -133,7 +133,8 @@ def load_plain(path: Path, what: str, allowed: tuple = ()):
         raise CheckpointError(f"{what} holds more than tensors and plain values (unpickling it would call "
                               f"{_unsafe_globals(path)}); refusing to load it") from None
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same user-facing problem
-        raise CheckpointError(f"{what} cannot be read ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{what} cannot be read ({reason})") from None
 
 
 def read_rng(path: Path, what: str) -> dict:

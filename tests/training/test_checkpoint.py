@@ -192,7 +192,8 @@ def refusals(checkpoint: Path, tmp_path: Path, capsys) -> list[str]:
     task = same_source(tmp_path / "task", train=8, test=4)
     lines = []
     for tool, args in ((gpt_convert, ["inspect", "--input", str(checkpoint)]),
-                       (gpt_generate, ["--checkpoint", str(checkpoint), "--prompt-ids", "1,2", "--max-new-tokens", "1"]),
+                       (gpt_generate, ["--checkpoint", str(checkpoint), "--prompt-ids", "1,2", "--max-new-tokens",
+                                       "1"]),
                        (gpt_finetune, ["--checkpoint", str(checkpoint), "--task", str(task), "--output",
                                        str(tmp_path / "tuned")])):
         capsys.readouterr()
@@ -220,16 +221,14 @@ def test_a_pickle_in_a_checkpoint_is_never_unpickled(straight_run, tmp_path, cap
     assert not marker.exists()
 
     model = load_gpt(straight_run / "checkpoints")[0]
-    tuned = tmp_path / "finetuned"
-    save_finetuned(tuned, {n: p.detach() for n, p in model.named_parameters()}, model, TaskHead(64, 2),
-                   FinetuneInfo("t", "similarity", 2, 50257, 50258, 50259, 64))
-    assert load_head(tuned, model)[1].kind == "similarity"
+    weights = {name: p.detach() for name, p in model.named_parameters()}
+    info, tuned = FinetuneInfo("t", "similarity", 2, 50257, 50258, 50259, 64), tmp_path / "finetuned"
+    save_finetuned(tuned, weights, model, TaskHead(64, 2), info)
+    assert load_head(tuned, model)[1] == info
     with pytest.raises(CheckpointError, match="already holds a checkpoint"):  # never overwritten
-        save_finetuned(tuned, {n: p.detach() for n, p in model.named_parameters()}, model, TaskHead(64, 2),
-                       FinetuneInfo("t", "similarity", 2, 50257, 50258, 50259, 64))
-    head = tuned / "step00000000"
-    craft(head, "head.pt", {"linear.weight": CreatesFile(marker)})
-    expected = f"file head.pt holds more than tensors and plain values (unpickling it would call io.open)"
+        save_finetuned(tuned, weights, model, TaskHead(64, 2), info)
+    craft(tuned / "step00000000", "head.pt", {"linear.weight": CreatesFile(marker)})
+    expected = "file head.pt holds more than tensors and plain values (unpickling it would call io.open)"
     assert all(expected in line for line in refusals(tuned, tmp_path, capsys))
     result = run_pretrain(tmp_path / "from_tuned", 1, COMMON + [f"checkpoint.load={tuned}"], check=False)
     assert result.returncode == 2 and expected in result.stderr.strip().splitlines()[-1]
