@@ -175,6 +175,13 @@ def test_corrupt_or_mismatched_checkpoint_is_refused(straight_run, tmp_path):
     assert result.stderr.strip().splitlines()[-1].endswith(
         "has model.d_model=64 but the config says model.d_model=128")
     assert {p: p.stat().st_mtime_ns for p in foreign.rglob("*")} == before
+    taken = tmp_path / "c" / "checkpoints" / "step00000002"  # not a checkpoint, but a save would have replaced it
+    taken.mkdir(parents=True)
+    (taken / "notes.txt").write_text("mine")
+    result = run_pretrain(tmp_path / "c", 1, COMMON + ["train.steps=2"], check=False)
+    assert result.returncode == 2 and (taken / "notes.txt").read_text() == "mine"
+    assert result.stderr.strip().splitlines()[-1] == (f"training.pretrain: error: checkpoint {taken} already exists; "
+                                                      "not overwriting it (move it away to save step 2 here)")
 
 
 # --------------------------------------------------------------------------- crafted checkpoints
