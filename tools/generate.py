@@ -18,17 +18,22 @@ import sys
 from pathlib import Path
 
 from data_pipeline.errors import UserError
+from data_pipeline.tokenizers import load_tokenizer
 from tools.model_source import add_model_args, load_from_args
 from training.generation import Sampling, generate
 
 
-def parse_ids(text: str) -> list[int]:
+def parse_ids(text: str, vocab_size: int) -> list[int]:
+    """Token ids of the tokenizer's vocabulary (the model's padded rows are not tokens)."""
     try:
         ids = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise UserError(f"--prompt-ids must be comma-separated token ids, got {text!r}") from None
     if not ids:
         raise UserError("--prompt-ids is empty")
+    wrong = [i for i in ids if not 0 <= i < vocab_size]
+    if wrong:
+        raise UserError(f"--prompt-ids: {wrong[0]} is not a token id (the tokenizer has ids 0 to {vocab_size - 1})")
     return ids
 
 
@@ -69,11 +74,12 @@ def check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     check(args)
-    loaded = load_from_args(args)
-    tokenizer = loaded.tokenizer
-    prompts = [tokenizer.encode(p) for p in args.prompt] if args.prompt else [parse_ids(p) for p in args.prompt_ids]
+    tokenizer = load_tokenizer(args.tokenizer)  # prompts are checked before the (slow) model load
+    prompts = ([tokenizer.encode(p) for p in args.prompt] if args.prompt else
+               [parse_ids(p, tokenizer.vocab_size) for p in args.prompt_ids])
     if any(not p for p in prompts):
         raise UserError("a prompt encodes to no tokens")
+    loaded = load_from_args(args)
     longest = max(len(p) for p in prompts) + args.max_new_tokens
     if longest > loaded.model.cfg.seq_length:
         raise UserError(f"prompt plus --max-new-tokens is {longest} tokens, the model's context is "

@@ -1,9 +1,14 @@
 """Generation on our own GPT: the cached decoder against the model's own forward pass."""
+import subprocess
+import sys
+
+import pytest
 import torch
 
 from training.config import ModelConfig
 from training.generation import Sampling, forward, generate, left_pad, next_token
 from training.model import GPT
+from tests.training.launch import REPO
 
 
 def model(arch: str = "gpt3", seed: int = 3) -> GPT:
@@ -114,3 +119,22 @@ def test_defaults_are_gpt2s_top_k_40_at_temperature_1():
     logits = torch.linspace(0.0, -0.5, 100)[torch.randperm(100, generator=torch.Generator().manual_seed(1))]
     drawn = next_token(logits[None].repeat(8000, 1), Sampling(), torch.Generator().manual_seed(2))
     assert set(drawn.tolist()) == set(logits.topk(40).indices.tolist())
+
+
+@pytest.mark.parametrize("ids, wrong", [("464,50300", 50300), ("70000", 70000)])
+def test_prompt_ids_outside_the_vocabulary_are_refused_before_the_model_loads(capsys, tmp_path, ids, wrong):
+    """50300 is a padded row of the model (50304 rows at TP1), not one of GPT-2's 50257 tokens;
+    no checkpoint exists at all: the ids are checked before the ~10 s model load."""
+    from tools.generate import main as gpt_generate
+
+    assert gpt_generate(["--checkpoint", str(tmp_path / "none"), "--prompt-ids", ids]) == 2
+    assert capsys.readouterr().err == \
+        f"gpt-generate: error: --prompt-ids: {wrong} is not a token id (the tokenizer has ids 0 to 50256)\n"
+
+
+def test_a_tool_error_is_its_whole_output(tmp_path):
+    """No third-party start-up noise (Transformer Engine/Apex, DeepSpeed's accelerator) around it."""
+    result = subprocess.run([sys.executable, "-m", "tools.generate", "--checkpoint", str(tmp_path / "none"),
+                             "--prompt-ids", "1,-5"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == "gpt-generate: error: --prompt-ids: -5 is not a token id (the tokenizer has ids 0 to 50256)\n"
