@@ -94,17 +94,23 @@ log "job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}): $NODES nodes x $TASK
     "TP $TP x PP $PP x DP $(( WORLD / (TP * PP) )), backend $BACKEND, master $MASTER_ADDR:$MASTER_PORT"
 log "config $CONFIG, run dir $RUN_DIR, checkpoints $CKPT_DIR"
 
-# ---- preemption: Slurm sends USR1 (--signal=B:USR1@...) before the time limit -------------
-# The trainer treats SIGUSR1/SIGTERM as "finish this step, save, exit 0" (training/faults.py):
-# forward it to every task through srun, let them save, then requeue. The job returns to the
-# queue under the same id and resumes from $CKPT_DIR/latest when it starts again.
+# ---- stopping: the trainer treats SIGUSR1/SIGTERM as "finish this step, save, exit 0" -------
+# USR1 to this shell (pre-emption: --signal=B:USR1@... before the time limit): the tasks save,
+# then the job is requeued under the same id and resumes from $CKPT_DIR/latest.
+# TERM to this shell (`scancel --signal=TERM --batch JOB`): the tasks save and the job ends, 0.
+# Both reach the tasks as USR1 through srun: srun turns a SIGTERM into SIGKILL for its tasks.
 PREEMPTED=
-preempt() {
-    log "USR1: time limit near: asking the trainer to checkpoint, then requeueing job $SLURM_JOB_ID"
-    PREEMPTED=1
+stop() {
+    if [[ $1 == USR1 ]]; then
+        log "USR1: time limit near: asking the trainer to checkpoint, then requeueing job $SLURM_JOB_ID"
+        PREEMPTED=1
+    else
+        log "TERM: asking the trainer to checkpoint and stop"
+    fi
     kill -USR1 "$SRUN_PID" 2>/dev/null || true
 }
-trap preempt USR1
+trap 'stop USR1' USR1
+trap 'stop TERM' TERM
 
 srun --kill-on-bad-exit=1 \
     python -m training.pretrain --config "$CONFIG" --run-dir "$RUN_DIR" --set "${OVERRIDES[@]}" &

@@ -241,3 +241,21 @@ def test_cli_prints_best_layout_as_overrides(capsys, tmp_path):
 def test_cli_reports_when_nothing_fits(capsys):
     assert plan_main(["--config", str(GPT3_175B), "--nodes", "1", "--gpus-per-node", "8"]) == 1
     assert "no layout fits" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value, problem", [
+    ("--nodes", "0", "must be positive"), ("--gpus-per-node", "0", "must be positive"),
+    ("--gpu-memory-gb", "0", "must be positive"), ("--compute-efficiency", "1.5", "is a fraction of peak, at most 1"),
+])
+def test_cli_refuses_a_cluster_that_is_not_one_in_one_line(capsys, flag, value, problem):
+    """Zero GPUs or memory used to plan nothing and then blame the config ("no layout fits")."""
+    assert plan_main(["--config", str(TINY), flag, value]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"gpt-plan: error: {flag} {problem}, got {value}\n"
+
+
+def test_planner_offers_no_layout_with_a_stage_of_embeddings_only():
+    """4 layers on 4 stages leaves the first and last stage without a block, which the trainer refuses."""
+    from tools.plan import layouts
+
+    assert {layout.pp for layout in layouts(tiny(), 4, max_tp=1)} == {1, 2}

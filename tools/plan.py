@@ -14,7 +14,7 @@ import sys
 from dataclasses import asdict, dataclass
 
 from training.config import Config, ConfigError, check_layout, check_values, load_config
-from training.memory import DEFAULT_RESERVE_GB, GIB, Layout, MemoryEstimate, estimate_memory
+from training.memory import DEFAULT_RESERVE_GB, GIB, Layout, MemoryEstimate, check_stages, estimate_memory
 from tools.plan_cost import Cluster, StepCost, step_cost
 
 GPT2_VOCAB = 50257  # used when the config takes its vocabulary from the tokenizer (vocab_size: 0)
@@ -38,6 +38,7 @@ def with_layout(config: Config, layout: Layout) -> Config:
     config.train.micro_batch_size = layout.micro_batch_size
     check_values(config)
     check_layout(config, layout.world_size)
+    check_stages(config)
     return config
 
 
@@ -138,12 +139,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_cluster(args: argparse.Namespace) -> None:
+    """The cluster figures must describe a cluster: zero GPUs or memory planned nothing and blamed the config."""
+    for flag in ("nodes", "gpus_per_node", "gpu_memory_gb", "peak_tflops", "intra_node_gbps", "inter_node_gbps",
+                 "hbm_gbps", "compute_efficiency"):
+        if getattr(args, flag) <= 0:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag):g}")
+    if args.compute_efficiency > 1:
+        raise ConfigError(f"--compute-efficiency is a fraction of peak, at most 1, got {args.compute_efficiency:g}")
+    if not 0 <= args.reserve_gb < args.gpu_memory_gb:
+        raise ConfigError(f"--reserve-gb must be at least 0 and below --gpu-memory-gb {args.gpu_memory_gb:g}, "
+                          f"got {args.reserve_gb:g}")
+
+
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     args = build_parser().parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 200)
     try:
+        check_cluster(args)
         config = load_config(args.config, args.set)
     except ConfigError as err:
         print(f"gpt-plan: error: {err}", file=sys.stderr)

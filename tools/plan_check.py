@@ -13,7 +13,7 @@ import copy
 import sys
 
 from training.config import ConfigError, load_config
-from training.memory import DEFAULT_RESERVE_GB, GIB, check_fits, layout_of
+from training.memory import DEFAULT_RESERVE_GB, GIB, check_fits, check_stages, layout_of
 from tools.plan import GPT2_VOCAB
 
 
@@ -28,13 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, args.set)
         layout = layout_of(config, args.world_size)
+        if not config.model.vocab_size:  # decided by the tokenizer; size the checks for GPT-2's
+            config = copy.deepcopy(config)
+            config.model.vocab_size = GPT2_VOCAB
+        check_stages(config)
         message = (f"layout ok: world {args.world_size} = TP {layout.tp} x PP {layout.pp} x DP {layout.dp}, "
                    f"micro-batch {layout.micro_batch_size} x {layout.grad_accumulation(config.train.global_batch_size)} "
                    f"accumulation steps, ZeRO {layout.zero_stage}")
         if args.gpu_memory_gb:
-            if not config.model.vocab_size:  # decided by the tokenizer; size the check for GPT-2's
-                config = copy.deepcopy(config)
-                config.model.vocab_size = GPT2_VOCAB
             estimate = check_fits(config, args.world_size, args.gpu_memory_gb, args.reserve_gb)
             message += f", estimated peak {estimate.peak / GIB:.1f} of {args.gpu_memory_gb:g} GiB per GPU"
     except ConfigError as err:

@@ -66,6 +66,9 @@ class ParallelConfig:
     # Per-device memory the layout must fit in (training/memory.py's model), checked before
     # anything is allocated. 0: the GPU's own size; no check on CPU.
     device_memory_gb: float = 0.0
+    # How long a rank waits in a collective for the others; past it the run ends with an error
+    # (a rank that hangs or died must not leave the others waiting forever).
+    timeout_minutes: float = 30.0
 
 
 @dataclass
@@ -256,8 +259,10 @@ def check_values(config: Config) -> None:
         raise ConfigError(f"model.n_heads={m.n_heads} is not divisible by parallel.tp={p.tp}")
     if (m.ffn_multiplier * m.d_model) % p.tp:
         raise ConfigError(f"MLP width {m.ffn_multiplier * m.d_model} is not divisible by parallel.tp={p.tp}")
-    if m.n_layers < p.pp:
-        raise ConfigError(f"model.n_layers={m.n_layers} is fewer than parallel.pp={p.pp} pipeline stages")
+    if m.n_layers % p.pp:
+        raise ConfigError(f"model.n_layers={m.n_layers} is not divisible by parallel.pp={p.pp}")
+    if p.timeout_minutes <= 0:
+        raise ConfigError(f"parallel.timeout_minutes must be > 0, got {p.timeout_minutes}")
     if p.pp > 1 and p.zero_stage > 1:
         raise ConfigError(
             f"parallel.zero_stage={p.zero_stage} with parallel.pp={p.pp}: DeepSpeed's pipeline engine "

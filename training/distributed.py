@@ -101,8 +101,10 @@ def skip_deepspeed_shm_build() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
-def init_distributed(tp: int, pp: int, timeout_minutes: int = 30) -> Layout:
-    """Start the default group (gloo on CPU; NCCL + gloo on GPU) and megatron-core's parallel groups."""
+def init_distributed(tp: int, pp: int, timeout_minutes: float = 30) -> Layout:
+    """Start the default group (gloo on CPU; NCCL + gloo on GPU) and megatron-core's parallel groups.
+
+    `timeout_minutes` bounds every wait in a collective of these groups (`parallel.timeout_minutes`)."""
     import deepspeed
 
     rank, world, local_rank = world_from_environment()
@@ -118,7 +120,8 @@ def init_distributed(tp: int, pp: int, timeout_minutes: int = 30) -> Layout:
     if device.type == "cpu":
         skip_deepspeed_shm_build()
     deepspeed.init_distributed(dist_backend=backend, timeout=timeout)  # adopts the group
-    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                                             distributed_timeout_minutes=timeout_minutes)
     return Layout(
         world=world, rank=rank, tp=tp, pp=pp, dp=world // (tp * pp),
         tp_rank=parallel_state.get_tensor_model_parallel_rank(),

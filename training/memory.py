@@ -146,18 +146,47 @@ def _cut(weights: tuple[int, ...], pp: int, method: str) -> tuple[int, ...]:
     return tuple(partition_uniform(len(weights), pp))
 
 
-def stage_layers(config: Config, tp: int, pp: int) -> list[tuple[int, int, bool, bool]]:
-    """Per stage: (parameters per TP rank, transformer blocks, has embedding, has head)."""
+def stage_layers(config: Config, tp: int, pp: int, method: str = "") -> list[tuple[int, int, bool, bool]]:
+    """Per stage: (parameters per TP rank, transformer blocks, has embedding, has head).
+
+    `method`: DeepSpeed's partition method; default the config's `parallel.partition_method`."""
     weights = _layer_weights(config, tp)
     n_blocks = config.model.n_layers
     if pp == 1:  # embedding and output layer on one stage share the tied word embedding
         return [(sum(weights) - weights[-1], n_blocks, True, True)]
-    bounds = _cut(weights, pp, config.parallel.partition_method)
+    bounds = _cut(weights, pp, method or config.parallel.partition_method)
     stages = []
     for start, stop in zip(bounds[:-1], bounds[1:]):
         blocks = len(set(range(start, stop)) & set(range(2, 2 + n_blocks)))
         stages.append((sum(weights[start:stop]), blocks, start == 0, stop == len(weights)))
     return stages
+
+
+def _stages_without_blocks(config: Config, method: str = "") -> list[int]:
+    p = config.parallel
+    return [stage for stage, (_, blocks, _, _) in enumerate(stage_layers(config, p.tp, p.pp, method)) if not blocks]
+
+
+def check_stages(config: Config) -> None:
+    """Refuse a pipeline cut that leaves a stage without a transformer block (needs the vocabulary).
+
+    Such a stage holds only embeddings, so it has no bias or LayerNorm parameters: DeepSpeed's
+    ZeRO optimizer keeps one parameter group there instead of two and computes its gradient
+    norm with one collective fewer than the other stages. The ranks then wait in different
+    collectives until the timeout (4 layers on 3 stages hung after step 1)."""
+    p = config.parallel
+    if p.pp == 1:
+        return
+    empty = _stages_without_blocks(config)
+    if empty:
+        other = "uniform" if p.partition_method == "parameters" else "parameters"
+        remedy = "fewer stages" + ("" if _stages_without_blocks(config, other) else
+                                   f" or parallel.partition_method={other}")
+        raise ConfigError(
+            f"parallel.pp={p.pp} with parallel.partition_method={p.partition_method} leaves pipeline "
+            f"stage {', '.join(map(str, empty))} without a transformer block, which DeepSpeed cannot train "
+            f"(the stages would wait in different collectives); use {remedy}"
+        )
 
 
 def block_activations(config: Config, layout: Layout) -> int:

@@ -1,27 +1,30 @@
 """Pretrain a GPT with tensor x pipeline x ZeRO data parallelism.
 
-    torchrun --nproc-per-node 8 -m training.pretrain --config configs/tiny/gpt3_tiny.yaml \\
+    python -m training.torchrun --nproc-per-node 8 -m training.pretrain --config configs/tiny/gpt3_tiny.yaml \\
         --run-dir runs/tiny --set parallel.tp=2 parallel.pp=2
 
-Also started by `srun` (ranks from Slurm's environment) or the `deepspeed` launcher.
+`training.torchrun` is torchrun with a pre-flight check and a clean stop (training/torchrun.py).
+Also started by `torchrun`, `srun` (ranks from Slurm's environment) or the `deepspeed` launcher.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
+import re
 import sys
 import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import yaml
 
 from data_pipeline.errors import UserError
 from training import checkpoint
 from training.config import Config, ConfigError, check_layout, load_config
 from training.data import Blend, build_datasets, micro_batches, read_blend
-from training.memory import check_fits
+from training.memory import check_fits, check_stages
 from training.distributed import Layout, init_distributed, shutdown, world_from_environment
 from training.faults import BadStepGuard, StopRequest
 from training.metrics import MetricsLog, device_peak_tflops, training_flops_per_token
@@ -41,11 +44,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def prepare(args: argparse.Namespace) -> tuple[Config, Blend, int]:
-    """Everything checkable before any process group exists: config, layout, data files."""
+def prepare(args: argparse.Namespace, world: int, gpu_memory: bool = True) -> tuple[Config, Blend]:
+    """Everything checkable before any process group exists: config, layout, data files.
+
+    Run by every rank, and once before any rank starts by `training.torchrun`, which passes
+    `gpu_memory=False`: a launcher must not take a GPU, so it sizes memory only from
+    `parallel.device_memory_gb`."""
     cfg = load_config(args.config, args.set)
-    _, world, _ = world_from_environment()
-    dp = check_layout(cfg, world)
+    check_layout(cfg, world)
     if not cfg.data.blend:
         raise ConfigError("data.blend is not set: name a blend JSON (e.g. tests/data/tokens/blend.json)")
     blend = read_blend(cfg.data.blend)
@@ -55,11 +61,12 @@ def prepare(args: argparse.Namespace) -> tuple[Config, Blend, int]:
     elif cfg.model.vocab_size < vocab:
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the blend's tokenizer "
                           f"({vocab} tokens)")
+    check_stages(cfg)  # after the vocabulary is known: the embedding's size decides the cut
     memory_gb = cfg.parallel.device_memory_gb or (
-        torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else 0)
-    if memory_gb:  # after the vocabulary is known: the embedding's size depends on it
+        torch.cuda.get_device_properties(0).total_memory / 2**30 if gpu_memory and torch.cuda.is_available() else 0)
+    if memory_gb:
         check_fits(cfg, world, memory_gb)
-    return cfg, blend, dp
+    return cfg, blend
 
 
 def samples_for(cfg: Config) -> int:
@@ -99,7 +106,7 @@ def evaluate(engine: ParallelEngine, valid, cfg: Config, layout: Layout) -> floa
 
 
 def train(cfg: Config, blend: Blend, run_dir: Path) -> None:
-    layout = init_distributed(cfg.parallel.tp, cfg.parallel.pp)
+    layout = init_distributed(cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.timeout_minutes)
     if layout.device.type == "cuda":  # fp32 matmuls (and fp32 parts of mixed precision) on TF32 tensor cores
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
     seed_everything(cfg.train.seed, layout.pp_rank, layout.dp_rank, layout.tp_rank, layout.device)
@@ -184,18 +191,38 @@ def train(cfg: Config, blend: Blend, run_dir: Path) -> None:
     log.close()
 
 
+def collective_failure(err: RuntimeError) -> str | None:
+    """The first line of `err` when a collective timed out or lost its peer, else None.
+
+    gloo raises plain RuntimeErrors ("[.../gloo/...cc:78] Timed out waiting 6000ms for recv
+    operation to complete"); NCCL with TORCH_NCCL_BLOCKING_WAIT=1 raises DistBackendError."""
+    text = str(err).strip()
+    if not (isinstance(err, dist.DistError) or "gloo" in text):
+        return None
+    return re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0] if text else type(err).__name__)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    rank, world, local_rank = world_from_environment()
     try:
-        cfg, blend, _ = prepare(args)
+        cfg, blend = prepare(args, world)
     except ConfigError as err:
-        print(f"training.pretrain: error: {err}", file=sys.stderr)
+        if local_rank == 0:  # every rank of a node finds the same mistake: say it once
+            print(f"training.pretrain: error: {err}", file=sys.stderr)
         return 2
     try:
         train(cfg, blend, Path(args.run_dir))
     except UserError as err:  # a checkpoint that cannot be used, a run that cannot go on
         print(f"training.pretrain: error: {err}", file=sys.stderr, flush=True)
         return 2
+    except RuntimeError as err:
+        reason = collective_failure(err)
+        if reason is None:
+            raise
+        print(f"training.pretrain: error: rank {rank}: a collective failed: {reason} (ranks wait "
+              f"parallel.timeout_minutes={cfg.parallel.timeout_minutes:g} for each other)", file=sys.stderr, flush=True)
+        return 1
     finally:
         shutdown()
     return 0

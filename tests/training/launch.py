@@ -19,17 +19,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_pretrain(run_dir: Path, nproc: int = 1, overrides: list[str] = (), config: Path = TINY,
-                 timeout: int = 600, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+def pretrain_command(run_dir: Path, nproc: int = 1, overrides: list[str] = (), config: Path = TINY,
+                     launcher: str = "torch.distributed.run") -> list[str]:
+    """One process with python, N with `launcher` (torchrun, or `training.torchrun` which takes its arguments)."""
     if nproc == 1:
         command = [sys.executable, "-m", "training.pretrain"]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+        command = [sys.executable, "-m", launcher, "--nproc-per-node", str(nproc),
                    "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "training.pretrain"]
-    command += ["--config", str(config), "--run-dir", str(run_dir), "--set", "logging.tensorboard=false", *overrides]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **(env or {}))
+    return command + ["--config", str(config), "--run-dir", str(run_dir), "--set", "logging.tensorboard=false",
+                      *overrides]
+
+
+def pretrain_env(env: dict | None = None) -> dict:
+    """This environment for a launch: one thread per rank, warnings off unless `env` says otherwise, no rank."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
     env.pop("RANK", None), env.pop("WORLD_SIZE", None)
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return env
+
+
+def run_pretrain(run_dir: Path, nproc: int = 1, overrides: list[str] = (), config: Path = TINY,
+                 timeout: int = 600, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(pretrain_command(run_dir, nproc, overrides, config), cwd=REPO, env=pretrain_env(env),
+                            capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"pretrain failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return result
