@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from data_pipeline import indexed
-from data_pipeline.errors import UserError
-from data_pipeline.shards import output_directory
-
+from common.errors import UserError
+from common.files import output_directory, write_text_atomically
 BLEND_VERSION = 1
 _SOURCE_KEYS = {"name", "prefix", "weight", "tokens", "documents", "epochs"}
 _TOP_KEYS = {"version", "tokenizer", "sources", "token_budget"}
@@ -115,9 +114,7 @@ def write_blend(path: str | os.PathLike, tokenizer: dict[str, Any], sources: lis
     if not overwrite and path.exists() and path.read_text() != json.dumps(data, indent=2) + "\n":
         raise UserError(f"{path} holds another blend; rerun with --overwrite to replace it, or choose another --output")
     output_directory(path.parent)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(data, indent=2) + "\n")
     return path
 
 

@@ -27,11 +27,12 @@ import pyarrow as pa
 import xxhash
 
 from data_pipeline.document import DOCUMENT_SCHEMA, extend_schema
-from data_pipeline.errors import UserError
+from common.errors import UserError
+from common.files import output_directory
 from data_pipeline.executor import ShardTask, add_executor_args, run_shards
 from data_pipeline.extract import INPUT_SUFFIXES, read_any
 from data_pipeline.recipe import options_from_config
-from data_pipeline.shards import ShardWriter, discover_shards, file_identity, output_directory, read_schema
+from data_pipeline.shards import ShardWriter, discover_shards, file_identity, read_schema
 from data_pipeline.stats import Stats, count_output
 
 N_FEATURES = 2**18

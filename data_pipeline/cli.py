@@ -9,7 +9,8 @@ import argparse
 import importlib
 import sys
 
-from data_pipeline.errors import UserError
+from common.errors import UserError
+from data_pipeline.executor import use_returning_memory_pool
 
 # Modules that register subcommands, in the order `--help` lists them.
 STAGE_MODULES: list[str] = [
@@ -18,7 +19,7 @@ STAGE_MODULES: list[str] = [
     "data_pipeline.classifier",
     "data_pipeline.dedup.cli",
     "data_pipeline.decontaminate",
-    "data_pipeline.stats",
+    "data_pipeline.summary",
     "data_pipeline.recipe",
     "data_pipeline.tokenizer_train",
     "data_pipeline.tokenize",
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    use_returning_memory_pool()  # also for the stages that run tasks outside run_shards (dedup partitions, MPI)
     try:
         return int(args.func(args) or 0)
     except UserError as err:

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from data_pipeline.dedup.layout import WORK_DIR
 from data_pipeline.dedup.text import ngrams, words
 from data_pipeline.document import Document, extend_schema
-from data_pipeline.errors import UserError
+from common.errors import UserError
 from data_pipeline.dedup.stages import StageRunner, add_to_stats
 from data_pipeline.executor import ShardTask, add_executor_args
 from data_pipeline.shards import ShardWriter, discover_shards, read_documents, read_schema

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipeline.errors import UserError
-from data_pipeline.shards import AtomicOutput
+from common.errors import UserError
+from common.files import AtomicOutput
 
 INDEX_MAGIC = b"MMIDIDX\x00\x00"
 INDEX_VERSION = 1

@@ -24,7 +24,7 @@ import numpy as np
 
 from data_pipeline import indexed
 from data_pipeline.blend import BlendSource, write_blend
-from data_pipeline.errors import UserError
+from common.errors import UserError
 from data_pipeline.tokenizers import load_tokenizer
 
 # Muennighoff et al. 2023 ("Scaling Data-Constrained Language Models"): up to ~4 epochs

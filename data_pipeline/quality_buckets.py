@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipeline import indexed
-from data_pipeline.errors import UserError
+from common.errors import UserError
 from data_pipeline.executor import changed_keys
 from data_pipeline.shards import file_identity
 from data_pipeline.tokenize import quality_path

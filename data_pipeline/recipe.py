@@ -56,7 +56,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from data_pipeline.errors import UserError
+from common.errors import UserError
 
 
 class Step(NamedTuple):

@@ -33,7 +33,6 @@ import functools
 import gzip
 import json
 import os
-import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -44,7 +43,8 @@ import pyarrow.parquet as pq
 import xxhash
 
 from data_pipeline.document import DOCUMENT_SCHEMA, Document, documents_to_table
-from data_pipeline.errors import UserError
+from common.errors import UserError
+from common.files import AtomicOutput, write_json
 from data_pipeline.stats import Stats
 
 PARQUET_SUFFIXES = (".parquet",)
@@ -198,26 +198,6 @@ def document_from_json(record: dict, default_id: str) -> Document | None:
 # ---------------------------------------------------------------- writing
 
 
-class AtomicOutput:
-    """Context-manager protocol for writers that publish on success and clean up on error:
-    subclasses define `close()` (rename into place) and `abort()` (delete the tmp files)."""
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def abort(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
-
 class ShardWriter(AtomicOutput):
     """Writes documents to one parquet file (zstd) atomically: tmp file, then rename.
 
@@ -266,27 +246,6 @@ class ShardWriter(AtomicOutput):
     def abort(self) -> None:
         self._writer.close()
         self._tmp.unlink(missing_ok=True)
-
-
-def output_directory(path: str | os.PathLike) -> Path:
-    """Create `path` and check that it takes files: an output that cannot be created or
-    written is one line before any work, not a traceback from inside a shard."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path).close()
-    except OSError as err:
-        raise UserError(f"cannot write to --output {path}: {err.strerror}") from None
-    return path
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON atomically (tmp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- completion markers

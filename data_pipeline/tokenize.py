@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 
 from data_pipeline import indexed
-from data_pipeline.errors import UserError
+from common.errors import UserError
+from common.files import output_directory, write_json
 from data_pipeline.executor import (ShardTask, add_executor_args, changes, detect_rank, inputs_digest, make_tasks,
                                     normalised, run_shards)
-from data_pipeline.shards import (DONE_DIR, PARQUET_SUFFIXES, code_version, discover_shards, output_directory,
-                                  read_batches, read_documents, write_json)
+from data_pipeline.shards import (DONE_DIR, PARQUET_SUFFIXES, code_version, discover_shards, read_batches,
+                                  read_documents)
 from data_pipeline.stats import Stats
 from data_pipeline.tokenizers import Tokenizer, load_tokenizer
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipeline.errors import UserError
-from data_pipeline.shards import discover_shards, output_directory, read_documents
+from common.errors import UserError
+from common.files import output_directory
+from data_pipeline.shards import discover_shards, read_documents
 from data_pipeline.stats import Stats
 from data_pipeline.tokenizers import EOD_TOKEN, SentencePieceTokenizer
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from data_pipeline.errors import UserError
+from common.errors import UserError
 
 EOD_TOKEN = "<|endoftext|>"
 ASSETS = Path(__file__).resolve().parent / "assets"

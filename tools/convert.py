@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from data_pipeline.errors import UserError
+from common.errors import UserError
 from training.checkpoint_files import ShardReader, check_files, read_manifest, refuse_existing, write_weights
 from training.config import Config, ModelConfig
 

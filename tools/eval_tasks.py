@@ -21,7 +21,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_pipeline.errors import UserError
+from common.errors import UserError
 
 SHOT_SEPARATOR = "\n\n"
 ANSWER_PREFIX = " "

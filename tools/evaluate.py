@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from data_pipeline.errors import UserError
+from common.errors import UserError
 from data_pipeline.indexed import exists as shard_exists, read_tokens
 from data_pipeline.tokenizers import Tokenizer
 from tools.eval_tasks import ANSWER_PREFIX, LANGUAGE_MODEL_KINDS, Task, find_tasks

@@ -24,7 +24,7 @@ import os
 import random
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -34,30 +34,15 @@ from megatron.core import parallel_state, tensor_parallel
 from torch import nn
 from tqdm import tqdm
 
-from data_pipeline.errors import UserError
+from common.errors import UserError
 from data_pipeline.tokenizers import Tokenizer
 from tools.eval_tasks import Task, load_task
+from tools.task_head import HEAD_FILE, INFO_KEY, FinetuneInfo, TaskHead
 from training.config import Config
 from training.model import GPT
 from training.rng import seed_everything
 
 FINETUNE_KINDS = ("classification", "entailment", "similarity", "multiple_choice")
-HEAD_FILE = "head.pt"  # inside the checkpoint, listed and verified with its files
-INFO_KEY = "finetune"  # the manifest's FinetuneInfo
-LEGACY_INFO_FILE = "finetune.json"  # gpt-finetune once wrote it and HEAD_FILE next to `latest`
-
-
-@dataclass
-class FinetuneInfo:
-    """What `gpt-eval` needs besides the weights: the task kind, the labels and the special tokens."""
-
-    task: str
-    kind: str
-    num_labels: int
-    start_id: int
-    delimiter_id: int
-    extract_id: int
-    max_length: int
 
 
 def special_tokens(model: GPT) -> tuple[int, int, int]:
@@ -88,20 +73,6 @@ def sequences(info: FinetuneInfo, tokenizer: Tokenizer, example: dict) -> list[l
     if info.kind == "similarity":
         return [pair(example["text_a"], example["text_b"]), pair(example["text_b"], example["text_a"])]
     return [pair(example["context"], answer) for answer in example["choices"]]
-
-
-class TaskHead(nn.Module):
-    """Dropout and a linear layer on the extract token's final state (one score per answer for multiple choice)."""
-
-    def __init__(self, d_model: int, outputs: int, dropout: float = 0.1):
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.linear = nn.Linear(d_model, outputs)
-        nn.init.normal_(self.linear.weight, std=0.02)
-        nn.init.zeros_(self.linear.bias)
-
-    def forward(self, state: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.dropout(state))
 
 
 class FinalStates:
@@ -340,31 +311,6 @@ def save(directory: Path, weights: dict[str, torch.Tensor], model: GPT, head: Ta
     dims = {name: partition_dim(param) for name, param in model.named_parameters()}
     write_weights(directory, weights, dims, cfg.to_dict(), 1, 1, dict.fromkeys(weights, 0), padded,
                   extra_files={HEAD_FILE: head.state_dict()}, extra={INFO_KEY: asdict(info)})
-
-
-def load_head(checkpoint: Path, model: GPT) -> tuple[TaskHead | None, FinetuneInfo | None]:
-    """The task head of a fine-tuned checkpoint, if any, verified like its other files."""
-    from training.checkpoint_files import CheckpointError, check_files, load_plain, read_manifest
-
-    manifest = read_manifest(checkpoint)
-    legacy = Path(checkpoint) / LEGACY_INFO_FILE
-    if INFO_KEY in manifest:
-        root, record = Path(manifest["path"]), manifest[INFO_KEY]
-        problems = check_files(manifest, [HEAD_FILE])
-        if problems:
-            raise CheckpointError(problems[0])
-    elif legacy.is_file():
-        root, record = legacy.parent, json.loads(legacy.read_text())
-    else:
-        return None, None
-    state = load_plain(root / HEAD_FILE, f"fine-tuned head {root / HEAD_FILE}")
-    try:
-        info = FinetuneInfo(**record)
-        head = TaskHead(model.cfg.d_model, info.num_labels)
-        head.load_state_dict(state)
-    except (TypeError, RuntimeError) as err:
-        raise CheckpointError(f"the fine-tuned head in {root} does not fit ({' '.join(str(err).split())})") from None
-    return head.to(model.token_embedding.weight.device).eval(), info
 
 
 def evaluate_finetuned(loaded, task: Task, batch_size: int = 8) -> dict:

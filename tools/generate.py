@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from data_pipeline.errors import UserError
+from common.errors import UserError
 from data_pipeline.tokenizers import load_tokenizer
 from tools.model_source import add_model_args, load_from_args
 from training.generation import Sampling, generate

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
-from data_pipeline.errors import UserError
+from common.errors import UserError
 from data_pipeline.tokenizers import Tokenizer, load_tokenizer
 from tools.convert import HF_FORMATS
+from tools.task_head import FinetuneInfo, load_head
 from training.config import Config
 from training.consolidated import load_gpt
 from training.distributed import default_device, resolve_device
@@ -28,7 +29,7 @@ class LoadedModel:
     model: GPT
     tokenizer: Tokenizer
     head: torch.nn.Module | None = None  # a fine-tuned task head
-    info: object | None = None  # tools.finetune.FinetuneInfo of that head
+    info: FinetuneInfo | None = None  # what that head was trained for
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -67,7 +68,5 @@ def load_from_args(args: argparse.Namespace) -> LoadedModel:
     model = load_model(args.hf_dir, args.checkpoint, resolve_device(args.device))
     loaded = LoadedModel(model, load_tokenizer(args.tokenizer))
     if args.checkpoint is not None:
-        from tools.finetune import load_head
-
         loaded.head, loaded.info = load_head(Path(args.checkpoint), model)
     return loaded

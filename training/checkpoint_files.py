@@ -30,9 +30,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import xxhash
-from numpy._core.multiarray import _reconstruct
 
-from data_pipeline.errors import UserError
+try:  # what numpy arrays unpickle through (older RNG files), in numpy 2 and in numpy 1.x
+    from numpy._core.multiarray import _reconstruct
+except ImportError:
+    from numpy.core.multiarray import _reconstruct
+
+from common.errors import UserError
+from common.files import fsync_dir, write_text_atomically
 
 FORMAT = "gpt-checkpoint/1"
 MANIFEST = "manifest.json"
@@ -69,25 +74,6 @@ def file_digest(path: Path) -> str:
         while chunk := f.read(1 << 23):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Readers see the old content or the new, never a torn file (also across a SIGKILL)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def publish(partial: Path, manifest: dict, after=lambda phase: None) -> Path:

@@ -13,9 +13,7 @@ from pathlib import Path
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config file, override or layout the user has to fix."""
+from common.errors import ConfigError
 
 
 @dataclass

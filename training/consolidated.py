@@ -52,7 +52,7 @@ def load_gpt(checkpoint: str | Path, device: str | torch.device = "cpu",
     [batch, seq, padded_vocab]; ids >= `config.model.vocab_size` are padding);
     `config` is the run's `training.config.Config`. Files are verified against the
     manifest's checksums first; a missing, corrupt or mismatched checkpoint raises
-    `CheckpointError` (a `data_pipeline.errors.UserError`) naming the problem.
+    `CheckpointError` (a `common.errors.UserError`) naming the problem.
     Sets up a 1-process gloo group and megatron-core's parallel state if none exists.
     """
     manifest = verified_manifest(checkpoint)

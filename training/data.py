@@ -15,7 +15,7 @@ from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegat
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
 from data_pipeline.blend import Blend, load_blend
-from data_pipeline.errors import UserError
+from common.errors import UserError
 from training.config import Config, ConfigError
 
 

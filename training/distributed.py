@@ -73,7 +73,7 @@ def default_device() -> str:
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """`--device` as a torch device (`cuda` means this process's GPU); a device that is not there is a UserError."""
-    from data_pipeline.errors import UserError
+    from common.errors import UserError
 
     try:
         device = torch.device(name)

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from data_pipeline.errors import UserError
+from common.errors import UserError
 from training import checkpoint
 from training.config import Config, ConfigError, check_layout, load_config
 from training.data import Blend, build_datasets, micro_batches, read_blend
@@ -207,7 +207,7 @@ def main(argv=None) -> int:
     rank, world, local_rank = world_from_environment()
     try:
         cfg, blend = prepare(args, world)
-    except ConfigError as err:
+    except UserError as err:  # a config key, a layout, a blend: the same on every rank
         if local_rank == 0:  # every rank of a node finds the same mistake: say it once
             print(f"training.pretrain: error: {err}", file=sys.stderr)
         return 2

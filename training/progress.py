@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_pipeline.errors import UserError
+from common.errors import UserError
 from training import checkpoint
 from training.checkpoint_files import latest_tag, read_manifest
 from training.config import Config

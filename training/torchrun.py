@@ -24,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from training.config import ConfigError
+from common.errors import UserError
 from training.faults import STOP_SIGNALS
 
 TRAINER = "training.pretrain"
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         preflight(argv)
-    except ConfigError as err:
+    except UserError as err:
         print(f"training.torchrun: error: {err}", file=sys.stderr)
         return 2
     torchrun = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *argv])

@@ -27,7 +27,7 @@ import pyarrow.dataset as ds
 
 from data_pipeline.dedup.layout import shard_of
 from data_pipeline.dedup.stages import partition_index
-from data_pipeline.errors import UserError
+from common.errors import UserError
 from data_pipeline.executor import ShardTask
 from data_pipeline.shards import ShardWriter
 from data_pipeline.stats import Stats

@@ -15,7 +15,6 @@ partition (buckets, clusters), and a killed run resumes where it stopped:
 """
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -36,7 +35,7 @@ from data_pipeline.dedup.removal import (RECORD_FIELDS, cluster_summary, read_re
                                          remove_duplicates, report)
 from data_pipeline.dedup.stages import KEYS_PER_PARTITION, StageRunner, partition_index, row_count
 from data_pipeline.dedup.text import ngrams, words
-from data_pipeline.errors import UserError
+from common.errors import UserError
 from data_pipeline.executor import ShardTask, finish, make_tasks
 from data_pipeline.shards import ShardWriter, discover_shards, read_documents, read_marker
 from data_pipeline.stats import Stats

@@ -25,10 +25,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from data_pipeline.errors import UserError
+from common.errors import UserError
+from common.files import write_json
 from data_pipeline.executor import (Rank, ShardTask, agree, claim, detect_rank, inputs_digest, make_tasks, normalised,
                                     run_shards, unfinished)
-from data_pipeline.shards import DONE_DIR, unmark, write_json
+from data_pipeline.shards import DONE_DIR, unmark
 from data_pipeline.stats import Stats
 
 

@@ -7,7 +7,7 @@ of the filter's options dataclass; an unknown name is a `UserError`.
 """
 from __future__ import annotations
 
-from data_pipeline.errors import UserError
+from common.errors import UserError
 from data_pipeline.filters.base import Filter
 from data_pipeline.filters.c4 import C4Filter, C4Options
 from data_pipeline.filters.gopher import (GopherQuality, GopherQualityOptions, GopherRepetition,

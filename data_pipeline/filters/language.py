@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from data_pipeline.document import Document
-from data_pipeline.errors import UserError
+from common.errors import UserError
 from data_pipeline.filters.base import Filter
 
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 import yaml
 
 from data_pipeline.document import DOCUMENT_SCHEMA, extend_schema
-from data_pipeline.errors import UserError
+from common.errors import UserError
 from data_pipeline.executor import ShardTask, add_executor_args, run_shards
 from data_pipeline.extract import INPUT_SUFFIXES, read_any
 from data_pipeline.filters import DEFAULT_CONFIG, Filter, build_filters

@@ -7,7 +7,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from data_pipeline.document import Document
-from data_pipeline.errors import UserError
+from common.errors import UserError
 from data_pipeline.filters.base import Filter
 
 URL_TOKEN = re.compile(r"[a-z0-9]+")

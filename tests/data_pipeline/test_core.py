@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_pipeline.document import DOCUMENT_SCHEMA, Document, extend_schema
-from data_pipeline.errors import UserError
+from common.errors import UserError
 from data_pipeline.executor import detect_rank, make_tasks
 from data_pipeline.shards import ShardWriter, discover_shards, read_documents, shard_name
 from data_pipeline.stats import Stats, merge_into

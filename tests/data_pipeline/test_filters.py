@@ -15,7 +15,7 @@ from collections import Counter
 import pytest
 
 from data_pipeline.document import Document
-from data_pipeline.errors import UserError
+from common.errors import UserError
 from data_pipeline.filters import build_filters
 from data_pipeline.filters.c4 import C4Filter, C4Options
 from data_pipeline.filters.gopher import (GopherQuality, GopherQualityOptions, GopherRepetition, ngram_keys,

@@ -17,7 +17,7 @@ from data_pipeline import indexed
 from data_pipeline.blend import BlendSource, load_blend, write_blend
 from data_pipeline.cli import main as cli
 from data_pipeline.document import DOCUMENT_SCHEMA, extend_schema
-from data_pipeline.errors import UserError
+from common.errors import UserError
 from data_pipeline.mixture import MixSource, parse_source, resolve
 from data_pipeline.shards import ShardWriter, read_documents
 from data_pipeline.tokenize import tokenize

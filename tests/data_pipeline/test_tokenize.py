@@ -13,7 +13,7 @@ import pytest
 from data_pipeline import indexed
 from data_pipeline.blend import load_blend
 from data_pipeline.document import DOCUMENT_SCHEMA, Document, extend_schema
-from data_pipeline.errors import UserError
+from common.errors import UserError
 from data_pipeline.shards import ShardWriter, read_documents
 from data_pipeline.tokenize import quality_path, tokenize
 from data_pipeline.tokenizers import load_tokenizer

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from data_pipeline.errors import UserError
+from common.errors import UserError
 from data_pipeline.tokenizer_train import train_tokenizer
 from data_pipeline.tokenizers import EOD_TOKEN, GPT2_BPE_FILE, load_tokenizer
 

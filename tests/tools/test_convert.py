@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from data_pipeline.errors import UserError
+from common.errors import UserError
 from data_pipeline.tokenizers import load_tokenizer
 from tests.training.crafted import CreatesFile
 from tools.convert import describe, from_hf, main, reshard, to_hf

@@ -18,8 +18,8 @@ from tests.training.launch import REPO, free_port, max_relative_difference
 from tools.convert import write_layout
 from tools.eval_tasks import load_task
 from tools.evaluate import main as gpt_eval
-from tools.finetune import (FinalStates, FinetuneInfo, TaskHead, batch_forward, build_parser, finetune, full_weights,
-                            load_head, main as gpt_finetune, save, sequences)
+from tools.finetune import FinalStates, batch_forward, build_parser, finetune, full_weights, main as gpt_finetune, save, sequences
+from tools.task_head import FinetuneInfo, TaskHead, load_head
 from tools.model_source import load_model, save_trunk
 from training.config import Config, ModelConfig
 from training.model import GPT
@@ -52,9 +52,9 @@ def test_finetuning_learns_a_real_task_and_gpt_eval_scores_it(tmp_path, capsys):
     save_trunk(GPT(cfg, seed=1), tmp_path / "base")
     out = tmp_path / "tuned"
     assert gpt_finetune(["--checkpoint", str(tmp_path / "base"), "--task", str(task), "--output", str(out),
-                         "--epochs", "3", "--batch-size", "16", "--lr", "1e-3", "--warmup", "0.1"]) == 0
+                         "--epochs", "4", "--batch-size", "16", "--lr", "1e-3", "--warmup", "0.1"]) == 0
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(history) == 48
+    assert len(history) == 64  # 4 epochs: with 3 the task loss had barely left ln 2 (accuracy 0.53-0.60 by seed)
     first, last = history[:4], history[-4:]
     assert sum(h["loss"] for h in last) < sum(h["loss"] for h in first) - 4 * 0.3
     summary = json.loads((out / "summary.json").read_text())

@@ -20,7 +20,8 @@ from tests.tools.real_text_task import same_source
 from tests.training.crafted import CreatesFile, craft
 from tests.training.launch import REPO, TINY, losses, read_metrics, run_pretrain
 from tools.convert import main as gpt_convert
-from tools.finetune import FinetuneInfo, TaskHead, load_head, main as gpt_finetune, save as save_finetuned
+from tools.finetune import main as gpt_finetune, save as save_finetuned
+from tools.task_head import FinetuneInfo, TaskHead, load_head
 from tools.generate import main as gpt_generate
 from training.checkpoint_files import CheckpointError, ShardReader, check_files, read_manifest
 from training.consolidated import ensure_single_process_groups, load_gpt

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from data_pipeline.errors import UserError
+from common.errors import UserError
 from training.distributed import process_group_backend, resolve_device
 from training.metrics import GPU_PEAK_TFLOPS, gpu_peak_tflops
 
