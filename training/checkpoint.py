@@ -33,6 +33,7 @@ from training.checkpoint_files import (FORMAT, LATEST, OPTIMIZER_KEYS, Checkpoin
                                        read_file, read_manifest, resume_point, rng_file, state_file, tag_for,
                                        write_text_atomically)
 from training.config import Config
+from training.deepspeed_compat import relink_optimizer_state
 from training.distributed import Layout
 from training.faults import fault_point
 from training.rng import seed_everything, tensor_parallel_rng
@@ -169,9 +170,7 @@ def _link_optimizer_state(engine) -> None:
             state["step"] = torch.tensor(0.0, device=param.device if step_on_device else "cpu")
             state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-    if hasattr(engine.optimizer, "_lazy_init_hp_params_optimizer_state"):
-        engine.optimizer._hp_optimizer_states_linked = False
-        engine.optimizer._lazy_init_hp_params_optimizer_state()
+    relink_optimizer_state(engine.optimizer)
 
 
 # --------------------------------------------------------------------------- RNG

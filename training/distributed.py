@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from training.deepspeed_compat import skip_shm_comm_build
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -91,16 +93,6 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-def skip_deepspeed_shm_build() -> None:
-    """Keep DeepSpeed from JIT-compiling its shared-memory all-reduce (~1 min of g++ per fresh environment).
-
-    On CPU, DeepSpeed's comm backend builds the op when it starts, but only its inference
-    all-reduce uses it; training collectives go through torch.distributed (gloo) either way."""
-    import deepspeed.ops
-
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-
-
 def init_distributed(tp: int, pp: int, timeout_minutes: float = 30) -> Layout:
     """Start the default group (gloo on CPU; NCCL + gloo on GPU) and megatron-core's parallel groups.
 
@@ -118,7 +110,7 @@ def init_distributed(tp: int, pp: int, timeout_minutes: float = 30) -> Layout:
     if not dist.is_initialized():
         start_default_group(backend, rank, world, timeout)
     if device.type == "cpu":
-        skip_deepspeed_shm_build()
+        skip_shm_comm_build()
     deepspeed.init_distributed(dist_backend=backend, timeout=timeout)  # adopts the group
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
                                              distributed_timeout_minutes=timeout_minutes)

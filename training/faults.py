@@ -25,6 +25,8 @@ from collections import deque
 import torch
 import torch.distributed as dist
 
+from training.deepspeed_compat import discard_gradients, guard_optimizer_step, on_backward, pipeline_losses
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 # Injected bad steps: (variable listing the steps, module whose output is scaled, factor). NaN in the first
 # block's output poisons the loss; the final norm's output x 1000 makes the logits 1000x as confident,
@@ -87,25 +89,9 @@ class BadStepGuard:
     # ------------------------------------------------------------------ hooks into DeepSpeed
     def _install(self) -> None:
         ds = self.engine.engine
-        take_step, optimizer_step = ds._take_model_step, ds.optimizer.step
-
-        def guarded_take_step(*args, **kwargs):
-            bad = self._decide()
-            ds.optimizer.step = self._discard_gradients if bad else optimizer_step
-            try:
-                return take_step(*args, **kwargs)
-            finally:
-                ds.optimizer.step = optimizer_step
-
-        ds._take_model_step = guarded_take_step
+        guard_optimizer_step(ds, self._decide, lambda *_args, **_kwargs: discard_gradients(ds.optimizer))
         if not self.engine.pipelined:  # the plain engine: each micro-batch's loss passes through backward()
-            backward = ds.backward
-
-            def recording_backward(loss, *args, **kwargs):
-                self._local.append(loss.detach().float().reshape(1))
-                return backward(loss, *args, **kwargs)
-
-            ds.backward = recording_backward
+            on_backward(ds, lambda loss: self._local.append(loss.detach().float().reshape(1)))
         for variable, target, factor in INJECTIONS:
             steps = _steps_from_env(variable)
             module = next((m for m in self.engine.module.modules() if type(m).__name__ == target), None)
@@ -123,10 +109,7 @@ class BadStepGuard:
     def _local_loss(self) -> tuple[float, float]:
         """(sum, count) of this rank's micro-batch losses; zero on pipeline stages without the loss."""
         if self.engine.pipelined:
-            ds = self.engine.engine
-            if not ds.is_last_stage() or ds.total_loss is None:
-                return 0.0, 0.0
-            return float(ds.total_loss.sum()), float(ds.micro_batches)
+            return pipeline_losses(self.engine.engine)
         values, self._local = self._local, []
         return float(torch.cat(values).sum()) if values else 0.0, float(len(values))
 
@@ -150,20 +133,6 @@ class BadStepGuard:
         if self.spike_threshold <= 0 or len(self.history) < self.history.maxlen:
             return False
         return loss > self.spike_threshold * (sum(self.history) / len(self.history))
-
-    def _discard_gradients(self, *_args, **_kwargs) -> None:
-        """In place of the optimizer step: drop this step's gradients, as ZeRO does on fp16 overflow."""
-        optimizer = self.engine.engine.optimizer
-        optimizer.zero_grad(set_to_none=True)
-        for name in ("averaged_gradients", "all_grad_tensors"):
-            buffers = getattr(optimizer, name, None)
-            if isinstance(buffers, dict):
-                for key in buffers:
-                    buffers[key] = None
-        if hasattr(optimizer, "_release_preflattened_grad_buffers"):
-            optimizer._release_preflattened_grad_buffers()
-        if hasattr(optimizer, "overflow"):
-            optimizer.overflow = True  # DeepSpeed then counts it in engine.skipped_steps and skips its scheduler
 
     # ------------------------------------------------------------------ checkpointed state
     def state_dict(self) -> dict:

@@ -23,6 +23,7 @@ import yaml
 from common.errors import UserError
 from training import checkpoint
 from training.config import Config, ConfigError, check_layout, load_config
+from training.deepspeed_compat import check_version
 from training.data import Blend, build_datasets, micro_batches, read_blend
 from training.memory import check_fits, check_stages
 from training.distributed import Layout, init_distributed, shutdown, world_from_environment
@@ -50,6 +51,7 @@ def prepare(args: argparse.Namespace, world: int, gpu_memory: bool = True) -> tu
     Run by every rank, and once before any rank starts by `training.torchrun`, which passes
     `gpu_memory=False`: a launcher must not take a GPU, so it sizes memory only from
     `parallel.device_memory_gb`."""
+    check_version()  # of DeepSpeed, whose internals the trainer hooks
     cfg = load_config(args.config, args.set)
     check_layout(cfg, world)
     if not cfg.data.blend:

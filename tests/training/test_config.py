@@ -104,3 +104,14 @@ def test_trainer_refuses_a_bad_layout_in_one_line_before_starting(tmp_path, over
     assert re.fullmatch("training.pretrain: error: " + message + "\n", result.stderr), result.stderr
     assert result.stdout == ""
     assert not run_dir.exists()
+
+
+def test_untested_deepspeed_is_refused_before_any_rank_starts(monkeypatch):
+    """The trainer hooks DeepSpeed internals (training/deepspeed_compat.py): another series is one line."""
+    from common.errors import UserError
+    from training import deepspeed_compat
+
+    deepspeed_compat.check_version()  # the installed one is tested
+    monkeypatch.setattr(deepspeed_compat, "version", lambda name: "0.20.1")
+    with pytest.raises(UserError, match=r"DeepSpeed 0\.20\.1 is untested.*deepspeed>=0\.19,<0\.20"):
+        deepspeed_compat.check_version()
