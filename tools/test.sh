@@ -19,4 +19,6 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "warning: Slurm did not start; the sbatch tests will be skipped" >&2
     fi
 fi
-python -m pytest "$@"
+# Two pytest workers, one test module each at a time (module fixtures such as a shared reference
+# run are built once): most tests wait on process start-up or Slurm, so two keep both cores busy.
+python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadscope "$@"
