@@ -1,9 +1,8 @@
 """Autoregressive decoding with a key/value cache over `training.model.GPT`'s own layers.
 
-The model stays a training model that knows nothing of generation: this module runs its
-embeddings, blocks and output layer itself, keeping every attention layer's keys and
-values, so that each new token costs one position of compute instead of the whole
-prefix. Prompts of different lengths are left-padded; padding is masked out of attention
+Each block runs with its attention layer's `KeyValueCache` (the model's optional cache
+argument), so that each new token costs one position of compute instead of the whole
+prefix; this module sets the masks, positions and the output layer around them. Prompts of different lengths are left-padded; padding is masked out of attention
 and positions count from each prompt's first real token (as Hugging Face's GPT-2 does),
 so a prompt decodes the same alone or in a batch. Works under tensor parallelism: the
 layers do their own all-reduces and the vocabulary shards are gathered before sampling.
@@ -14,10 +13,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from megatron.core import parallel_state, tensor_parallel
 
-from training.model import GPT, Block, CausalSelfAttention
+from training.model import GPT, KeyValueCache
 
 
 @dataclass
@@ -33,11 +31,10 @@ class Sampling:
 
 @dataclass
 class KVCache:
-    """Per layer keys and values [batch, heads, positions, head_dim]; `valid` is False on padding."""
+    """Every attention layer's cache (`training.model.KeyValueCache`); `valid` [batch, positions] is False on padding."""
 
-    keys: list[torch.Tensor] = field(default_factory=list)
-    values: list[torch.Tensor] = field(default_factory=list)
-    valid: torch.Tensor | None = None  # [batch, positions]
+    layers: list[KeyValueCache] = field(default_factory=list)
+    valid: torch.Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -45,30 +42,6 @@ class KVCache:
 
 
 # --------------------------------------------------------------------------- one forward step
-
-def _attention(attention: CausalSelfAttention, x: torch.Tensor, past: tuple | None,
-               allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    batch, seq, _ = x.shape
-    qkv, _ = attention.qkv(x)
-    qkv = qkv.view(batch, seq, attention.heads_per_rank, 3 * attention.head_dim).transpose(1, 2)
-    q, k, v = qkv.split(attention.head_dim, dim=-1)
-    if past is not None:
-        k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
-    out, _ = attention.proj(y.transpose(1, 2).reshape(batch, seq, attention.heads_per_rank * attention.head_dim))
-    return out, k, v
-
-
-def _block(block: Block, x: torch.Tensor, past: tuple | None, allowed: torch.Tensor):
-    """`Block.forward` with cached attention (pre-LN GPT-2/3 or post-LN GPT-1)."""
-    if block.pre_norm:
-        attended, k, v = _attention(block.attention, block.ln_1(x), past, allowed)
-        x = x + attended
-        return x + block.mlp(block.ln_2(x)), k, v
-    attended, k, v = _attention(block.attention, x, past, allowed)
-    x = block.ln_1(x + attended)
-    return block.ln_2(x + block.mlp(x)), k, v
-
 
 def attention_masks(model: GPT, valid: torch.Tensor, new: int) -> list[torch.Tensor]:
     """Per layer [batch, new, positions]: causal (and banded on GPT-3's sparse layers), no padding keys.
@@ -98,16 +71,11 @@ def forward(model: GPT, tokens: torch.Tensor, valid: torch.Tensor, cache: KVCach
     if int(positions.max()) >= model.cfg.seq_length:
         raise ValueError(f"sequence longer than the model's context ({model.cfg.seq_length} positions)")
     x = model.position_embedding.dropout(model.token_embedding(tokens) + model.position_embedding.weight[positions])
-    masks = attention_masks(model, all_valid, tokens.shape[1])
-    empty = not cache.keys
-    for layer, block in enumerate(model.blocks):
-        past = None if empty else (cache.keys[layer], cache.values[layer])
-        x, k, v = _block(block, x, past, masks[layer])
-        if empty:
-            cache.keys.append(k)
-            cache.values.append(v)
-        else:
-            cache.keys[layer], cache.values[layer] = k, v
+    if not cache.layers:
+        cache.layers = [KeyValueCache() for _ in model.blocks]
+    for block, layer_cache, mask in zip(model.blocks, cache.layers, attention_masks(model, all_valid, tokens.shape[1])):
+        layer_cache.mask = mask
+        x = block(x, layer_cache)
     cache.valid = all_valid
     if last_only:
         x = x[:, -1:]

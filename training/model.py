@@ -4,8 +4,9 @@ Reads top to bottom: embeddings, attention, MLP, block, the whole model, the los
 Activations are [batch, sequence, hidden]. Under tensor parallelism (TP) each rank
 holds n_heads/TP attention heads, 1/TP of the MLP columns and 1/TP of the (padded)
 vocabulary; megatron-core's layers do the all-reduces. The model knows nothing of
-pipeline stages, ZeRO, launchers or checkpoints: `training/parallel.py` cuts
-`GPT.layers()` into pipeline stages.
+pipeline stages, ZeRO, launchers or checkpoints: `training/parallel.py` cuts its layers
+(token embedding, positions, blocks, final norm, the tied embedding as output layer) into
+pipeline stages. Attention takes an optional `KeyValueCache` for decoding.
 
 Requires `megatron.core.parallel_state` to be initialised (a 1-process group for TP=1).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import zlib
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -189,6 +191,24 @@ def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: 
     return y.reshape(batch, heads, blocks * chunk, -1)[:, :, :seq]
 
 
+@dataclass
+class KeyValueCache:
+    """One attention layer's keys and values from earlier calls, for decoding a few tokens at a time.
+
+    `mask` [batch, new, past + new] says which keys each new query may see (causal, banded,
+    no padding); whoever decodes sets it before each call (training/generation.py)."""
+
+    keys: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.keys is not None:
+            k, v = torch.cat([self.keys, k], dim=2), torch.cat([self.values, v], dim=2)
+        self.keys, self.values = k, v
+        return k, v
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal attention; heads are split across TP ranks.
 
@@ -207,14 +227,18 @@ class CausalSelfAttention(nn.Module):
                                               f"layers.{layer}.attention.proj", 3 * inner, inner)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KeyValueCache | None = None) -> torch.Tensor:
         batch, seq, _ = x.shape
         qkv, _ = self.qkv(x)
         qkv = qkv.view(batch, seq, self.heads_per_rank, 3 * self.head_dim).transpose(1, 2)
         q, k, v = qkv.split(self.head_dim, dim=-1)
         dropout_p = self.dropout if self.training else 0.0
         with tensor_parallel_rng().fork():  # each TP rank drops different heads' weights
-            y = banded_attention(q, k, v, self.band or seq, dropout_p)  # a dense layer: a band as long as the sequence
+            if cache is None:  # a dense layer is a band as long as the sequence
+                y = banded_attention(q, k, v, self.band or seq, dropout_p)
+            else:  # decoding: the new queries see the cached keys too, as the caller's mask allows
+                k, v = cache.extend(k, v)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.mask[:, None], dropout_p=dropout_p)
         y = y.transpose(1, 2).reshape(batch, seq, self.heads_per_rank * self.head_dim)
         out, _ = self.proj(y)
         return self.resid_dropout(out)
@@ -247,11 +271,11 @@ class Block(nn.Module):
         self.ln_2 = layer_norm(cfg.d_model)
         self.mlp = MLP(cfg, layer, seed)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KeyValueCache | None = None) -> torch.Tensor:
         if self.pre_norm:
-            x = x + self.attention(self.ln_1(x))
+            x = x + self.attention(self.ln_1(x), cache)
             return x + self.mlp(self.ln_2(x))
-        x = self.ln_1(x + self.attention(x))
+        x = self.ln_1(x + self.attention(x, cache))
         return self.ln_2(x + self.mlp(x))
 
 
