@@ -32,7 +32,7 @@ from training.checkpoint_files import (FORMAT, LATEST, OPTIMIZER_KEYS, Checkpoin
                                        check_model_matches, complete_checkpoints, file_digest, latest_tag, publish,
                                        read_file, read_manifest, resume_point, rng_file, state_file, tag_for,
                                        write_text_atomically)
-from training.config import Config
+from training.config import Config, ModelConfig
 from training.deepspeed_compat import relink_optimizer_state
 from training.distributed import Layout
 from training.faults import fault_point
@@ -50,26 +50,17 @@ def partition_dim(param: torch.nn.Parameter) -> int | None:
     return int(param.partition_dim) if getattr(param, "tensor_model_parallel", False) else None
 
 
-def canonical_parameters(module: torch.nn.Module, n_layers: int) -> list[tuple[str, torch.nn.Parameter]]:
+def canonical_parameters(module: torch.nn.Module, model: ModelConfig) -> list[tuple[str, torch.nn.Parameter]]:
     """(name in the single-process GPT, parameter) for this rank's module, sorted by name.
 
-    DeepSpeed's PipelineModule names layers by their index in the layer list
-    [token embedding (tied), positions, blocks..., final norm, token embedding (tied)].
-    """
+    DeepSpeed's PipelineModule names a layer's parameters by the layer's index in
+    `ModelConfig.layers()`, and the tied token embedding's under `tied_modules`."""
+    layers = model.layers()
     named = []
     for name, param in module.named_parameters():
         if isinstance(module, PipelineModule):
             head, _, rest = name.partition(".")
-            if head == "tied_modules":
-                name = rest
-            else:
-                index = int(head)
-                if index == 1:
-                    name = f"position_embedding.{rest}"
-                elif index < n_layers + 2:
-                    name = f"blocks.{index - 2}.{rest}"
-                else:
-                    name = f"final_norm.{rest}"
+            name = rest if head == "tied_modules" else f"{layers[int(head)]}.{rest}"
         named.append((name, param))
     return sorted(named, key=lambda item: item[0])
 
@@ -219,7 +210,7 @@ def save(engine, cfg: Config, layout: Layout, directory: Path, trainer_state: di
 
     _link_optimizer_state(deepspeed_engine)
     shard, entries = {}, {}
-    for index, (name, param) in enumerate(canonical_parameters(engine.module, cfg.model.n_layers)):
+    for index, (name, param) in enumerate(canonical_parameters(engine.module, cfg.model)):
         values = {"param": _full_state(param, None, deepspeed_engine.optimizer)}  # collective over DP
         for key in OPTIMIZER_KEYS:
             values[key] = _full_state(param, key, deepspeed_engine.optimizer)
@@ -336,7 +327,7 @@ def load(engine, cfg: Config, layout: Layout, manifest: dict) -> dict:
     _agree(layout, check_files(manifest, [f for i, f in enumerate(files) if i % layout.world == layout.rank]))
 
     reader = ShardReader(manifest, cfg.model.padded_vocab_size(layout.tp))  # rows (and Adam moments) cut or added
-    params = canonical_parameters(engine.module, cfg.model.n_layers)
+    params = canonical_parameters(engine.module, cfg.model)
     keys = ["param", *OPTIMIZER_KEYS] if manifest["optimizer"] else ["param"]
     staged, problems = [], []
     for name, param in params:

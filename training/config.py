@@ -43,6 +43,14 @@ class ModelConfig:
         multiple = self.make_vocab_size_divisible_by * tp
         return int(math.ceil(self.vocab_size / multiple) * multiple)
 
+    def layers(self) -> list[str]:
+        """The model's layers in forward order (`training.model.GPT.forward`), as pipeline stages cut
+        them, checkpoints name their parameters and the memory model counts them: the token
+        embedding, positions, blocks, the final norm (not GPT-1), and the token embedding again,
+        tied, as the output layer."""
+        return ["token_embedding", "position_embedding", *(f"blocks.{i}" for i in range(self.n_layers)),
+                *(["final_norm"] if self.arch != "gpt1" else []), "token_embedding"]
+
     def is_sparse_layer(self, layer: int) -> bool:
         return self.sparse_every > 0 and layer % self.sparse_every == self.sparse_offset
 

@@ -123,17 +123,16 @@ def block_parameters(config: Config, tp: int) -> int:
 
 
 def _layer_weights(config: Config, tp: int) -> tuple[int, ...]:
-    """Parameter counts of the trainer's pipeline layers, in order (training/parallel.py):
-    token embedding, position embedding, blocks, final LayerNorm (not GPT-1), output layer.
+    """Parameter counts of the trainer's pipeline layers, in `ModelConfig.layers()` order.
 
     The output layer is the token embedding again (tied): DeepSpeed's TiedLayerSpec keeps a
     copy on the last stage, and counts it when it balances stages by parameters.
     """
     h = config.model.d_model
-    word = _vocab(config, tp) * h // tp
-    final_norm = () if config.model.arch == "gpt1" else (2 * h,)
-    return (word, config.model.seq_length * h, *[block_parameters(config, tp)] * config.model.n_layers,
-            *final_norm, word)
+    sizes = {"token_embedding": _vocab(config, tp) * h // tp, "position_embedding": config.model.seq_length * h,
+             "final_norm": 2 * h}
+    block = block_parameters(config, tp)
+    return tuple(block if name.startswith("blocks.") else sizes[name] for name in config.model.layers())
 
 
 @functools.lru_cache(maxsize=None)

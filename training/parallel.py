@@ -18,7 +18,7 @@ from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 from megatron.core import parallel_state
 from torch.utils.checkpoint import checkpoint
 
-from training.config import Config
+from training.config import Config, ModelConfig
 from training.distributed import Layout
 from training.model import GPT, Block, FinalNorm, PositionEmbedding, TokenEmbedding, language_model_loss
 from training.rng import tensor_parallel_rng
@@ -35,17 +35,22 @@ def _output_logits(embedding: TokenEmbedding, hidden: torch.Tensor) -> torch.Ten
     return embedding.logits(hidden)
 
 
+def layer_spec(name: str, m: ModelConfig, seed: int, output: bool) -> LayerSpec:
+    """DeepSpeed's spec for one of `ModelConfig.layers()`; the token embedding is tied between its two uses."""
+    if name == "token_embedding":
+        return TiedLayerSpec("token_embedding", TokenEmbedding, m, seed, tied_weight_attr=["weight"],
+                             **({"forward_fn": _output_logits} if output else {}))
+    if name == "position_embedding":
+        return LayerSpec(PositionEmbedding, m, seed)
+    if name == "final_norm":
+        return LayerSpec(FinalNorm, m)
+    return LayerSpec(Block, m, int(name.removeprefix("blocks.")), seed)
+
+
 def pipeline_stages(cfg: Config, layout: Layout) -> PipelineModule:
     m, seed = cfg.model, cfg.train.seed
-    specs = [
-        TiedLayerSpec("token_embedding", TokenEmbedding, m, seed, tied_weight_attr=["weight"]),
-        LayerSpec(PositionEmbedding, m, seed),
-        *[LayerSpec(Block, m, layer, seed) for layer in range(m.n_layers)],
-    ]
-    if m.arch != "gpt1":
-        specs.append(LayerSpec(FinalNorm, m))
-    specs.append(TiedLayerSpec("token_embedding", TokenEmbedding, m, seed,
-                               forward_fn=_output_logits, tied_weight_attr=["weight"]))
+    names = m.layers()
+    specs = [layer_spec(name, m, seed, output=index == len(names) - 1) for index, name in enumerate(names)]
     return PipelineModule(
         layers=specs,
         loss_fn=language_model_loss,

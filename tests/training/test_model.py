@@ -79,6 +79,20 @@ def test_gpt2_initialisation_and_tied_output():
     torch.testing.assert_close(model(tokens)[..., :1000], expected[..., :1000], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("arch", ["gpt1", "gpt3"])
+def test_layer_list_is_the_forward_order(arch):
+    """`ModelConfig.layers()` (what pipeline stages, checkpoint names and the memory model read) runs as GPT.forward."""
+    model = GPT(tiny(arch=arch), seed=3).eval()
+    tokens = torch.randint(0, 300, (2, 16))
+    names = model.cfg.layers()
+    x = tokens
+    for index, name in enumerate(names):
+        layer = model.get_submodule(name)
+        x = layer.logits(x) if index == len(names) - 1 else layer(x)
+    assert torch.equal(x, model(tokens))
+    assert names.count("token_embedding") == 2 and ("final_norm" in names) == (arch != "gpt1")
+
+
 def test_same_seed_same_weights_different_seed_different_weights():
     a, b, c = GPT(tiny(), seed=1), GPT(tiny(), seed=1), GPT(tiny(), seed=2)
     for (name, pa), pb, pc in zip(a.named_parameters(), b.parameters(), c.parameters()):
