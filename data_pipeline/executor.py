@@ -24,7 +24,8 @@ What `run_shards` does:
    take disjoint shards, run side by side.
 3. Skips shards whose completion marker records what this run would make them from
    (`made_from`: the input's size and mtime, the stage's `options`, the `code_version`);
-   a shard without a marker is (re)done (resume after a kill). A marker that records
+   a shard without a marker, or whose marker is `incomplete` (its input ended early), is
+   (re)done (resume after a kill, or the full file after a cut one). A marker that records
    anything else is refused in one line, or with ``overwrite`` redone: finished work is
    never replaced without ``--overwrite``.
 4. Runs the rest on ``--workers`` spawned processes (in-process when 1), with a
@@ -34,7 +35,7 @@ What `run_shards` does:
 5. Merges the current markers of the input list into ``output_dir/stats.json`` (under
    a file lock, so ranks finishing together cannot lose each other's shards), prints a
    summary, and raises `UserError` naming the failed shards if any failed (the other
-   shards are still completed and kept).
+   shards are still completed and kept), or else the incomplete ones if any.
 """
 from __future__ import annotations
 
@@ -199,7 +200,7 @@ def unfinished(tasks: Sequence[ShardTask], options: dict, *, depends: str | None
         record = made_from(task, options, depends)
         marker = read_marker(task.output_dir, task.name)
         why = None if marker is None else changes(marker, record)
-        if marker is None or (why and overwrite):
+        if marker is None or incomplete(marker) or (why and overwrite):
             todo.append((task, record))
         elif why:
             stale.append((task, why))
@@ -297,6 +298,11 @@ def run_shards(process: ProcessFn, inputs: Sequence[Path], output_dir: str | os.
     merged = write_stage_stats(output_dir, tasks, stage, options, depends)
     if summary and not quiet and (rank.rank == 0 or rank.kind != "mpi"):
         print(format_summary(stage, merged, len(mine) - len(todo), len(todo)), file=sys.stderr)
+    cut = [t.name for t in mine if (m := read_marker(output_dir, t.name)) is not None and incomplete(m)]
+    if cut and not failures:
+        raise UserError(f"{len(cut)} shard(s) have an input that ends early (first: {cut[0]}; see notes in "
+                        f"{output_dir / 'stats.json'}): their complete records are written but they are not "
+                        "marked done; rerun with the full input to finish them")
     if failures:
         first_name, first_error = failures[0]
         raise UserError(f"{len(failures)} shard(s) failed and are not marked done "
@@ -374,6 +380,13 @@ def finish(task: ShardTask, record: dict, stats: dict[str, Any]) -> None:
                                            "stats": stats})
 
 
+def incomplete(marker: dict) -> bool:
+    """Whether a marker is of a shard whose input ended early (its stats count
+    ``shards_incomplete``): its outputs and stats are kept, but it is not done, and a rerun
+    (with the full input) redoes it without ``--overwrite``."""
+    return bool(marker.get("stats", {}).get("shards_incomplete"))
+
+
 def write_stage_stats(output_dir: Path, tasks: Sequence[ShardTask], stage: str, options: dict,
                       depends: str | None) -> Stats:
     """Merge the current markers of `tasks` into ``stats.json`` (file-locked against other
@@ -381,11 +394,12 @@ def write_stage_stats(output_dir: Path, tasks: Sequence[ShardTask], stage: str, 
     with open(output_dir / ".stats.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         markers = [m for t in tasks if (m := read_marker(output_dir, t.name)) is not None
-                   and changes(m, made_from(t, options, depends)) is None]
+                   and (incomplete(m) or changes(m, made_from(t, options, depends)) is None)]
         merged = Stats()
         for marker in markers:
             merged.merge(marker.get("stats", {}))
-        merged.data.update(stage=stage, shards_total=len(tasks), shards_done=len(markers))
+        merged.data.update(stage=stage, shards_total=len(tasks),
+                           shards_done=sum(not incomplete(m) for m in markers))
         write_json(output_dir / "stats.json", merged.to_dict())
     return merged
 
@@ -396,7 +410,8 @@ def format_summary(stage: str, stats: Stats, resumed: int, ran: int) -> str:
     seconds = stats.get("seconds") or 0.0
     lines = [
         f"{stage}: {stats.get('shards_done')}/{stats.get('shards_total')} shards done "
-        f"({ran} this run, {resumed} already done)",
+        f"({ran} this run, {resumed} already done"
+        + (f", {stats.get('shards_incomplete')} incomplete" if stats.get("shards_incomplete") else "") + ")",
         f"  documents: {docs_in:,} in -> {docs_out:,} out, {stats.get('bytes_out') / 1e6:,.1f} MB out"
         + (f", {docs_in / seconds:,.0f} docs/s per worker" if seconds and docs_in else ""),
     ]

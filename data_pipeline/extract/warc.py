@@ -3,12 +3,18 @@
 Damage never stops a shard: a region fastwarc cannot parse (garbage bytes, a broken
 gzip member) is skipped by resynchronising at the next gzip member or ``WARC/``
 header, a record cut short by truncation is dropped, and each case is counted in
-``stats["skipped"]``. Common Crawl writes one gzip member per record, so resyncing
-loses at most the damaged records.
+``stats["skipped"]``. Common Crawl writes one gzip member per record, so resyncing loses
+at most the damaged records. A file that ends inside a record (a stopped download) also
+counts ``truncated_file`` and ``shards_incomplete``: the executor keeps its output but does
+not mark it done, so a rerun with the full file redoes it.
+
+HTTP bodies are decoded (`payload.decode_payload`) before charset detection; one that
+cannot be is skipped as ``undecodable_encoding``.
 """
 from __future__ import annotations
 
 import mmap
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +23,13 @@ from fastwarc.warc import ArchiveIterator, WarcRecordType
 
 from data_pipeline.document import Document
 from data_pipeline.extract.html import decode_html, html_to_text
+from data_pipeline.extract.payload import UndecodableBody, decode_payload
 from data_pipeline.stats import Stats
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 GZIP_MAGIC = b"\x1f\x8b\x08"
 WARC_MAGIC = b"WARC/1."
+KEPT_TYPES = (WarcRecordType.response, WarcRecordType.conversion)
 
 
 @dataclass(frozen=True)
@@ -47,23 +55,48 @@ def read_crawl_file(path: str | Path, stats: Stats, options: ExtractOptions = Ex
 
 
 def _records(raw, data: mmap.mmap, magic: bytes, stats: Stats, options: ExtractOptions) -> Iterator[Document]:
-    start, in_damage = 0, False
+    start, in_damage, last_record = 0, False, None
     while start != -1:
         raw.seek(start)
         last = start
         try:
-            for record in ArchiveIterator(raw, record_types=WarcRecordType.response | WarcRecordType.conversion):
-                last, in_damage = record.stream_pos, False
+            for record in ArchiveIterator(raw):  # every type: `last` must reach the final record
+                last = last_record = record.stream_pos
+                in_damage = False
+                if record.record_type not in KEPT_TYPES:
+                    continue
                 doc = _document(record, stats, options)
                 if doc is not None:
                     yield doc
-            return
+            break
         except OSError as err:
             if not in_damage:  # one count per damaged region, however many resyncs it takes
                 stats.add("skipped", "corrupt_region")
                 stats.note(f"{Path(raw.name).name}@{last}: {err}")
             in_damage = True
             start = data.find(magic, last + 1)
+    if last_record is not None and _cut_short(data, last_record, magic):
+        stats.add("skipped", "truncated_file")
+        stats.add("shards_incomplete")
+        stats.note(f"{Path(raw.name).name}: the file ends inside its last record (a stopped download?)")
+
+
+def _cut_short(data: mmap.mmap, last_record: int, magic: bytes) -> bool:
+    """Whether the file ends inside a record: the last gzip member from `last_record` on has
+    no end (a damaged one is not a cut one), or an uncompressed file lacks a record's closing CRLFs."""
+    if magic == WARC_MAGIC:
+        return data[-4:] != b"\r\n\r\n"
+    tail = data[last_record:]
+    while tail:
+        inflater = zlib.decompressobj(zlib.MAX_WBITS | 16)
+        try:
+            inflater.decompress(tail)
+        except zlib.error:
+            return False
+        if not inflater.eof:
+            return True
+        tail = inflater.unused_data
+    return False
 
 
 def _document(record, stats: Stats, options: ExtractOptions) -> Document | None:
@@ -80,6 +113,12 @@ def _document(record, stats: Stats, options: ExtractOptions) -> Document | None:
     if len(body) < record.content_length:
         return _skip(stats, "truncated_record")
     if is_response:
+        try:
+            body = decode_payload(body, record.http_headers.get("Transfer-Encoding"),
+                                  record.http_headers.get("Content-Encoding"))
+        except UndecodableBody as err:
+            stats.note(f"{record.headers.get('WARC-Target-URI')}: {err}")
+            return _skip(stats, "undecodable_encoding")
         html, how = decode_html(body, record.http_charset)
         stats.add("charset", how)
         text = html_to_text(html, options.main_content)

@@ -195,9 +195,11 @@ def test_mpi_ranks_split_the_inputs(tmp_path, warc_sample):
 
 
 def test_replaced_input_is_refused_and_overwrite_redoes_only_its_shard(cli, tmp_path, warc_sample):
-    """Extracting a half-downloaded crawl file, then rerunning once it is complete, must not keep the half."""
+    """A crawl file replaced by a longer one must not keep the shorter one's output (a cut-off download
+    is not even marked done: test_extract)."""
     inputs = make_inputs(tmp_path / "in", warc_sample, 2)
-    (inputs / "part-00.warc.gz").write_bytes(warc_sample.read_bytes()[: warc_sample.stat().st_size // 2])
+    data = warc_sample.read_bytes()
+    (inputs / "part-00.warc.gz").write_bytes(data[: data.find(b"\x1f\x8b\x08", len(data) // 2)])  # whole records
     out = tmp_path / "out"
     assert cli("extract", "--input", inputs, "--output", out)[0] == 0
     partial = (out / "part-00.parquet").read_bytes()

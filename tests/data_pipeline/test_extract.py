@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import re
 import zlib
 
+import brotli
 import pytest
+from warcio.statusandheaders import StatusAndHeaders
+from warcio.warcwriter import WARCWriter
 
 from data_pipeline.extract import ExtractOptions
 from data_pipeline.extract.warc import read_crawl_file
@@ -134,15 +138,15 @@ def test_damaged_warc_keeps_everything_outside_the_damage(cli, h, tmp_path, warc
     (tmp_path / "in" / "empty.warc.gz").write_bytes(b"")
     (tmp_path / "in" / "noise.warc.gz").write_bytes(os.urandom(5000))
     code, _, err = cli("extract", "--input", tmp_path / "in", "--output", tmp_path / "out")
-    assert code == 0, err
-    assert "Traceback" not in err
+    assert code == 2, err  # the cut file is not done
+    assert "Traceback" not in err and "error: 1 shard(s) have an input that ends early (first: damaged;" in err
     urls = [r["url"] for r in h.read_rows(tmp_path / "out" / "damaged.parquet")]
     assert urls == [e["url"] for e in expected[:4] + expected[5:-1]]
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert stats["skipped"]["corrupt_region"] == 2  # the garbage and the noise file
-    assert stats["skipped"]["truncated_record"] == 1
+    assert stats["skipped"]["truncated_record"] == stats["skipped"]["truncated_file"] == 1
     assert stats["skipped"]["empty_file"] == 1
-    assert stats["shards_done"] == 3 and stats["documents_out"] == 20
+    assert stats["shards_done"] == 2 and stats["shards_incomplete"] == 1 and stats["documents_out"] == 20
 
 
 def test_wet_conversion_records_pass_through(cli, h, tmp_path):
@@ -177,3 +181,100 @@ def test_missing_input_is_one_clear_line(cli, tmp_path):
     code, _, err = cli("extract", "--input", tmp_path / "nope", "--output", tmp_path / "out")
     assert code == 2
     assert err.strip() == f"gpt-data extract: error: input path does not exist: {tmp_path / 'nope'}"
+
+
+PAGE = ("<html><head><title>Homepage - Creative Commons</title></head><body><main>"
+        + "".join(f"<p>Paragraph {i}: Creative Commons licenses give everyone a simple, standardized way "
+                  f"to grant permission to share and use creative work.</p>" for i in range(12))
+        + "</main></body></html>").encode()
+
+
+def chunked(body: bytes, cuts: list[int]) -> bytes:
+    """`body` in HTTP/1.1 chunked transfer encoding, split at `cuts`."""
+    bounds = [0, *sorted(cuts), len(body)]
+    pieces = [body[a:b] for a, b in zip(bounds, bounds[1:])]
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+def write_warc(path, responses: list[tuple], version: str = "1.1", extra=()) -> None:
+    """A WARC written by warcio (gzipped per record if `path` ends in .gz): `responses` are
+    (uri, payload, [(header, value)]) with the payload stored as given, plus `extra(writer)` records."""
+    with open(path, "wb") as f:
+        writer = WARCWriter(f, gzip=str(path).endswith(".gz"), warc_version=version)
+        for uri, payload, headers in responses:
+            http = StatusAndHeaders("200 OK", [("Content-Type", "text/html; charset=utf-8"), *headers],
+                                    protocol="HTTP/1.1")
+            writer.write_record(writer.create_warc_record(uri, "response", payload=io.BytesIO(payload),
+                                                          http_headers=http))
+        for make in extra:
+            writer.write_record(make(writer))
+
+
+def test_encoded_bodies_give_the_text_of_the_plain_page(tmp_path):
+    word = PAGE.index(b"Commons licenses") + 3  # a chunk boundary inside "Commons" and inside a tag
+    gz = gzip.compress(PAGE)
+    encoded = {
+        "chunked": (chunked(PAGE, [word, PAGE.index(b"<main>") + 2, 3000]), [("Transfer-Encoding", "chunked")]),
+        "gzip": (gz, [("Content-Encoding", "gzip")]),
+        "gzip+chunked": (chunked(gz, [len(gz) // 3, len(gz) // 2]),
+                         [("Content-Encoding", "gzip"), ("Transfer-Encoding", "chunked")]),
+        "deflate": (zlib.compress(PAGE), [("Content-Encoding", "deflate")]),
+        "raw-deflate": (zlib.compress(PAGE)[2:-4], [("Content-Encoding", "deflate")]),
+        "br": (brotli.compress(PAGE), [("Content-Encoding", "br")]),
+        "br-of-gzip": (brotli.compress(gz), [("Content-Encoding", "gzip, br")]),
+    }
+    broken = {"cut-gzip": (gz[: len(gz) // 2], [("Content-Encoding", "gzip")]),
+              "compress": (PAGE, [("Content-Encoding", "compress")]),
+              "bad-chunk": (b"zz\r\n" + PAGE, [("Transfer-Encoding", "chunked")])}
+    image = lambda w: w.create_warc_record(  # noqa: E731
+        "http://cc.example/logo.png", "response", payload=io.BytesIO(gzip.compress(bytes(300))),
+        http_headers=StatusAndHeaders("200 OK", [("Content-Type", "image/png"), ("Content-Encoding", "gzip")],
+                                      protocol="HTTP/1.1"))
+    revisit = lambda w: w.create_revisit_record(  # noqa: E731
+        "http://cc.example/plain", "sha1:AAAA", "http://cc.example/plain", "2024-01-01T00:00:00Z")
+    for version in ("1.0", "1.1"):
+        stats = Stats()
+        path = tmp_path / f"v{version}.warc.gz"
+        write_warc(path, [("http://cc.example/plain", PAGE, [])]
+                   + [(f"<http://cc.example/{name}>", body, headers) for name, (body, headers) in encoded.items()]
+                   + [(f"http://cc.example/{name}", body, headers) for name, (body, headers) in broken.items()]
+                   + [("http://cc.example/after", PAGE, [])], version, extra=[image, revisit])
+        texts = {d.url: d.text for d in read_crawl_file(path, stats)}
+        reference = texts.pop("http://cc.example/plain")
+        assert reference.startswith("Paragraph 0: Creative Commons licenses give") and "Paragraph 11:" in reference
+        assert texts == {f"http://cc.example/{name}": reference for name in [*encoded, "after"]}, version
+        assert stats.get("skipped") == {"undecodable_encoding": 3, "not_html": 1}
+        assert stats.get("records_in") == 2 + len(encoded) + len(broken) + 1
+
+
+@pytest.mark.parametrize("suffix, where", [(".warc.gz", "gzip trailer"), (".warc.gz", "last record"),
+                                           (".warc.gz", "last response"), (".warc", "last record"),
+                                           (".warc", "last response")])
+def test_truncated_file_keeps_its_records_and_is_redone_with_the_full_file(cli, h, tmp_path, suffix, where):
+    full = tmp_path / f"full{suffix}"
+    write_warc(full, [(f"http://cc.example/{i}", PAGE.replace(b"Paragraph", b"Part %d" % i), [])
+                      for i in range(3)], extra=[lambda w: w.create_warc_record("http://cc.example/2", "metadata")])
+    data = full.read_bytes()
+    start = b"\x1f\x8b\x08" if suffix == ".warc.gz" else b"WARC/1.1\r\n"
+    metadata = data.rfind(start)
+    cut = {"gzip trailer": len(data) - 5, "last record": (metadata + len(data)) // 2,
+           "last response": (data.rfind(start, 0, metadata) + metadata) // 2}[where]
+    (tmp_path / "in").mkdir()
+    crawl = tmp_path / "in" / f"crawl{suffix}"
+    crawl.write_bytes(data[:cut])
+    code, _, err = cli("extract", "--input", tmp_path / "in", "--output", tmp_path / "out")
+    assert code == 2
+    assert "1 incomplete" in err and "truncated_file=1" in err
+    assert err.strip().splitlines()[-1].startswith("gpt-data extract: error: 1 shard(s) have an input that ends "
+                                                   "early (first: crawl;")
+    kept = 2 if where == "last response" else 3
+    assert [r["url"] for r in h.read_rows(tmp_path / "out")] == [f"http://cc.example/{i}" for i in range(kept)]
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["skipped"]["truncated_file"] == 1
+    assert stats["shards_done"] == 0 and stats["shards_incomplete"] == 1 and stats["documents_out"] == kept
+    crawl.write_bytes(data)  # the download completed: no --overwrite needed
+    code, _, err = cli("extract", "--input", tmp_path / "in", "--output", tmp_path / "out")
+    assert code == 0, err
+    assert len(h.read_rows(tmp_path / "out")) == 3
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["shards_done"] == 1 and "skipped" not in stats and "shards_incomplete" not in stats
