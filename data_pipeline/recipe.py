@@ -23,17 +23,19 @@ starts, so a typo fails in a second, not after hours.
 
 Adding a step: add one `STEPS` entry, either
 
-- ``name: cli_step("dedup", "exact")``: any `gpt-data` subcommand that takes ``--input``,
-  ``--output``, ``--workers`` and ``--executor``. The step's options become its flags
+- ``name: Step("module:run_function", "module:check_function")``: ``run(input, output,
+  config, *, workers, executor, overwrite) -> Stats``, and an optional ``check(config) -> None``
+  that raises `UserError` on a bad key or value. The step's options are one dataclass
+  (``options_from_config(Options, config, name)``), from which the subcommand's flags are
+  made too (`common.options.add_arguments`; see `data_pipeline.tokenize.TokenizeOptions`); or
+- ``name: cli_step("dedup", "exact")`` (steps not yet typed): a `gpt-data` subcommand that takes
+  ``--input``, ``--output``, ``--workers`` and ``--executor``. The step's options become its flags
   (``min_sentences: 3`` -> ``--min-sentences 3``, ``true`` -> a bare flag, a list ->
   several values or the flag repeated when it is repeatable, a mapping -> ``KEY=VALUE``
   values: ``weight: {cc: 0.7}`` -> ``--weight cc=0.7``) and are checked by the
   subcommand's own parser up front. A subcommand with other path flags passes
   ``arguments="module:function"``, which turns (input, output, config, workers,
-  executor) into its leading flags and the options left (see `mixture`); or
-- ``name: Step("module:run_function", "module:check_function")``: ``run(input, output,
-  config, *, workers, executor, overwrite) -> Stats``, and an optional ``check(config) -> None``
-  that raises `UserError` on a bad key or value.
+  executor) into its leading flags and the options left (see `mixture`).
 
 ``gpt-data run --overwrite`` passes ``--overwrite`` to every step (subcommand steps take it
 as a flag).
@@ -44,11 +46,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import importlib
 import io
-import types
-import typing
 from collections.abc import Callable
 from functools import cache, partial
 from pathlib import Path
@@ -57,6 +56,7 @@ from typing import Any, NamedTuple
 import yaml
 
 from common.errors import UserError
+from common.options import build
 
 
 class Step(NamedTuple):
@@ -139,46 +139,17 @@ STEPS: dict[str, Step] = {
     "dedup_exact": cli_step("dedup", "exact"),
     "dedup_minhash": cli_step("dedup", "minhash"),
     "decontaminate": cli_step("decontaminate"),
-    "tokenize": cli_step("tokenize"),  # output is a prefix: <output>/<i>-tokenize.bin/.idx
+    # output is a prefix: <output>/<i>-tokenize.bin/.idx
+    "tokenize": Step("data_pipeline.tokenize:run_step", "data_pipeline.tokenize:check_step"),
     # the previous step's prefix is a source; writes <output>/<i>-mixture/blend.json
     "mixture": cli_step("mixture", arguments="data_pipeline.mixture:recipe_arguments"),
 }
 RECIPE_KEYS = ("input", "output", "workers", "executor", "steps")
 
 
-def options_from_config(cls: type, config: dict[str, Any], where: str) -> Any:
-    """Instance of dataclass `cls` from `config`; unknown keys and wrong types are `UserError`s."""
-    if not isinstance(config, dict):
-        raise UserError(f"{where}: expected a mapping of options, got {type(config).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for key, value in config.items():
-        if key not in fields:
-            raise UserError(f"{where}: unknown option {key!r}; known: {', '.join(fields)}")
-        values[key] = _coerce(value, hints[key], f"{where}.{key}")
-    return cls(**values)
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """`value` as type `hint` (lists become tuples; ints are accepted for floats)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        return _coerce(value, next(a for a in args if a is not type(None)), where)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise UserError(f"{where}: expected a list, got {value!r}")
-        inner = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
-        if len(inner) != len(value):
-            raise UserError(f"{where}: expected {len(inner)} items, got {value!r}")
-        return tuple(_coerce(v, t, where) for v, t in zip(value, inner))
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(hint, type) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
-        raise UserError(f"{where}: expected {hint.__name__}, got {value!r}")
-    return value
+def options_from_config(cls: type, config: dict[str, Any], step: str) -> Any:
+    """A step's options as dataclass `cls`; a wrong key or value is one line naming ``step.key``."""
+    return build(cls, config, f"{step}.")
 
 
 def _resolve(spec: str | Callable) -> Callable:

@@ -19,7 +19,7 @@ import os
 import shutil
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +28,31 @@ import numpy as np
 from data_pipeline import indexed
 from common.errors import UserError
 from common.files import output_directory, write_json
+from common.options import add_arguments, from_arguments
 from data_pipeline.executor import (ShardTask, add_executor_args, changes, detect_rank, inputs_digest, make_tasks,
                                     normalised, run_shards)
 from data_pipeline.shards import (DONE_DIR, PARQUET_SUFFIXES, code_version, discover_shards, read_batches,
                                   read_documents)
+from data_pipeline.recipe import options_from_config
 from data_pipeline.stats import Stats
 from data_pipeline.tokenizers import Tokenizer, load_tokenizer
 
 STAGE = "tokenize"
 DEFAULT_BATCH = 1024
+
+
+@dataclass(frozen=True)
+class TokenizeOptions:
+    """The options of `gpt-data tokenize` and of a recipe's ``tokenize`` step: one definition for both."""
+
+    tokenizer: str = field(default="gpt2", metadata={"help": "gpt2 (bundled GPT-2 BPE), gpt2:FILE.tiktoken, "
+                                                             "sentencepiece:FILE.model (default %(default)s)"})
+    text_column: str = field(default="text", metadata={"help": "parquet column holding the text (default %(default)s)"})
+    quality_column: str = field(default="quality", metadata={
+        "help": "parquet column with a quality score per document; when present it is kept as PREFIX.quality.npy "
+                "for `gpt-data mixture --quality-split` (default %(default)s)"})
+    batch_size: int = field(default=DEFAULT_BATCH, metadata={"help": "documents per encode call (default %(default)s)"})
+    keep_parts: bool = field(default=False, metadata={"help": "keep the per-shard .bin/.idx parts after the merge"})
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,28 +65,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for action in parser._actions:
         if action.dest == "output":
             action.help = "output prefix: writes PREFIX.bin, PREFIX.idx, PREFIX.stats.json (work dir PREFIX.parts/)"
-    parser.add_argument("--tokenizer", default="gpt2",
-                        help="gpt2 (bundled GPT-2 BPE), gpt2:FILE.tiktoken, sentencepiece:FILE.model "
-                             "(default %(default)s)")
-    parser.add_argument("--text-column", default="text", help="parquet column holding the text (default %(default)s)")
-    parser.add_argument("--quality-column", default="quality",
-                        help="parquet column with a quality score per document; when present it is kept "
-                             "as PREFIX.quality.npy for `gpt-data mixture --quality-split` (default %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
-                        help="documents per encode call (default %(default)s)")
-    parser.add_argument("--keep-parts", action="store_true",
-                        help="keep the per-shard .bin/.idx parts after the merge")
+    add_arguments(parser, TokenizeOptions)
     parser.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    summary = tokenize(args.input, args.output, args.tokenizer, workers=args.workers, executor=args.executor,
-                       text_column=args.text_column, quality_column=args.quality_column,
-                       batch_size=args.batch_size, keep_parts=args.keep_parts, overwrite=args.overwrite)
-    if summary is not None:
-        print(f"tokenize: wrote {args.output}.bin/.idx: {summary['tokens']:,} tokens "
-              f"({summary['dtype']}), {summary['documents']:,} documents", file=sys.stderr)
+    write(args.input, args.output, from_arguments(TokenizeOptions, args), workers=args.workers,
+          executor=args.executor, overwrite=args.overwrite)
     return 0
+
+
+def write(input_path: str | Path, prefix: str | Path, options: TokenizeOptions, *, workers: int, executor: str,
+          overwrite: bool) -> None:
+    """`tokenize` with `options`, saying what was written (the command and the recipe step)."""
+    summary = tokenize(input_path, prefix, options.tokenizer, workers=workers, executor=executor,
+                       text_column=options.text_column, quality_column=options.quality_column,
+                       batch_size=options.batch_size, keep_parts=options.keep_parts, overwrite=overwrite)
+    if summary is not None:
+        print(f"tokenize: wrote {prefix}.bin/.idx: {summary['tokens']:,} tokens "
+              f"({summary['dtype']}), {summary['documents']:,} documents", file=sys.stderr)
 
 
 def tokenize(input_path: str | Path, prefix: str | Path, tokenizer: str | dict | Tokenizer = "gpt2", *,
@@ -114,36 +127,17 @@ def tokenize(input_path: str | Path, prefix: str | Path, tokenizer: str | dict |
     return _merge(prefix, parts, tasks, tok, expected, stats, cleanup)
 
 
-@dataclass(frozen=True)
-class TokenizeOptions:
-    """A recipe's ``tokenize`` step: writes ``<output>/<prefix>.bin/.idx``."""
-
-    tokenizer: str = "gpt2"
-    prefix: str = "text_document"
-    text_column: str = "text"
-    quality_column: str = "quality"
-    batch_size: int = DEFAULT_BATCH
-    keep_parts: bool = False
-
-
 def check_step(config: dict) -> None:
     """Recipe hook: reject unknown keys and bad values before any step runs."""
-    from data_pipeline.recipe import options_from_config
-
-    options = options_from_config(TokenizeOptions, config, "tokenize")
-    load_tokenizer(options.tokenizer)
+    load_tokenizer(options_from_config(TokenizeOptions, config, "tokenize").tokenizer)
 
 
 def run_step(input_path: Path, output: Path, config: dict, *, workers: int, executor: str,
              overwrite: bool = False) -> Stats:
-    """Recipe hook (``data_pipeline.recipe.STEPS``): tokenize into ``output/<prefix>``."""
-    from data_pipeline.recipe import options_from_config
-
-    options = options_from_config(TokenizeOptions, config, "tokenize")
-    tokenize(input_path, output_directory(output) / options.prefix, options.tokenizer, workers=workers,
-             executor=executor, text_column=options.text_column, quality_column=options.quality_column,
-             batch_size=options.batch_size, keep_parts=options.keep_parts, overwrite=overwrite)
-    stats_file = Path(output) / f"{options.prefix}.stats.json"
+    """Recipe hook (``data_pipeline.recipe.STEPS``): `output` is the token prefix (``output.bin/.idx``)."""
+    write(input_path, output, options_from_config(TokenizeOptions, config, "tokenize"), workers=workers,
+          executor=executor, overwrite=overwrite)
+    stats_file = Path(f"{output}.stats.json")
     return Stats(json.loads(stats_file.read_text())["stats"] if stats_file.exists() else {})
 
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from common.errors import ConfigError
+from common.options import build
 
 
 @dataclass
@@ -159,7 +159,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         if not sep:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         _set_dotted(raw, key.strip(), yaml.safe_load(value))
-    config = _build(Config, raw, "")
+    config = build(Config, raw)
     check_values(config)
     return config
 
@@ -195,48 +195,6 @@ def _set_dotted(raw: dict, key: str, value) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"override {key!r}: {part!r} is not a section")
     node[leaf] = value
-
-
-def _build(cls, raw, prefix: str):
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config section {prefix.rstrip('.') or 'root'!r} must be a mapping")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(
-            f"unknown config key {prefix + unknown[0]!r} (valid keys here: {', '.join(sorted(known))})"
-        )
-    values = {}
-    for name, value in raw.items():
-        kind = hints[name]
-        if dataclasses.is_dataclass(kind):
-            values[name] = _build(kind, value, f"{prefix}{name}.")
-        else:
-            values[name] = _coerce(value, kind, prefix + name)
-    return cls(**values)
-
-
-def _coerce(value, kind, key: str):
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-    elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        try:  # PyYAML reads exponents without a dot ("6e-05") as strings
-            return float(value)
-        except (TypeError, ValueError):
-            pass
-    elif kind is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-    raise ConfigError(f"config key {key!r} must be {kind.__name__}, got {value!r}")
 
 
 def check_values(config: Config) -> None:

@@ -10,7 +10,8 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from training.checkpoint_files import CheckpointError, ShardReader, check_files, read_manifest, vocab_multiple_for
-from training.config import Config, _build
+from common.options import build
+from training.config import Config
 from training.distributed import start_default_group
 from training.model import GPT
 
@@ -27,7 +28,7 @@ def ensure_single_process_groups() -> None:
 
 def checkpoint_config(manifest: dict) -> Config:
     """The run config stored in a checkpoint, with the vocabulary padding the checkpoint has at TP = 1."""
-    cfg = _build(Config, copy.deepcopy(manifest["config"]), "")
+    cfg = build(Config, copy.deepcopy(manifest["config"]))
     cfg.parallel.tp = cfg.parallel.pp = 1
     cfg.model.make_vocab_size_divisible_by = vocab_multiple_for(manifest, 1)
     return cfg

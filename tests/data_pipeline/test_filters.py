@@ -302,9 +302,9 @@ def test_filter_stage_on_real_documents_records_every_removal(cli, h, tmp_path, 
 def test_filter_config_errors_are_one_line(cli, tmp_path, ccnet_sample):
     cases = {
         "gopher: {}\n": "unknown filter 'gopher'",
-        "c4: {min_sentence: 3}\n": "filter.c4: unknown option 'min_sentence'",
-        "language: {min_score: high}\n": "filter.language.min_score: expected float, got 'high'",
-        "language: {languages: en}\n": "filter.language.languages: expected a list, got 'en'",
+        "c4: {min_sentence: 3}\n": "unknown config key 'filter.c4.min_sentence'",
+        "language: {min_score: high}\n": "config key 'filter.language.min_score' must be float, got 'high'",
+        "language: {languages: en}\n": "config key 'filter.language.languages' must be a list, got 'en'",
     }
     for i, (config, message) in enumerate(cases.items()):
         path = tmp_path / f"bad{i}.yaml"
