@@ -3,12 +3,14 @@
     gpt-generate --checkpoint runs/tiny/checkpoints --prompt "The quick brown fox" --max-new-tokens 40
     gpt-generate --hf-dir gpt2-dir --prompt-ids 464,2068 --greedy --output out.json
     gpt-generate --hf-dir gpt2-dir --prompt "Hello" --prompt "Once upon a time" --top-p 0.9 --stop "\\n\\n"
+    gpt-generate --hf-dir gpt2-dir --prompt "The capital of France is" --beams 4 --length-penalty 0.6
 
 Decodes with a key/value cache; several prompts run as one left-padded batch. Sampling
 uses top-k 40 by default (GPT-2's samples), `--top-p` for nucleus sampling, `--greedy`
 for the argmax; the same `--seed` gives the same tokens. Generation ends at the
 end-of-text token, after `--max-new-tokens`, or once the text contains a `--stop` string
-(the text is cut before it; `tokens` keep everything generated).
+(the text is cut before it; `tokens` keep everything generated). `--beams N` decodes by
+beam search instead (as `transformers`; `--length-penalty`, default 0.6, as in GPT-3).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from pathlib import Path
 from common.errors import UserError
 from data_pipeline.tokenizers import load_tokenizer
 from tools.model_source import add_model_args, load_from_args
-from training.generation import Sampling, generate
+from training.generation import Beams, Sampling, beam_search, generate
 
 
 def parse_ids(text: str, vocab_size: int) -> list[int]:
@@ -56,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "(default %(default)s, as GPT-2)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default: off)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default %(default)s)")
+    parser.add_argument("--beams", type=int, default=0,
+                        help="beam search with N beams instead of sampling (GPT-3's completions: 4; default: off)")
+    parser.add_argument("--length-penalty", type=float, default=0.6,
+                        help="beam search: finished beams score sum(log p) / new_tokens ** X (default %(default)s)")
     parser.add_argument("--stop", action="append", default=[], help="stop once the text contains this (repeatable)")
     parser.add_argument("--output", help="write {tokens, text} (lists for several prompts) as JSON here")
     return parser
@@ -70,6 +76,10 @@ def check(args: argparse.Namespace) -> None:
         raise UserError("--top-k must be >= 0")
     if not 0 < args.top_p <= 1:
         raise UserError("--top-p must be in (0, 1]")
+    if args.beams < 0 or args.beams == 1:
+        raise UserError("--beams must be at least 2 (or 0: no beam search)")
+    if args.beams and args.stop:
+        raise UserError("--stop does not apply to beam search (beams end at the end-of-text token)")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -87,7 +97,11 @@ def run(args: argparse.Namespace) -> dict:
     sampling = Sampling(greedy=args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                         seed=args.seed)
     stop = (lambda new: any(s in tokenizer.decode(new) for s in args.stop)) if args.stop else None
-    outputs = generate(loaded.model, prompts, args.max_new_tokens, sampling, eod_id=tokenizer.eod_id, stop=stop)
+    if args.beams:
+        outputs = beam_search(loaded.model, prompts, args.max_new_tokens,
+                              Beams(width=args.beams, length_penalty=args.length_penalty), eod_id=tokenizer.eod_id)
+    else:
+        outputs = generate(loaded.model, prompts, args.max_new_tokens, sampling, eod_id=tokenizer.eod_id, stop=stop)
     texts = [cut_at_stop(tokenizer.decode(tokens), args.stop) for tokens in outputs]
     for prompt, text in zip(args.prompt or args.prompt_ids, texts):
         print(f"{prompt}{text}" if args.prompt else text)

@@ -149,3 +149,81 @@ def generate(model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens: int, 
         step_tokens, step_valid = chosen[:, None], running[:, None].clone()
         tokens, valid = torch.cat([tokens, step_tokens], 1), torch.cat([valid, step_valid], 1)
     return outputs
+
+
+# --------------------------------------------------------------------------- beam search
+
+@dataclass
+class Beams:
+    """Beam search as `transformers` does it (GPT-3's completion tasks: width 4, length penalty 0.6).
+
+    A finished hypothesis scores sum(log p) / new_tokens ** length_penalty, new_tokens counting
+    the end-of-text token and not the prompt. `early_stopping`: True stops once `width` hypotheses
+    are finished; False (transformers' default) once the best running beam, at its current
+    length, cannot beat the worst finished one; "never" assumes it may grow to `max_new_tokens`."""
+
+    width: int = 4
+    length_penalty: float = 0.6
+    early_stopping: bool | str = False
+
+
+@torch.no_grad()
+def beam_search(model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens: int, beams: Beams,
+                eod_id: int | None = None) -> list[list[int]]:
+    """The best finished hypothesis' new tokens for each prompt (ending at `eod_id`, kept, or at `max_new_tokens`).
+
+    Step for step `transformers`' `_beam_search`: 2 x width candidates per prompt, of which only the
+    top `width` may finish, the rest keep `width` beams running; the cache follows the surviving beams."""
+    model.eval()
+    device = model.token_embedding.weight.device
+    batch, width, penalty = len(prompts), beams.width, beams.length_penalty
+    tokens, valid = left_pad(prompts, eod_id if eod_id is not None else 0, device)
+    step_tokens, step_valid = tokens.repeat_interleave(width, 0), valid.repeat_interleave(width, 0)
+    cache = KVCache()
+    running = torch.zeros(batch, width, 0, dtype=torch.long, device=device)
+    running_scores = torch.zeros(batch, width, device=device)
+    running_scores[:, 1:] = -1e9  # the first step expands one beam only
+    done = torch.zeros(batch, width, max_new_tokens, dtype=torch.long, device=device)
+    done_length = torch.zeros(batch, width, dtype=torch.long, device=device)
+    done_scores = torch.full((batch, width), -1e9, device=device)
+    is_done = torch.zeros(batch, width, dtype=torch.bool, device=device)
+    improvable = torch.ones(batch, 1, dtype=torch.bool, device=device)
+    may_finish = torch.arange(2 * width, device=device) < width
+    offsets = torch.arange(batch, device=device)[:, None] * width
+    for step in range(max_new_tokens):
+        logprobs = forward(model, step_tokens, step_valid, cache, last_only=True)[:, -1].log_softmax(-1)
+        vocab = logprobs.shape[-1]
+        totals = (logprobs.view(batch, width, vocab) + running_scores[:, :, None]).view(batch, -1)
+        top_scores, top = totals.topk(2 * width)
+        origin, token = top // vocab, top % vocab
+        candidates = torch.cat([running.gather(1, origin[:, :, None].expand(-1, -1, step)), token[:, :, None]], 2)
+        ends = (token == eod_id) if eod_id is not None else torch.zeros_like(token, dtype=torch.bool)
+        ends |= step + 1 == max_new_tokens
+        # the best unfinished candidates run on
+        live_scores = top_scores + ends.float() * -1e9
+        keep = live_scores.topk(width)[1]
+        running, running_scores = candidates.gather(1, keep[:, :, None].expand(-1, -1, step + 1)), live_scores.gather(1, keep)
+        # finished candidates among the top `width` join the finished hypotheses if they rank
+        finish_scores = top_scores / ((step + 1) ** penalty)
+        finish_scores += (is_done.all(-1, keepdim=True) & (beams.early_stopping is True)).float() * -1e9
+        finish_scores += (~improvable).float() * -1e9
+        finish_scores += (~(ends & may_finish)) * -1e9
+        padded = torch.cat([candidates, candidates.new_zeros(batch, 2 * width, max_new_tokens - step - 1)], 2)
+        merged = torch.cat([done_scores, finish_scores], 1).topk(width)[1]
+        done = torch.cat([done, padded], 1).gather(1, merged[:, :, None].expand(-1, -1, max_new_tokens))
+        done_length = torch.cat([done_length, torch.full_like(token, step + 1)], 1).gather(1, merged)
+        done_scores = torch.cat([done_scores, finish_scores], 1).gather(1, merged)
+        is_done = torch.cat([is_done, ends & may_finish], 1).gather(1, merged)
+        # transformers' stopping heuristic
+        best_length = max_new_tokens if beams.early_stopping == "never" and penalty > 0 else step + 1
+        worst_done = torch.where(is_done, done_scores.min(1, keepdim=True)[0], -1e9)
+        improvable &= (running_scores[:, :1] / (best_length ** penalty) > worst_done).any(-1, keepdim=True)
+        if not improvable.any() or (is_done.all() and beams.early_stopping is True) or ends.all():
+            break
+        rows = (origin.gather(1, keep) + offsets).flatten()
+        for layer in cache.layers:
+            layer.reorder(rows)
+        cache.valid = cache.valid[rows]
+        step_tokens, step_valid = running[:, :, -1].reshape(-1, 1), torch.ones(batch * width, 1, dtype=torch.bool,
+                                                                                 device=device)
+    return [done[row, 0, : done_length[row, 0]].tolist() for row in range(batch)]

@@ -208,6 +208,10 @@ class KeyValueCache:
         self.keys, self.values = k, v
         return k, v
 
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep the batch rows `rows` (in that order, repeats allowed): beam search's surviving beams."""
+        self.keys, self.values = self.keys[rows], self.values[rows]
+
 
 class CausalSelfAttention(nn.Module):
     """Multi-head causal attention; heads are split across TP ranks.
