@@ -28,7 +28,13 @@ def build(cls: type, raw: Any, prefix: str = "") -> Any:
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         raise ConfigError(f"missing config key {prefix + missing[0]!r}")
-    return cls(**{name: coerce(value, hints[name], prefix + name) for name, value in raw.items()})
+    values = {name: coerce(value, hints[name], prefix + name) for name, value in raw.items()}
+    for f in dataclasses.fields(cls):
+        choices = f.metadata.get("choices")
+        if choices and f.name in values and values[f.name] not in choices:
+            raise ConfigError(f"config key {prefix + f.name!r} must be one of {', '.join(map(str, choices))}, "
+                              f"got {values[f.name]!r}")
+    return cls(**values)
 
 
 def coerce(value: Any, kind: Any, key: str) -> Any:
@@ -63,10 +69,11 @@ def coerce(value: Any, kind: Any, key: str) -> Any:
     elif kind is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        try:  # PyYAML reads exponents without a dot ("6e-05") as strings
-            return float(value) if isinstance(value, str) else None
-        except ValueError:
-            pass
+        if isinstance(value, str):  # PyYAML reads exponents without a dot ("6e-05") as strings
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif kind is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -77,15 +84,17 @@ def coerce(value: Any, kind: Any, key: str) -> Any:
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """One flag per field of dataclass `cls` (``batch_size`` -> ``--batch-size``; a bool is a bare
-    flag) with the field's default and ``metadata["help"]``: a command and a recipe step that
-    share the dataclass cannot drift apart."""
+    flag; a field without a default is a required flag), with the field's default and its
+    metadata as `add_argument` keywords (``help``, ``choices``): a command and a recipe step
+    that share the dataclass cannot drift apart."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        flag, kind, help = "--" + f.name.replace("_", "-"), hints[f.name], f.metadata.get("help")
-        if kind is bool:
-            parser.add_argument(flag, action="store_true", default=f.default, help=help)
+        kwargs: dict[str, Any] = {"action": "store_true"} if hints[f.name] is bool else {"type": hints[f.name]}
+        if f.default is dataclasses.MISSING:
+            kwargs["required"] = True
         else:
-            parser.add_argument(flag, type=kind, default=f.default, help=help)
+            kwargs["default"] = f.default
+        parser.add_argument("--" + f.name.replace("_", "-"), **kwargs, **f.metadata)
 
 
 def from_arguments(cls: type, args: argparse.Namespace) -> Any:

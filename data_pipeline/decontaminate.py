@@ -19,6 +19,7 @@ import functools
 import gzip
 import json
 from functools import partial
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from data_pipeline.dedup.layout import WORK_DIR
 from data_pipeline.dedup.text import ngrams, words
 from data_pipeline.document import Document, extend_schema
 from common.errors import UserError
+from common.options import add_arguments
 from data_pipeline.dedup.stages import StageRunner, add_to_stats
 from data_pipeline.executor import ShardTask, add_executor_args
 from data_pipeline.shards import ShardWriter, discover_shards, read_documents, read_schema
@@ -287,24 +289,31 @@ def contamination_report(out: Path, shards: list[str], names: list[str], sizes: 
     return report
 
 
+@dataclass(frozen=True, kw_only=True)
+class DecontaminateOptions:
+    """`gpt-data decontaminate` and the recipe's ``decontaminate`` step."""
+
+    stage: str = field(default="all", metadata={"choices": ("all", "count", "clean"),
+                                                "help": "run only this pass (for one Slurm job per pass; default all)"})
+    benchmarks: str = field(metadata={
+        "help": "JSONL file of evaluation examples, or a directory of them (one benchmark per file)"})
+    fields: str = field(default="", metadata={
+        "help": "comma-separated example fields to index (default: every string value)"})
+    ngram: int = field(default=13, metadata={"help": "words per n-gram (default %(default)s)"})
+    window: int = field(default=200, metadata={
+        "help": "characters removed on each side of an overlap (default %(default)s)"})
+    min_fragment: int = field(default=200, metadata={
+        "help": "drop remaining pieces shorter than this many characters (default %(default)s)"})
+    max_pieces: int = field(default=10, metadata={
+        "help": "drop a document split into more pieces than this (default %(default)s)"})
+    max_documents: int = field(default=10, metadata={
+        "help": "ignore n-grams found in more training documents than this (default %(default)s)"})
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "decontaminate", help="remove benchmark 13-gram overlaps from training documents (GPT-3 rules)",
         description=__doc__.split("\n\n")[1])
     add_executor_args(parser)
-    parser.add_argument("--stage", choices=("all", "count", "clean"), default="all",
-                        help="run only this pass (for one Slurm job per pass; default all)")
-    parser.add_argument("--benchmarks", required=True,
-                        help="JSONL file of evaluation examples, or a directory of them (one benchmark per file)")
-    parser.add_argument("--fields", default="",
-                        help="comma-separated example fields to index (default: every string value)")
-    parser.add_argument("--ngram", type=int, default=13, help="words per n-gram (default %(default)s)")
-    parser.add_argument("--window", type=int, default=200,
-                        help="characters removed on each side of an overlap (default %(default)s)")
-    parser.add_argument("--min-fragment", type=int, default=200,
-                        help="drop remaining pieces shorter than this many characters (default %(default)s)")
-    parser.add_argument("--max-pieces", type=int, default=10,
-                        help="drop a document split into more pieces than this (default %(default)s)")
-    parser.add_argument("--max-documents", type=int, default=10,
-                        help="ignore n-grams found in more training documents than this (default %(default)s)")
+    add_arguments(parser, DecontaminateOptions)
     parser.set_defaults(func=run)

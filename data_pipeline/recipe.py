@@ -132,13 +132,35 @@ def cli_step(*command: str, arguments: str | Callable = stage_arguments) -> Step
     return Step(partial(_run_cli, command, arguments), partial(_check_cli, command, arguments))
 
 
+def command_step(name: str, options: str, run: str) -> Step:
+    """A recipe step ``name`` whose options are the dataclass `options` ("module:Class", the one the
+    subcommand's flags are made from) and which calls the subcommand's function `run(args)`
+    ("module:function") directly, with the options and the path and executor settings as `args`."""
+    return Step(partial(_run_command, name, options, run), partial(_check_command, name, options))
+
+
+def _check_command(name: str, options: str, config: dict[str, Any]) -> None:
+    options_from_config(_resolve(options), config, name)
+
+
+def _run_command(name: str, options: str, run: str, input, output, config, *, workers: int, executor: str,
+                 overwrite: bool) -> None:
+    args = argparse.Namespace(input=str(input), output=str(output), workers=workers, executor=executor,
+                              overwrite=overwrite, **vars(options_from_config(_resolve(options), config, name)))
+    code = _resolve(run)(args)
+    if code:
+        raise UserError(f"{name} exited with code {code}")
+
+
 STEPS: dict[str, Step] = {
     "extract": Step("data_pipeline.extract.stage:run", "data_pipeline.extract.stage:check"),
     "filter": Step("data_pipeline.filters.stage:run", "data_pipeline.filters.stage:check"),
     "classifier_score": Step("data_pipeline.classifier:run_score", "data_pipeline.classifier:check_score"),
-    "dedup_exact": cli_step("dedup", "exact"),
-    "dedup_minhash": cli_step("dedup", "minhash"),
-    "decontaminate": cli_step("decontaminate"),
+    "dedup_exact": command_step("dedup_exact", "data_pipeline.dedup.cli:ExactOptions", "data_pipeline.dedup.exact:run"),
+    "dedup_minhash": command_step("dedup_minhash", "data_pipeline.dedup.cli:MinhashOptions",
+                                  "data_pipeline.dedup.fuzzy:run"),
+    "decontaminate": command_step("decontaminate", "data_pipeline.decontaminate:DecontaminateOptions",
+                                  "data_pipeline.decontaminate:run"),
     # output is a prefix: <output>/<i>-tokenize.bin/.idx
     "tokenize": Step("data_pipeline.tokenize:run_step", "data_pipeline.tokenize:check_step"),
     # the previous step's prefix is a source; writes <output>/<i>-mixture/blend.json
