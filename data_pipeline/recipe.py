@@ -27,8 +27,11 @@ Adding a step: add one `STEPS` entry, either
   config, *, workers, executor, overwrite) -> Stats``, and an optional ``check(config) -> None``
   that raises `UserError` on a bad key or value. The step's options are one dataclass
   (``options_from_config(Options, config, name)``), from which the subcommand's flags are
-  made too (`common.options.add_arguments`; see `data_pipeline.tokenize.TokenizeOptions`); or
-- ``name: cli_step("dedup", "exact")`` (steps not yet typed): a `gpt-data` subcommand that takes
+  made too (`common.options.add_arguments`; see `data_pipeline.tokenize.TokenizeOptions`);
+- ``name: command_step(name, "module:Options", "module:function")``: a subcommand's function
+  ``function(args)`` called directly with the options dataclass its flags are made from (see
+  ``dedup_exact``); or
+- ``name: cli_step("mixture")`` (steps not yet typed): a `gpt-data` subcommand that takes
   ``--input``, ``--output``, ``--workers`` and ``--executor``. The step's options become its flags
   (``min_sentences: 3`` -> ``--min-sentences 3``, ``true`` -> a bare flag, a list ->
   several values or the flag repeated when it is repeatable, a mapping -> ``KEY=VALUE``
