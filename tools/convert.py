@@ -26,7 +26,7 @@ from common.errors import UserError
 from training.checkpoint_files import ShardReader, check_files, read_manifest, refuse_existing, write_weights
 from training.config import Config, ModelConfig
 
-HF_EXCLUDED = ("attn.bias", "attn.masked_bias")  # causal-mask buffers, not weights
+HF_EXCLUDED = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers, not weights (not attn.c_attn.bias)
 HF_FORMATS = ("directory with config.json and model.safetensors, or pytorch_model.bin (a pickle: read with "
               "torch's weights-only loading, tensors only; anything else is refused)")
 VOCAB_MULTIPLE = ModelConfig.make_vocab_size_divisible_by  # the trainer's default padding (x TP)
@@ -167,11 +167,24 @@ def _single_process(cfg: Config) -> Config:
 
 
 def from_hf(input_dir: str, output_dir: str, tp: int, pp: int, vocab_multiple: int = VOCAB_MULTIPLE) -> Path:
-    from transformers import GPT2LMHeadModel
+    """A Hugging Face GPT-2 directory as our checkpoint; any other model type, or any weight missing from the
+    files, left over in them or not used by the conversion, is refused (nothing is written)."""
+    from transformers import AutoConfig, GPT2LMHeadModel
+    from transformers.utils import logging as transformers_logging
 
     try:
-        hf = GPT2LMHeadModel.from_pretrained(input_dir, torch_dtype=torch.float32, local_files_only=True,
-                                             weights_only=True)  # a pickled pytorch_model.bin: tensors, never code
+        model_type = AutoConfig.from_pretrained(input_dir, local_files_only=True).model_type
+        if model_type != "gpt2":
+            raise UserError(f"from-hf: {input_dir} holds a {model_type!r} model; only GPT-2 (model_type 'gpt2') "
+                            "is converted")
+        verbosity = transformers_logging.get_verbosity()
+        transformers_logging.set_verbosity_error()  # its load report: the problems are ours to report, in one line
+        try:
+            hf, loading = GPT2LMHeadModel.from_pretrained(input_dir, torch_dtype=torch.float32, local_files_only=True,
+                                                          weights_only=True,  # a pickled pytorch_model.bin: tensors
+                                                          output_loading_info=True)
+        finally:
+            transformers_logging.set_verbosity(verbosity)
     except pickle.UnpicklingError:
         raise UserError(f"from-hf: the weights in {input_dir} hold more than tensors (unpickling them would run "
                         "code); refusing them") from None
@@ -179,9 +192,20 @@ def from_hf(input_dir: str, output_dir: str, tp: int, pp: int, vocab_multiple: i
         raise UserError(f"from-hf: cannot load a GPT-2 model from {input_dir}: {err}") from None
     cfg = config_from_hf(hf.config, vocab_multiple)
     padded = cfg.model.padded_vocab_size(tp)
-    hf_state = hf.state_dict()
+    hf_state = {k: v for k, v in hf.state_dict().items() if not k.endswith(HF_EXCLUDED)}
+    names = gpt2_names(cfg.model.n_layers)
+    if torch.equal(hf_state["lm_head.weight"], hf_state["transformer.wte.weight"]):
+        del hf_state["lm_head.weight"]  # tied to the token embedding, as ours is
+    problems = ([f"weight {k} is missing from the files" for k in loading["missing_keys"] if k in hf_state]
+                + [f"weight {k} has the wrong shape" for k, *_ in loading["mismatched_keys"]]
+                + [f"weight {k} in the files is not a GPT-2 weight" for k in loading["unexpected_keys"]
+                   if not k.endswith(HF_EXCLUDED)]
+                + [f"weight {k} is not used by the conversion" for k in sorted(set(hf_state) - {n for _, n, _ in names})])
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UserError(f"from-hf: {input_dir}: {problems[0]}{more}; not converted")
     state = {}
-    for name, hf_name, how in gpt2_names(cfg.model.n_layers):
+    for name, hf_name, how in names:
         tensor = hf_state[hf_name].float()
         state[name] = (qkv_from_hf(tensor, cfg.model.n_heads) if how == "qkv"
                        else tensor.t().contiguous() if how == "t" else tensor.clone())

@@ -141,3 +141,41 @@ def test_from_hf_reads_tensors_and_nothing_else(tmp_path, capsys):
         f"gpt-convert: error: from-hf: the weights in {pickled} hold more than tensors (unpickling them would run "
         "code); refusing them")
     assert not marker.exists() and not (tmp_path / "crafted").exists()
+
+
+def test_from_hf_refuses_other_models_and_incomplete_weights(tmp_path, capfd):
+    """A GPT-1 directory (transformers' OpenAIGPTLMHeadModel), a GPT-2 with an extra, a missing or an untied output
+    weight: exit 2, one line naming the model type or the weight, nothing written (before: GPT-1 converted to a
+    mostly random model)."""
+    from safetensors.torch import load_file, save_file
+    from transformers import OpenAIGPTConfig, OpenAIGPTLMHeadModel
+
+    torch.manual_seed(0)
+    OpenAIGPTLMHeadModel(OpenAIGPTConfig(vocab_size=100, n_positions=32, n_embd=32, n_layer=2, n_head=4)
+                         ).save_pretrained(tmp_path / "gpt1")
+    capfd.readouterr()
+    assert main(["from-hf", "--input", str(tmp_path / "gpt1"), "--output", str(tmp_path / "out")]) == 2
+    assert capfd.readouterr().err.strip() == (f"gpt-convert: error: from-hf: {tmp_path / 'gpt1'} holds a 'openai-gpt' "
+                                              "model; only GPT-2 (model_type 'gpt2') is converted")
+    random_gpt2(tmp_path / "gpt2", 100, 32, 2, 4)
+    weights = load_file(tmp_path / "gpt2" / "model.safetensors")
+    untied = random_gpt2(tmp_path / "untied", 100, 32, 2, 4)
+    untied.config.tie_word_embeddings = False
+    untied.config.save_pretrained(tmp_path / "untied")
+    save_file({**weights, "lm_head.weight": torch.randn(100, 32)}, tmp_path / "untied" / "model.safetensors")
+    cases = {"extra": ({**weights, "transformer.h.1.extra": torch.zeros(3)},
+                       "weight transformer.h.1.extra in the files is not a GPT-2 weight"),
+             "missing": ({k: v for k, v in weights.items() if k != "transformer.h.0.attn.c_attn.bias"},
+                         "weight transformer.h.0.attn.c_attn.bias is missing from the files")}
+    for case, (tensors, problem) in cases.items():
+        random_gpt2(tmp_path / case, 100, 32, 2, 4)
+        save_file(tensors, tmp_path / case / "model.safetensors")
+    cases["untied"] = (None, "weight lm_head.weight is not used by the conversion")
+    for case, (_, problem) in cases.items():
+        capfd.readouterr()
+        assert main(["from-hf", "--input", str(tmp_path / case), "--output", str(tmp_path / "out")]) == 2
+        err = capfd.readouterr().err  # after transformers' progress bar, without its load report
+        assert err.strip().splitlines()[-1] == f"gpt-convert: error: from-hf: {tmp_path / case}: {problem}; not converted"
+        assert "MISSING" not in err and "UNEXPECTED" not in err
+        assert not (tmp_path / "out").exists()
+    assert main(["from-hf", "--input", str(tmp_path / "gpt2"), "--output", str(tmp_path / "out")]) == 0
