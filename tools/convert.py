@@ -200,7 +200,8 @@ def from_hf(input_dir: str, output_dir: str, tp: int, pp: int, vocab_multiple: i
                 + [f"weight {k} has the wrong shape" for k, *_ in loading["mismatched_keys"]]
                 + [f"weight {k} in the files is not a GPT-2 weight" for k in loading["unexpected_keys"]
                    if not k.endswith(HF_EXCLUDED)]
-                + [f"weight {k} is not used by the conversion" for k in sorted(set(hf_state) - {n for _, n, _ in names})])
+                + [f"weight {k} is not used by the conversion"
+                   for k in sorted(set(hf_state) - {hf_name for _, hf_name, _ in names})])
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise UserError(f"from-hf: {input_dir}: {problems[0]}{more}; not converted")

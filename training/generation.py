@@ -202,7 +202,8 @@ def beam_search(model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens: in
         # the best unfinished candidates run on
         live_scores = top_scores + ends.float() * -1e9
         keep = live_scores.topk(width)[1]
-        running, running_scores = candidates.gather(1, keep[:, :, None].expand(-1, -1, step + 1)), live_scores.gather(1, keep)
+        running = candidates.gather(1, keep[:, :, None].expand(-1, -1, step + 1))
+        running_scores = live_scores.gather(1, keep)
         # finished candidates among the top `width` join the finished hypotheses if they rank
         finish_scores = top_scores / ((step + 1) ** penalty)
         finish_scores += (is_done.all(-1, keepdim=True) & (beams.early_stopping is True)).float() * -1e9

@@ -175,7 +175,8 @@ def test_from_hf_refuses_other_models_and_incomplete_weights(tmp_path, capfd):
         capfd.readouterr()
         assert main(["from-hf", "--input", str(tmp_path / case), "--output", str(tmp_path / "out")]) == 2
         err = capfd.readouterr().err  # after transformers' progress bar, without its load report
-        assert err.strip().splitlines()[-1] == f"gpt-convert: error: from-hf: {tmp_path / case}: {problem}; not converted"
+        last = err.strip().splitlines()[-1]
+        assert last == f"gpt-convert: error: from-hf: {tmp_path / case}: {problem}; not converted"
         assert "MISSING" not in err and "UNEXPECTED" not in err
         assert not (tmp_path / "out").exists()
     assert main(["from-hf", "--input", str(tmp_path / "gpt2"), "--output", str(tmp_path / "out")]) == 0
