@@ -6,7 +6,8 @@
 
 Multiple-choice tasks are scored by the log-likelihood of each answer (`acc`) and by the
 log-likelihood per answer token (`acc_norm`, length-normalised); completion tasks by
-whether greedy decoding reproduces the target (`acc`) and the target's perplexity.
+whether greedy decoding (or `--beams N` beam search) reproduces the target (`acc`) and the
+target's perplexity.
 Fine-tuning tasks (classification, entailment, similarity, and a multiple-choice task the
 checkpoint was fine-tuned on) are scored by the head of a checkpoint written by `gpt-finetune`.
 Task format: docs/evaluation.md.
@@ -27,7 +28,7 @@ from common.errors import UserError
 from data_pipeline.indexed import exists as shard_exists, read_tokens
 from data_pipeline.tokenizers import Tokenizer
 from tools.eval_tasks import ANSWER_PREFIX, LANGUAGE_MODEL_KINDS, Task, find_tasks
-from training.generation import forward, left_pad
+from training.generation import Beams, beam_search, forward, left_pad
 from training.model import GPT
 
 Request = tuple[list[int], list[int]]  # (context tokens, continuation tokens)
@@ -60,8 +61,10 @@ def score(model: GPT, requests: Sequence[Request], batch_size: int, progress: st
 
 
 def evaluate_task(model: GPT, tokenizer: Tokenizer, task: Task, shots: int, seed: int,
-                  batch_size: int = 8) -> dict:
-    """Metrics of `task` with `shots` in-context examples (drawn reproducibly from `seed`)."""
+                  batch_size: int = 8, beams: Beams | None = None) -> dict:
+    """Metrics of `task` with `shots` in-context examples (drawn reproducibly from `seed`).
+
+    With `beams`, a completion task's `acc` is whether beam search reproduces the target (else greedy decoding)."""
     if task.kind not in LANGUAGE_MODEL_KINDS:
         raise UserError(f"task {task.name} is a {task.kind} task: score it with a checkpoint from gpt-finetune")
     requests, owner = [], []
@@ -83,7 +86,13 @@ def evaluate_task(model: GPT, tokenizer: Tokenizer, task: Task, shots: int, seed
         result["acc_norm"] = sum(p == label for p, label in zip(pick_norm, labels)) / len(labels)
     else:
         (only,) = zip(*per_example)
-        result["acc"] = sum(greedy for _, greedy, _ in only) / len(only)
+        if beams is None:
+            result["acc"] = sum(greedy for _, greedy, _ in only) / len(only)
+        else:
+            seq = model.cfg.seq_length
+            found = [beam_search(model, [context[-(seq - len(target)):]], len(target), beams,
+                                 eod_id=tokenizer.eod_id)[0] == target for context, target in requests]
+            result["acc"], result["beams"] = sum(found) / len(found), beams.width
         result["target_ppl"] = math.exp(-sum(lp for lp, _, _ in only) / sum(n for _, _, n in only))
     return result
 
@@ -191,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--decontamination", metavar="STATS",
                         help="stats.json (or output directory) of `gpt-data decontaminate` run on the training data "
                              "with these tasks as --benchmarks: reported per task")
+    parser.add_argument("--beams", type=int, default=0,
+                        help="completion tasks: acc by beam search with N beams (GPT-3: 4; default: greedy decoding)")
+    parser.add_argument("--length-penalty", type=float, default=0.6,
+                        help="with --beams: finished beams score sum(log p) / new_tokens ** X (default %(default)s)")
     parser.add_argument("--output", help="write the results as JSON here")
     return parser
 
@@ -210,6 +223,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     shots = parse_shots(args.shots)
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
+    if args.beams < 0 or args.beams == 1:
+        raise UserError("--beams must be at least 2 (or 0: greedy decoding)")
+    beams = Beams(args.beams, args.length_penalty) if args.beams else None
     report = read_decontamination(args.decontamination)
     tasks = find_tasks(args.tasks) if args.tasks or not args.perplexity else []
     loaded = load_from_args(args)
@@ -220,7 +236,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                 raise UserError(f"task {task.name} is a {task.kind} task: score it with a gpt-finetune checkpoint")
             runs = [evaluate_finetuned(loaded, task, args.batch_size)]
         else:
-            runs = [evaluate_task(loaded.model, loaded.tokenizer, task, k, args.seed, args.batch_size)
+            runs = [evaluate_task(loaded.model, loaded.tokenizer, task, k, args.seed, args.batch_size, beams)
                     for k in shots]
         for result in runs:
             result["decontamination"] = decontamination_status(task, report)

@@ -17,6 +17,7 @@ from tools.eval_tasks import BUILTIN_TASKS, find_tasks, load_task
 from tools.evaluate import (decontamination_status, evaluate_task, main as gpt_eval, perplexity,
                             read_decontamination, score)
 from training.config import ModelConfig
+from training.generation import Beams, beam_search
 from training.model import GPT, language_model_loss
 
 VOCAB = 50257
@@ -167,6 +168,8 @@ def test_command_line_errors_are_one_line(capsys, tmp_path):
     assert capsys.readouterr().err.strip() == "gpt-eval: error: --shots must be comma-separated integers, got 'one'"
     assert gpt_eval(["--checkpoint", str(tmp_path / "missing"), "--tasks", "nope"]) == 2
     assert "no task file or built-in task named 'nope'" in capsys.readouterr().err
+    assert gpt_eval(["--checkpoint", str(tmp_path), "--beams", "1"]) == 2
+    assert capsys.readouterr().err.strip() == "gpt-eval: error: --beams must be at least 2 (or 0: greedy decoding)"
 
 
 # --------------------------------------------------------------------------- scoring, checked independently
@@ -258,6 +261,12 @@ def test_completion_accuracy_is_greedy_decoding_of_the_target():
     result = evaluate_task(model, tokenizer, task, shots=0, seed=0, batch_size=4)
     assert result["acc"] == correct / len(task.examples)
     assert result["target_ppl"] == pytest.approx(math.exp(-logprob / count), rel=1e-5)
+    # with beams: beam search (equal to transformers', tests/tools/test_generate_beams.py) of the target's length
+    found = [beam_search(model, [tokenizer.encode(e["context"])], len(target), Beams(4, 0.6), eod_id=tokenizer.eod_id)
+             [0] == target for e in task.examples for target in [tokenizer.encode(" " + e["target"])]]
+    assert 0 < sum(found) < len(found)
+    beams = evaluate_task(model, tokenizer, task, shots=0, seed=0, batch_size=4, beams=Beams(4, 0.6))
+    assert beams["acc"] == sum(found) / len(found) and beams["target_ppl"] == result["target_ppl"]
 
 
 def test_gpt_eval_runs_the_shipped_tasks_end_to_end(trained, tmp_path, capsys, monkeypatch):
