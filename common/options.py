@@ -28,13 +28,26 @@ def build(cls: type, raw: Any, prefix: str = "") -> Any:
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         raise ConfigError(f"missing config key {prefix + missing[0]!r}")
-    values = {name: coerce(value, hints[name], prefix + name) for name, value in raw.items()}
-    for f in dataclasses.fields(cls):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {name: _value(fields[name], value, hints[name], prefix + name) for name, value in raw.items()}
+    for f in fields.values():
         choices = f.metadata.get("choices")
         if choices and f.name in values and values[f.name] not in choices:
             raise ConfigError(f"config key {prefix + f.name!r} must be one of {', '.join(map(str, choices))}, "
                               f"got {values[f.name]!r}")
     return cls(**values)
+
+
+def _value(f: dataclasses.Field, value: Any, kind: Any, key: str) -> Any:
+    """A field's value; a string goes through the field's own parser (``metadata["type"]``, the
+    one its flag uses, e.g. ``300B`` for a token count) when it has one."""
+    parse = f.metadata.get("type")
+    if parse is None or not isinstance(value, str):
+        return coerce(value, kind, key)
+    try:
+        return parse(value)
+    except ValueError:
+        raise ConfigError(f"config key {key!r} must be {parse.__name__.replace('_', ' ')}, got {value!r}") from None
 
 
 def coerce(value: Any, kind: Any, key: str) -> Any:
@@ -84,17 +97,23 @@ def coerce(value: Any, kind: Any, key: str) -> Any:
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """One flag per field of dataclass `cls` (``batch_size`` -> ``--batch-size``; a bool is a bare
-    flag; a field without a default is a required flag), with the field's default and its
-    metadata as `add_argument` keywords (``help``, ``choices``): a command and a recipe step
-    that share the dataclass cannot drift apart."""
+    flag, a list a repeatable one, a field without a default a required one), with the field's
+    default and its metadata as `add_argument` keywords (``help``, ``choices``, ``metavar``,
+    ``type``): a command and a recipe step that share the dataclass cannot drift apart."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        kwargs: dict[str, Any] = {"action": "store_true"} if hints[f.name] is bool else {"type": hints[f.name]}
-        if f.default is dataclasses.MISSING:
-            kwargs["required"] = True
+        kind = hints[f.name]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        if kind is bool:
+            kwargs: dict[str, Any] = {"action": "store_true", "default": f.default}
+        elif typing.get_origin(kind) is tuple:
+            kwargs = {"action": "append", "default": list(f.default)}
+        elif f.default is dataclasses.MISSING:
+            kwargs = {"type": kind, "required": True}
         else:
-            kwargs["default"] = f.default
-        parser.add_argument("--" + f.name.replace("_", "-"), **kwargs, **f.metadata)
+            kwargs = {"type": kind, "default": f.default}
+        parser.add_argument("--" + f.name.replace("_", "-"), **{**kwargs, **f.metadata})
 
 
 def from_arguments(cls: type, args: argparse.Namespace) -> Any:

@@ -17,7 +17,7 @@ import json
 import math
 import re
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ import numpy as np
 from data_pipeline import indexed
 from data_pipeline.blend import BlendSource, write_blend
 from common.errors import UserError
+from common.options import add_arguments
 from data_pipeline.tokenizers import load_tokenizer
 
 # Muennighoff et al. 2023 ("Scaling Data-Constrained Language Models"): up to ~4 epochs
@@ -214,48 +215,66 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                "--token-budget 300B --output blend.json\n"
                "  gpt-data mixture --source cc=410B:60% --source webtext2=19B:22% --source books1=12B:8% "
                "--source books2=55B:8% --source wikipedia=3B:3% --token-budget 300B   # GPT-3 Table 2.2")
-    parser.add_argument("--source", action="append", default=[], metavar="NAME=PREFIX[:WEIGHT]",
-                        help="a source: token shard prefix (or a token count such as 410B, for planning) "
-                             "and optional weight (0.6 or 60%%); repeatable")
-    parser.add_argument("--input", help="directory of token shards: every PREFIX.idx in it becomes a source "
-                                        "named after the prefix (weights from --weight/--epochs)")
-    parser.add_argument("--weight", action="append", default=[], metavar="NAME=W",
-                        help="weight of a source given by --input")
-    parser.add_argument("--epochs", action="append", default=[], metavar="NAME=E",
-                        help="target epochs for a source over --token-budget (instead of a weight)")
-    parser.add_argument("--token-budget", type=token_count, help="planned training tokens, e.g. 300B")
-    parser.add_argument("--max-epochs", type=float, default=DEFAULT_MAX_EPOCHS,
-                        help="warn when a source would be repeated more often (default %(default)s)")
-    parser.add_argument("--quality-split", action="append", default=[], metavar="NAME",
-                        help="split this source by quality score into sub-shards weighted by --quality-curve")
-    parser.add_argument("--quality-buckets", default="5",
-                        help="bucket count over [0, 1] or comma-separated edges (default %(default)s)")
-    parser.add_argument("--quality-curve", default="power:1",
-                        help="per-bucket sampling multiplier: power:A (midpoint**A) or a list like 1,1,2,4 "
-                             "(default %(default)s)")
-    parser.add_argument("--tokenizer", help="tokenizer of the shards when they have no PREFIX.stats.json "
-                                            "(default: read from the stats files, else gpt2)")
-    parser.add_argument("--output", help="blend JSON to write (omit to only print the table)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing --output blend (and quality split) that differs")
+    add_arguments(parser, MixtureOptions)
     parser.set_defaults(func=main)
 
 
-def recipe_arguments(input: str | Path, output: str | Path, config: dict, workers: int, executor: str
-                     ) -> tuple[list[str], dict]:
+@dataclass(frozen=True)
+class MixtureOptions:
+    """`gpt-data mixture`'s options (its flags)."""
+
+    source: tuple[str, ...] = field(default=(), metadata={
+        "metavar": "NAME=PREFIX[:WEIGHT]",
+        "help": "a source: token shard prefix (or a token count such as 410B, for planning) and optional weight "
+                "(0.6 or 60%%); repeatable"})
+    input: str | None = field(default=None, metadata={
+        "help": "directory of token shards: every PREFIX.idx in it becomes a source named after the prefix "
+                "(weights from --weight/--epochs)"})
+    weight: tuple[str, ...] = field(default=(), metadata={"metavar": "NAME=W",
+                                                          "help": "weight of a source given by --input"})
+    epochs: tuple[str, ...] = field(default=(), metadata={
+        "metavar": "NAME=E", "help": "target epochs for a source over --token-budget (instead of a weight)"})
+    token_budget: int | None = field(default=None, metadata={"type": token_count,
+                                                             "help": "planned training tokens, e.g. 300B"})
+    max_epochs: float = field(default=DEFAULT_MAX_EPOCHS, metadata={
+        "help": "warn when a source would be repeated more often (default %(default)s)"})
+    quality_split: tuple[str, ...] = field(default=(), metadata={
+        "metavar": "NAME", "help": "split this source by quality score into sub-shards weighted by --quality-curve"})
+    quality_buckets: str = field(default="5", metadata={
+        "help": "bucket count over [0, 1] or comma-separated edges (default %(default)s)"})
+    quality_curve: str = field(default="power:1", metadata={
+        "help": "per-bucket sampling multiplier: power:A (midpoint**A) or a list like 1,1,2,4 (default %(default)s)"})
+    tokenizer: str | None = field(default=None, metadata={
+        "help": "tokenizer of the shards when they have no PREFIX.stats.json (default: read from the stats "
+                "files, else gpt2)"})
+    output: str | None = field(default=None, metadata={"help": "blend JSON to write (omit to only print the table)"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "replace an existing --output blend (and quality split) that differs"})
+
+
+@dataclass(frozen=True)
+class MixtureStep(MixtureOptions):
     """The `mixture` step of `gpt-data run`: the previous step's token prefix becomes the source
     ``name`` (default: the prefix's name without ``_text_document``) with the optional ``weight``;
     the blend goes to OUTPUT/blend.json (or OUTPUT itself if it ends in ``.json``), so quality
-    buckets land next to it. Every other option is a `gpt-data mixture` flag (``source: {wiki:
-    PREFIX:0.3}`` adds sources). Mixing takes no time, so workers and executor are unused."""
-    options = dict(config)
-    name = str(options.pop("name", None) or Path(input).name.removesuffix("_text_document"))
-    weight = options.pop("weight", None)
-    if weight is not None:
-        parse_amount(str(weight), "mixture.weight")
+    buckets land next to it. The other keys are `gpt-data mixture`'s (``source: {wiki: PREFIX:0.3}``
+    adds sources)."""
+
+    name: str | None = None
+    weight: str | None = None  # of the step's own source (0.7 or 60%), not --weight NAME=W
+
+    def __post_init__(self):
+        if self.weight is not None:
+            parse_amount(self.weight, "mixture.weight")
+
+
+def recipe_arguments(input: str | Path, output: str | Path, step: MixtureStep) -> dict:
+    """`main`'s arguments for the recipe's mixture `step` (mixing takes no time: no workers)."""
+    name = step.name or Path(input).name.removesuffix("_text_document")
+    own = f"{name}={input}" + ("" if step.weight is None else f":{step.weight}")
     blend = Path(output) if Path(output).suffix == ".json" else Path(output) / "blend.json"
-    source = f"{name}={input}" + ("" if weight is None else f":{weight}")
-    return ["--source", source, "--output", str(blend)], options
+    options = {f.name: getattr(step, f.name) for f in fields(MixtureOptions)}
+    return dict(options, source=(own, *step.source), weight=(), output=str(blend))
 
 
 def main(args: argparse.Namespace) -> int:

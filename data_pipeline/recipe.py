@@ -25,34 +25,23 @@ Adding a step: add one `STEPS` entry, either
 
 - ``name: Step("module:run_function", "module:check_function")``: ``run(input, output,
   config, *, workers, executor, overwrite) -> Stats``, and an optional ``check(config) -> None``
-  that raises `UserError` on a bad key or value. The step's options are one dataclass
-  (``options_from_config(Options, config, name)``), from which the subcommand's flags are
-  made too (`common.options.add_arguments`; see `data_pipeline.tokenize.TokenizeOptions`);
+  that raises `UserError` on a bad key or value; the step's options are one dataclass
+  (``options_from_config(Options, config, name)``, see `data_pipeline.classifier.ScoreOptions`); or
 - ``name: command_step(name, "module:Options", "module:function")``: a subcommand's function
   ``function(args)`` called directly with the options dataclass its flags are made from (see
-  ``dedup_exact``); or
-- ``name: cli_step("mixture")`` (steps not yet typed): a `gpt-data` subcommand that takes
-  ``--input``, ``--output``, ``--workers`` and ``--executor``. The step's options become its flags
-  (``min_sentences: 3`` -> ``--min-sentences 3``, ``true`` -> a bare flag, a list ->
-  several values or the flag repeated when it is repeatable, a mapping -> ``KEY=VALUE``
-  values: ``weight: {cc: 0.7}`` -> ``--weight cc=0.7``) and are checked by the
-  subcommand's own parser up front. A subcommand with other path flags passes
-  ``arguments="module:function"``, which turns (input, output, config, workers,
-  executor) into its leading flags and the options left (see `mixture`).
+  ``tokenize``); a subcommand with other path flags passes ``arguments="module:function"``,
+  which turns (input, output, options) into the fields of ``args`` (see `mixture`).
 
-``gpt-data run --overwrite`` passes ``--overwrite`` to every step (subcommand steps take it
-as a flag).
+``gpt-data run --overwrite`` redoes what differs in every step.
 
 Modules are imported only when a recipe uses the step.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
-import io
 from collections.abc import Callable
-from functools import cache, partial
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -67,89 +56,29 @@ class Step(NamedTuple):
     check: str | Callable | None = None
 
 
-def stage_arguments(input: Path | str, output: Path | str, config: dict[str, Any], workers: int,
-                    executor: str) -> tuple[list[str], dict[str, Any]]:
-    """The flags every stage subcommand takes; all of the step's options are left as flags."""
-    return ["--input", str(input), "--output", str(output), "--workers", str(workers), "--executor", executor], config
+def stage_arguments(input: Path | str, output: Path | str, options: Any) -> dict[str, Any]:
+    """What a stage subcommand's function reads: ``--input``, ``--output`` and the options."""
+    return dict(vars(options), input=str(input), output=str(output))
 
 
-def cli_argv(command: tuple[str, ...], input: Path | str, output: Path | str, config: dict[str, Any],
-             workers: int, executor: str, arguments: str | Callable = stage_arguments) -> list[str]:
-    """`gpt-data` arguments for a subcommand step: the path flags, then the options as flags."""
-    head, options = _resolve(arguments)(input, output, config, workers, executor)
-    repeatable = _repeatable_flags(command)
-    argv = [*command, *head]
-    for key, value in options.items():
-        flag = "--" + str(key).replace("_", "-")
-        if isinstance(value, dict):
-            value = [f"{k}={v}" for k, v in value.items()]
-        if value is True:
-            argv.append(flag)
-        elif isinstance(value, list):
-            argv += [part for v in value for part in (flag, str(v))] if flag in repeatable else [flag, *map(str, value)]
-        elif value is not None and value is not False:
-            argv += [flag, str(value)]
-    return argv
-
-
-@cache
-def _repeatable_flags(command: tuple[str, ...]) -> frozenset[str]:
-    """Flags of a subcommand that take one value per occurrence (``action="append"``, e.g. ``--source``):
-    a list must repeat them, since ``--source a b`` is a parse error."""
-    from data_pipeline.cli import build_parser
-
-    parser = build_parser()
-    for name in command:
-        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
-    return frozenset(flag for action in parser._actions if isinstance(action, argparse._AppendAction)
-                     for flag in action.option_strings)
-
-
-def _parse_cli(command: tuple[str, ...], argv: list[str]) -> argparse.Namespace:
-    from data_pipeline.cli import build_parser
-
-    captured = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(captured):
-            return build_parser().parse_args(argv)
-    except SystemExit:
-        message = (captured.getvalue().strip().splitlines() or ["invalid options"])[-1]
-        raise UserError(f"{' '.join(command)}: {message.split('error: ', 1)[-1]}") from None
-
-
-def _check_cli(command: tuple[str, ...], arguments: str | Callable, config: dict[str, Any]) -> None:
-    _parse_cli(command, cli_argv(command, "INPUT", "OUTPUT", config, 1, "auto", arguments))
-
-
-def _run_cli(command: tuple[str, ...], arguments: str | Callable, input, output, config, *, workers: int,
-             executor: str, overwrite: bool) -> None:
-    argv = cli_argv(command, input, output, config, workers, executor, arguments)
-    args = _parse_cli(command, argv + ["--overwrite"] * overwrite)
-    code = args.func(args)
-    if code:
-        raise UserError(f"{' '.join(command)} exited with code {code}")
-
-
-def cli_step(*command: str, arguments: str | Callable = stage_arguments) -> Step:
-    """A recipe step that runs ``gpt-data COMMAND...`` with the step's options as flags."""
-    return Step(partial(_run_cli, command, arguments), partial(_check_cli, command, arguments))
-
-
-def command_step(name: str, options: str, run: str) -> Step:
+def command_step(name: str, options: str, run: str, arguments: str | Callable = stage_arguments) -> Step:
     """A recipe step ``name`` whose options are the dataclass `options` ("module:Class", the one the
     subcommand's flags are made from) and which calls the subcommand's function `run(args)`
-    ("module:function") directly, with the options and the path and executor settings as `args`."""
-    return Step(partial(_run_command, name, options, run), partial(_check_command, name, options))
+    ("module:function") directly; `arguments(input, output, options)` gives the fields of `args`
+    other than ``workers``, ``executor`` and ``overwrite``."""
+    return Step(partial(_run_command, name, options, run, arguments), partial(_check_command, name, options))
 
 
 def _check_command(name: str, options: str, config: dict[str, Any]) -> None:
     options_from_config(_resolve(options), config, name)
 
 
-def _run_command(name: str, options: str, run: str, input, output, config, *, workers: int, executor: str,
-                 overwrite: bool) -> None:
-    args = argparse.Namespace(input=str(input), output=str(output), workers=workers, executor=executor,
-                              overwrite=overwrite, **vars(options_from_config(_resolve(options), config, name)))
+def _run_command(name: str, options: str, run: str, arguments: str | Callable, input, output, config, *,
+                 workers: int, executor: str, overwrite: bool) -> None:
+    step_options = options_from_config(_resolve(options), config, name)
+    args = argparse.Namespace(**{"overwrite": False, **_resolve(arguments)(input, output, step_options)},
+                              workers=workers, executor=executor)
+    args.overwrite |= overwrite
     code = _resolve(run)(args)
     if code:
         raise UserError(f"{name} exited with code {code}")
@@ -165,9 +94,10 @@ STEPS: dict[str, Step] = {
     "decontaminate": command_step("decontaminate", "data_pipeline.decontaminate:DecontaminateOptions",
                                   "data_pipeline.decontaminate:run"),
     # output is a prefix: <output>/<i>-tokenize.bin/.idx
-    "tokenize": Step("data_pipeline.tokenize:run_step", "data_pipeline.tokenize:check_step"),
+    "tokenize": command_step("tokenize", "data_pipeline.tokenize:TokenizeOptions", "data_pipeline.tokenize:main"),
     # the previous step's prefix is a source; writes <output>/<i>-mixture/blend.json
-    "mixture": cli_step("mixture", arguments="data_pipeline.mixture:recipe_arguments"),
+    "mixture": command_step("mixture", "data_pipeline.mixture:MixtureStep", "data_pipeline.mixture:main",
+                            "data_pipeline.mixture:recipe_arguments"),
 }
 RECIPE_KEYS = ("input", "output", "workers", "executor", "steps")
 

@@ -33,7 +33,6 @@ from data_pipeline.executor import (ShardTask, add_executor_args, changes, detec
                                     normalised, run_shards)
 from data_pipeline.shards import (DONE_DIR, PARQUET_SUFFIXES, code_version, discover_shards, read_batches,
                                   read_documents)
-from data_pipeline.recipe import options_from_config
 from data_pipeline.stats import Stats
 from data_pipeline.tokenizers import Tokenizer, load_tokenizer
 
@@ -54,6 +53,9 @@ class TokenizeOptions:
     batch_size: int = field(default=DEFAULT_BATCH, metadata={"help": "documents per encode call (default %(default)s)"})
     keep_parts: bool = field(default=False, metadata={"help": "keep the per-shard .bin/.idx parts after the merge"})
 
+    def __post_init__(self):
+        load_tokenizer(self.tokenizer)  # an unknown tokenizer fails with the other option mistakes, up front
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -70,20 +72,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    write(args.input, args.output, from_arguments(TokenizeOptions, args), workers=args.workers,
-          executor=args.executor, overwrite=args.overwrite)
-    return 0
-
-
-def write(input_path: str | Path, prefix: str | Path, options: TokenizeOptions, *, workers: int, executor: str,
-          overwrite: bool) -> None:
-    """`tokenize` with `options`, saying what was written (the command and the recipe step)."""
-    summary = tokenize(input_path, prefix, options.tokenizer, workers=workers, executor=executor,
+    """`gpt-data tokenize`, and the recipe's ``tokenize`` step (its output is the prefix)."""
+    options = from_arguments(TokenizeOptions, args)
+    summary = tokenize(args.input, args.output, options.tokenizer, workers=args.workers, executor=args.executor,
                        text_column=options.text_column, quality_column=options.quality_column,
-                       batch_size=options.batch_size, keep_parts=options.keep_parts, overwrite=overwrite)
+                       batch_size=options.batch_size, keep_parts=options.keep_parts, overwrite=args.overwrite)
     if summary is not None:
-        print(f"tokenize: wrote {prefix}.bin/.idx: {summary['tokens']:,} tokens "
+        print(f"tokenize: wrote {args.output}.bin/.idx: {summary['tokens']:,} tokens "
               f"({summary['dtype']}), {summary['documents']:,} documents", file=sys.stderr)
+    return 0
 
 
 def tokenize(input_path: str | Path, prefix: str | Path, tokenizer: str | dict | Tokenizer = "gpt2", *,
@@ -125,20 +122,6 @@ def tokenize(input_path: str | Path, prefix: str | Path, tokenizer: str | dict |
     # Other ranks may still be writing the stage stats in the work dir: then only drop the parts.
     cleanup = "none" if keep_parts else ("dir" if detect_rank(executor).world == 1 else "parts")
     return _merge(prefix, parts, tasks, tok, expected, stats, cleanup)
-
-
-def check_step(config: dict) -> None:
-    """Recipe hook: reject unknown keys and bad values before any step runs."""
-    load_tokenizer(options_from_config(TokenizeOptions, config, "tokenize").tokenizer)
-
-
-def run_step(input_path: Path, output: Path, config: dict, *, workers: int, executor: str,
-             overwrite: bool = False) -> Stats:
-    """Recipe hook (``data_pipeline.recipe.STEPS``): `output` is the token prefix (``output.bin/.idx``)."""
-    write(input_path, output, options_from_config(TokenizeOptions, config, "tokenize"), workers=workers,
-          executor=executor, overwrite=overwrite)
-    stats_file = Path(f"{output}.stats.json")
-    return Stats(json.loads(stats_file.read_text())["stats"] if stats_file.exists() else {})
 
 
 def tokenize_shard(task: ShardTask, stats: Stats, *, tokenizer: dict, text_column: str,

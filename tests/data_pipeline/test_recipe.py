@@ -12,7 +12,7 @@ import yaml
 
 from data_pipeline import indexed
 from data_pipeline.blend import load_blend
-from data_pipeline.recipe import STEPS, cli_argv, load_recipe, plan
+from data_pipeline.recipe import STEPS, load_recipe, options_from_config, plan
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -99,11 +99,11 @@ def test_recipe_errors_are_caught_before_any_step_runs(cli, tmp_path, warc_sampl
         ({**base, "steps": [{"extract": {}}, {"decontaminate": {}}]},
          "missing config key 'decontaminate.benchmarks'"),
         ({**base, "steps": [{"extract": {}}, {"mixture": {"wieght": 0.7}}]},
-         "mixture: unrecognized arguments: --wieght 0.7"),
+         "unknown config key 'mixture.wieght'"),
         ({**base, "steps": [{"extract": {}}, {"mixture": {"weight": "lots"}}]},
          "mixture.weight: not a number: 'lots'"),
         ({**base, "steps": [{"extract": {}}, {"mixture": {"token_budget": "300X"}}]},
-         "mixture: argument --token-budget: invalid token_count value: '300X'"),
+         "config key 'mixture.token_budget' must be token count, got '300X'"),
     ]
     for i, (recipe, message) in enumerate(cases):
         code, _, err = cli("run", write_recipe(tmp_path / f"r{i}.yaml", recipe))
@@ -119,21 +119,22 @@ def test_recipe_errors_are_caught_before_any_step_runs(cli, tmp_path, warc_sampl
     assert [s.name for s in example][-3:] == ["decontaminate", "tokenize", "mixture"]
 
 
-def test_step_options_become_the_subcommands_flags():
-    """Scalars, bare flags, lists (several values, or the flag repeated when argparse appends) and
-    mappings (KEY=VALUE values); the mixture step turns its input prefix into a source."""
-    argv = cli_argv(("dedup", "minhash"), "in", "out", {"fold_digits": True, "no_verify": False, "bands": 10},
-                    2, "local")
-    assert argv == ["dedup", "minhash", "--input", "in", "--output", "out", "--workers", "2", "--executor", "local",
-                    "--fold-digits", "--bands", "10"]
-    argv = cli_argv(("mixture",), "run/06-tokenize", "run/07-mixture",
-                    {"weight": 0.6, "source": {"wiki": "w:0.3", "books": "b:0.1"}, "quality_split": ["06-tokenize"]},
-                    1, "auto", "data_pipeline.mixture:recipe_arguments")
-    assert argv == ["mixture", "--source", "06-tokenize=run/06-tokenize:0.6", "--output", "run/07-mixture/blend.json",
-                    "--source", "wiki=w:0.3", "--source", "books=b:0.1", "--quality-split", "06-tokenize"]
-    no_paths = lambda _in, _out, config, _workers, _executor: ([], config)  # noqa: E731
-    assert cli_argv(("classifier", "train"), "-", "-", {"positive": ["a", "b"]}, 1, "auto", no_paths) == \
-        ["classifier", "train", "--positive", "a", "b"]  # nargs="+": one flag, several values
+def test_step_options_are_the_subcommands_typed_options():
+    """A step's keys are the fields its subcommand's flags are made from: scalars, bare flags, lists,
+    and mappings for lists of KEY=VALUE items; the mixture step turns its input prefix into a source."""
+    from data_pipeline.dedup.cli import MinhashOptions
+    from data_pipeline.mixture import MixtureStep, recipe_arguments
+
+    options = options_from_config(MinhashOptions, {"fold_digits": True, "no_verify": False, "bands": 10},
+                                  "dedup_minhash")
+    assert options == MinhashOptions(fold_digits=True, bands=10)
+    step = options_from_config(MixtureStep, {"weight": 0.6, "source": {"wiki": "w:0.3", "books": "b:0.1"},
+                                             "quality_split": ["06-tokenize"], "token_budget": "1K"}, "mixture")
+    args = recipe_arguments("run/06-tokenize", "run/07-mixture", step)
+    assert args["source"] == ("06-tokenize=run/06-tokenize:0.6", "wiki=w:0.3", "books=b:0.1")
+    assert (args["output"], args["quality_split"], args["token_budget"], args["weight"]) == \
+        ("run/07-mixture/blend.json", ("06-tokenize",), 1000, ())
+    assert "name" not in args
 
 
 def test_stats_summarises_a_stage_output(cli, h, tmp_path, warc_sample, ccnet_sample):

@@ -228,20 +228,19 @@ def test_prefix_of_other_inputs_or_options_is_refused_until_overwrite(tmp_path):
 
 def test_recipe_step_is_typed_like_the_command(tmp_path):
     """The recipe's tokenize step checks its keys against TokenizeOptions (the dataclass the
-    command's flags are made from) and writes the same prefix as the command."""
+    command's flags are made from) and runs the command's function on the same prefix."""
     from data_pipeline.recipe import STEPS
-    from data_pipeline.tokenize import check_step, run_step
 
+    step = STEPS["tokenize"]
     with pytest.raises(UserError, match="unknown config key 'tokenize.tokenizr'"):
-        check_step({"tokenizr": "gpt2"})
+        step.check({"tokenizr": "gpt2"})
     with pytest.raises(UserError, match="config key 'tokenize.batch_size' must be int"):
-        check_step({"batch_size": "many"})
+        step.check({"batch_size": "many"})
     with pytest.raises(UserError, match="unknown tokenizer"):
-        check_step({"tokenizer": "bpe"})
-    assert STEPS["tokenize"].run == "data_pipeline.tokenize:run_step"
-    stats = run_step(DATA / "ccnet-head-0091.jsonl.gz", tmp_path / "05-tokenize", {"batch_size": 7},
-                     workers=1, executor="local")
-    assert stats.get("tokens_out") == 21814
+        step.check({"tokenizer": "bpe"})
+    step.run(DATA / "ccnet-head-0091.jsonl.gz", tmp_path / "05-tokenize", {"batch_size": 7}, workers=1,
+             executor="local", overwrite=False)
+    assert json.loads((tmp_path / "05-tokenize.stats.json").read_text())["stats"]["tokens_out"] == 21814
     assert (tmp_path / "05-tokenize.bin").read_bytes() == (TOKENS / "ccnet_gpt2_text_document.bin").read_bytes()
 
 
