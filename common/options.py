@@ -117,5 +117,6 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 
 
 def from_arguments(cls: type, args: argparse.Namespace) -> Any:
-    """The dataclass `cls` from the flags `add_arguments` added."""
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+    """The dataclass `cls` from the flags `add_arguments` added (a repeated flag's list as a tuple)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+    return cls(**{name: tuple(v) if isinstance(v, list) else v for name, v in values.items()})

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from common.options import from_arguments
 from data_pipeline import indexed
 from data_pipeline.blend import load_blend
 from data_pipeline.recipe import STEPS, load_recipe, options_from_config, plan
@@ -135,6 +136,26 @@ def test_step_options_are_the_subcommands_typed_options():
     assert (args["output"], args["quality_split"], args["token_budget"], args["weight"]) == \
         ("run/07-mixture/blend.json", ("06-tokenize",), 1000, ())
     assert "name" not in args
+
+
+def test_typed_steps_options_are_their_subcommands_flags():
+    """Each typed step's dataclass makes its subcommand's flags: parsing no options gives its
+    defaults, and the subcommand has no option the step lacks."""
+    from data_pipeline.cli import build_parser
+    from data_pipeline.decontaminate import DecontaminateOptions
+    from data_pipeline.dedup.cli import ExactOptions, MinhashOptions
+    from data_pipeline.mixture import MixtureOptions
+    from data_pipeline.tokenize import TokenizeOptions
+
+    paths = ["--input", "in", "--output", "out"]
+    cases = [(["dedup", "exact", *paths], ExactOptions()), (["dedup", "minhash", *paths], MinhashOptions()),
+             (["decontaminate", *paths, "--benchmarks", "b"], DecontaminateOptions(benchmarks="b")),
+             (["tokenize", *paths], TokenizeOptions()), (["mixture"], MixtureOptions())]
+    shared = {"command", "method", "func", "input", "output", "workers", "executor", "overwrite"}
+    for argv, expected in cases:
+        args = build_parser().parse_args(argv)
+        assert from_arguments(type(expected), args) == expected, argv
+        assert set(vars(args)) - shared <= {f.name for f in dataclasses.fields(expected)}, argv
 
 
 def test_stats_summarises_a_stage_output(cli, h, tmp_path, warc_sample, ccnet_sample):
