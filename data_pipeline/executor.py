@@ -91,10 +91,11 @@ class Rank(NamedTuple):
 ProcessFn = Callable[[ShardTask, Stats], None]
 
 
-def add_executor_args(parser: argparse.ArgumentParser, default_workers: int = 1) -> None:
+def add_executor_args(parser: argparse.ArgumentParser, default_workers: int = 1,
+                      output_help: str = "output directory") -> None:
     """The flags every stage shares: --input, --output, --workers, --executor."""
     parser.add_argument("--input", required=True, help="input file or directory of shards")
-    parser.add_argument("--output", required=True, help="output directory")
+    parser.add_argument("--output", required=True, help=output_help)
     parser.add_argument("--workers", type=int, default=default_workers,
                         help="local worker processes per rank (default %(default)s)")
     parser.add_argument("--executor", choices=EXECUTORS, default="auto",

@@ -63,10 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example: gpt-data tokenize --input dedup/ --output tokens/cc_gpt2_text_document "
                "--tokenizer gpt2 --workers 8")
-    add_executor_args(parser)
-    for action in parser._actions:
-        if action.dest == "output":
-            action.help = "output prefix: writes PREFIX.bin, PREFIX.idx, PREFIX.stats.json (work dir PREFIX.parts/)"
+    add_executor_args(parser, output_help="output prefix: writes PREFIX.bin, PREFIX.idx, PREFIX.stats.json "
+                                          "(work dir PREFIX.parts/)")
     add_arguments(parser, TokenizeOptions)
     parser.set_defaults(func=main)
 
