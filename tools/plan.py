@@ -13,11 +13,11 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 
+from data_pipeline.tokenizers import GPT2_VOCAB_SIZE
 from training.config import Config, ConfigError, check_layout, check_values, load_config
 from training.memory import DEFAULT_RESERVE_GB, GIB, Layout, MemoryEstimate, check_stages, estimate_memory
 from tools.plan_cost import Cluster, StepCost, step_cost
 
-GPT2_VOCAB = 50257  # used when the config takes its vocabulary from the tokenizer (vocab_size: 0)
 MAX_MICRO_BATCH = 16
 
 
@@ -72,7 +72,7 @@ def plan(config: Config, cluster: Cluster, reserve_gb: float = DEFAULT_RESERVE_G
     """Every accepted layout with its memory; fitting ones timed and ranked first, fastest first."""
     if not config.model.vocab_size:
         config = copy.deepcopy(config)
-        config.model.vocab_size = GPT2_VOCAB
+        config.model.vocab_size = GPT2_VOCAB_SIZE  # vocab_size 0 takes the tokenizer's: size for GPT-2's
     budget = (cluster.gpu_memory_gb - reserve_gb) * GIB
     candidates = []
     for layout in layouts(config, cluster.world_size, max_tp=cluster.gpus_per_node):

@@ -14,7 +14,7 @@ import sys
 
 from training.config import ConfigError, load_config
 from training.memory import DEFAULT_RESERVE_GB, GIB, check_fits, check_stages, layout_of
-from tools.plan import GPT2_VOCAB
+from data_pipeline.tokenizers import GPT2_VOCAB_SIZE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         layout = layout_of(config, args.world_size)
         if not config.model.vocab_size:  # decided by the tokenizer; size the checks for GPT-2's
             config = copy.deepcopy(config)
-            config.model.vocab_size = GPT2_VOCAB
+            config.model.vocab_size = GPT2_VOCAB_SIZE
         check_stages(config)
         message = (f"layout ok: world {args.world_size} = TP {layout.tp} x PP {layout.pp} x DP {layout.dp}, "
                    f"micro-batch {layout.micro_batch_size} x {layout.grad_accumulation(config.train.global_batch_size)} "
