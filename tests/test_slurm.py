@@ -140,6 +140,24 @@ def test_resubmitted_job_resumes_from_latest_checkpoint(trained):
     assert (run_dir / "checkpoints/latest").read_text().strip().endswith("12")
 
 
+def test_term_to_the_batch_shell_saves_and_ends_the_job_with_zero(tmp_path):
+    """`scancel --signal=TERM --batch`: the script passes it on as USR1 (srun would SIGKILL on TERM), the
+    ranks finish their step, save and exit 0, and the job ends COMPLETED without a requeue."""
+    env = {**TINY_3D, "TP": "1", "PP": "1", "RUN_DIR": str(tmp_path), "MASTER_PORT": "29632",
+           "EXTRA_ARGS": "train.steps=500 logging.eval_interval=0"}
+    allocation = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=00:10:00"]
+    job = sbatch("slurm/gpt3_175b.sh", env, [*allocation, f"--output={tmp_path}/slurm-%j.out"])
+    wait_for_step(tmp_path, 1, job)
+    subprocess.run(["scancel", "--signal=TERM", "--batch", job], check=True)
+    (record,) = wait(job, timeout=300)
+    log = (tmp_path / f"slurm-{job}.out").read_text()
+    assert record["JobState"] == "COMPLETED" and record["ExitCode"] == "0:0" and record["Restarts"] == "0", log[-3000:]
+    assert "TERM: asking the trainer to checkpoint and stop" in log and "stopping after step" in log, log[-3000:]
+    steps = [r["step"] for r in metrics(tmp_path)]
+    latest = (tmp_path / "checkpoints/latest").read_text().strip()
+    assert 1 <= steps[-1] < 500 and latest.endswith(f"{steps[-1]:08d}"), (steps, latest)
+
+
 def test_allocation_that_does_not_match_the_layout_fails_clearly(tmp_path):
     env = {**TINY_3D, "TP": "3", "PP": "1", "RUN_DIR": str(tmp_path)}
     job = sbatch("slurm/gpt3_175b.sh", env, [*CPU_ALLOCATION, f"--output={tmp_path}/slurm-%j.out"])
