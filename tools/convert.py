@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from common.errors import UserError
-from training.checkpoint_files import ShardReader, check_files, read_manifest, refuse_existing, write_weights
+from training.checkpoint_files import ShardReader, refuse_existing, verified_manifest, write_weights
 from training.config import Config, ModelConfig
 
 HF_EXCLUDED = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers, not weights (not attn.c_attn.bias)
@@ -84,7 +84,7 @@ def to_hf(input_dir: str, output_dir: str) -> Path:
     """GPT-2 over the tokenizer's vocabulary: our padded rows are no tokens (masked out of our softmax)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    manifest = _verified_manifest(input_dir)
+    manifest = verified_manifest(input_dir)
     model_cfg = ModelConfig(**manifest["config"]["model"])
     check_gpt2_compatible(model_cfg)
     ours = ShardReader(manifest).state_dict()
@@ -219,7 +219,7 @@ def reshard(input_dir: str, output_dir: str, tp: int, pp: int, vocab_multiple: i
     """The weights at TP x PP, the vocabulary re-padded to a multiple of `vocab_multiple` x TP."""
     from training.consolidated import checkpoint_config
 
-    manifest = _verified_manifest(input_dir)
+    manifest = verified_manifest(input_dir)
     cfg = checkpoint_config(manifest)
     cfg.model.make_vocab_size_divisible_by = vocab_multiple
     padded = cfg.model.padded_vocab_size(tp)
@@ -229,7 +229,7 @@ def reshard(input_dir: str, output_dir: str, tp: int, pp: int, vocab_multiple: i
 # --------------------------------------------------------------------------- inspect
 
 def describe(input_dir: str) -> str:
-    manifest = _verified_manifest(input_dir)
+    manifest = verified_manifest(input_dir)
     model, layout, trainer = manifest["config"]["model"], manifest["layout"], manifest["trainer"] or {}
     count = sum(torch.Size(p["shape"]).numel() for p in manifest["params"].values())
     size = sum(f["bytes"] for f in manifest["files"].values())
@@ -247,14 +247,6 @@ def describe(input_dir: str) -> str:
         f"optimizer    {'Adam moments included' if manifest['optimizer'] else 'none'}",
         f"files        {len(manifest['files'])}, {size / 2**20:,.1f} MiB, checksums verified",
     ])
-
-
-def _verified_manifest(path: str) -> dict:
-    manifest = read_manifest(path)
-    problems = check_files(manifest)
-    if problems:
-        raise UserError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
-    return manifest
 
 
 # --------------------------------------------------------------------------- CLI

@@ -261,7 +261,8 @@ def load_shards(checkpoint: str | Path) -> GPT:
     `load_gpt` builds one whole model per process; a tensor-parallel trunk needs every rank to
     hold only its own shards, re-cut from whatever TP the checkpoint was saved at."""
     from training.checkpoint_files import CheckpointError, ShardReader, vocab_multiple_for
-    from training.consolidated import checkpoint_config, verified_manifest
+    from training.checkpoint_files import verified_manifest
+    from training.consolidated import checkpoint_config
 
     tp, tp_rank = parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_tensor_model_parallel_rank()
     manifest = verified_manifest(checkpoint)

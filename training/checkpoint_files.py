@@ -274,6 +274,16 @@ def vocab_multiple_for(manifest: dict, tp: int) -> int:
 
 # --------------------------------------------------------------------------- tensors
 
+def verified_manifest(checkpoint: str | Path, names: list[str] | None = None) -> dict:
+    """The checkpoint's manifest once the listed files (all by default) pass `check_files`; else a
+    `CheckpointError` naming the first problem (and how many more there are)."""
+    manifest = read_manifest(checkpoint)
+    problems = check_files(manifest, names)
+    if problems:
+        raise CheckpointError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    return manifest
+
+
 def merge_shards(shards: list[torch.Tensor], partition_dim: int | None) -> torch.Tensor:
     return shards[0] if partition_dim is None or len(shards) == 1 else torch.cat(shards, dim=partition_dim)
 

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from training.checkpoint_files import CheckpointError, ShardReader, check_files, read_manifest, vocab_multiple_for
+from training.checkpoint_files import CheckpointError, ShardReader, verified_manifest, vocab_multiple_for
 from common.options import build
 from training.config import Config
 from training.distributed import start_default_group
@@ -32,15 +32,6 @@ def checkpoint_config(manifest: dict) -> Config:
     cfg.parallel.tp = cfg.parallel.pp = 1
     cfg.model.make_vocab_size_divisible_by = vocab_multiple_for(manifest, 1)
     return cfg
-
-
-def verified_manifest(checkpoint: str | Path) -> dict:
-    """The checkpoint's manifest once its files match their sizes and checksums (else `CheckpointError`)."""
-    manifest = read_manifest(checkpoint)
-    problems = check_files(manifest)
-    if problems:
-        raise CheckpointError(problems[0])
-    return manifest
 
 
 def load_gpt(checkpoint: str | Path, device: str | torch.device = "cpu",
