@@ -299,7 +299,9 @@ def run_shards(process: ProcessFn, inputs: Sequence[Path], output_dir: str | os.
     merged = write_stage_stats(output_dir, tasks, stage, options, depends)
     if summary and not quiet and (rank.rank == 0 or rank.kind != "mpi"):
         print(format_summary(stage, merged, len(mine) - len(todo), len(todo)), file=sys.stderr)
-    cut = [t.name for t in mine if (m := read_marker(output_dir, t.name)) is not None and incomplete(m)]
+    cut = []
+    if merged.get("shards_incomplete"):  # the markers are read again only when some input ended early
+        cut = [t.name for t in mine if (m := read_marker(output_dir, t.name)) is not None and incomplete(m)]
     if cut and not failures:
         raise UserError(f"{len(cut)} shard(s) have an input that ends early (first: {cut[0]}; see notes in "
                         f"{output_dir / 'stats.json'}): their complete records are written but they are not "

@@ -16,16 +16,16 @@ API (everything a stage needs besides `executor.run_shards`):
 - `read_batches(path, columns)` -> pyarrow RecordBatches of a parquet shard, for stages
   that want columns, not objects (tokenization).
 - `ShardWriter(path, schema)` -> context manager; `write(doc)` / `write_table(table)`;
-  rows go to ``<path>.tmp-<pid>`` and are renamed to `path` only on a clean exit.
-  `AtomicOutput` is its context-manager base, for other writers with `close`/`abort`.
+  rows go to ``<path>.tmp-<pid>`` and are renamed to `path` only on a clean exit
+  (`common.files.AtomicOutput` is its context-manager base).
 - `read_marker(output_dir, name)`, `mark_done(output_dir, name, record)`,
   `unmark(output_dir, name)`: per-shard completion markers in ``output_dir/.done/``.
   A marker is written after all of the shard's outputs are renamed into place, so a
   shard without a marker is simply redone (overwriting its outputs atomically). It
   records what the shard was made from (`executor.made_from`): `file_identity` of its
   input, the stage's options and `code_version`.
-- `output_directory(path)`: create an ``--output`` directory, or a one-line `UserError`.
-- `write_json(path, obj)`: atomic JSON write.
+Creating an ``--output`` directory (`output_directory`) and atomic JSON writes (`write_json`)
+are in `common.files`.
 """
 from __future__ import annotations
 

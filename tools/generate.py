@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> dict:
                [parse_ids(p, tokenizer.vocab_size) for p in args.prompt_ids])
     if any(not p for p in prompts):
         raise UserError("a prompt encodes to no tokens")
-    loaded = load_from_args(args)
+    loaded = load_from_args(args, tokenizer)
     longest = max(len(p) for p in prompts) + args.max_new_tokens
     if longest > loaded.model.cfg.seq_length:
         raise UserError(f"prompt plus --max-new-tokens is {longest} tokens, the model's context is "

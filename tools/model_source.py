@@ -64,9 +64,10 @@ def load_model(hf_dir: str | None = None, checkpoint: str | None = None,
     return load_gpt(checkpoint, device)[0]
 
 
-def load_from_args(args: argparse.Namespace) -> LoadedModel:
+def load_from_args(args: argparse.Namespace, tokenizer: Tokenizer | None = None) -> LoadedModel:
+    """The model, tokenizer and task head the arguments name (`tokenizer`: one the caller loaded already)."""
     model = load_model(args.hf_dir, args.checkpoint, resolve_device(args.device))
-    loaded = LoadedModel(model, load_tokenizer(args.tokenizer))
+    loaded = LoadedModel(model, tokenizer or load_tokenizer(args.tokenizer))
     if args.checkpoint is not None:
         loaded.head, loaded.info = load_head(Path(args.checkpoint), model)
     return loaded

@@ -2,10 +2,11 @@
 
 Each block runs with its attention layer's `KeyValueCache` (the model's optional cache
 argument), so that each new token costs one position of compute instead of the whole
-prefix; this module sets the masks, positions and the output layer around them. Prompts of different lengths are left-padded; padding is masked out of attention
-and positions count from each prompt's first real token (as Hugging Face's GPT-2 does),
-so a prompt decodes the same alone or in a batch. Works under tensor parallelism: the
-layers do their own all-reduces and the vocabulary shards are gathered before sampling.
+prefix; this module sets the masks, positions and the output layer around them. Prompts
+of different lengths are left-padded; padding is masked out of attention and positions
+count from each prompt's first real token (as Hugging Face's GPT-2 does), so a prompt
+decodes the same alone or in a batch. Works under tensor parallelism: the layers do their
+own all-reduces and the vocabulary shards are gathered before sampling.
 """
 from __future__ import annotations
 

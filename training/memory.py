@@ -150,13 +150,13 @@ def stage_layers(config: Config, tp: int, pp: int, method: str = "") -> list[tup
 
     `method`: DeepSpeed's partition method; default the config's `parallel.partition_method`."""
     weights = _layer_weights(config, tp)
-    n_blocks = config.model.n_layers
     if pp == 1:  # embedding and output layer on one stage share the tied word embedding
-        return [(sum(weights) - weights[-1], n_blocks, True, True)]
+        return [(sum(weights) - weights[-1], config.model.n_layers, True, True)]
+    names = config.model.layers()
     bounds = _cut(weights, pp, method or config.parallel.partition_method)
     stages = []
     for start, stop in zip(bounds[:-1], bounds[1:]):
-        blocks = len(set(range(start, stop)) & set(range(2, 2 + n_blocks)))
+        blocks = sum(name.startswith("blocks.") for name in names[start:stop])
         stages.append((sum(weights[start:stop]), blocks, start == 0, stop == len(weights)))
     return stages
 

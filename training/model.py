@@ -6,7 +6,8 @@ holds n_heads/TP attention heads, 1/TP of the MLP columns and 1/TP of the (padde
 vocabulary; megatron-core's layers do the all-reduces. The model knows nothing of
 pipeline stages, ZeRO, launchers or checkpoints: `training/parallel.py` cuts its layers,
 listed in forward order by `ModelConfig.layers()` (token embedding, positions, blocks, final
-norm, the tied embedding as output layer), into pipeline stages. Attention takes an optional `KeyValueCache` for decoding.
+norm, the tied embedding as output layer), into pipeline stages. Attention takes an
+optional `KeyValueCache` for decoding.
 
 Requires `megatron.core.parallel_state` to be initialised (a 1-process group for TP=1).
 """
