@@ -22,11 +22,11 @@ def write_text_atomically(path: str | os.PathLike, text: str) -> None:
     fsync_dir(path.parent)
 
 
-def write_json(path: str | os.PathLike, obj: Any, **dumps) -> None:
-    """JSON, atomically, in a directory created if needed (`dumps`: json.dumps options; default indent 2, sorted keys)."""
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """JSON (indented, keys sorted), atomically, in a directory created if needed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(path, json.dumps(obj, **({"indent": 2, "sort_keys": True} | dumps)) + "\n")
+    write_text_atomically(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
