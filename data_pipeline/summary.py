@@ -38,13 +38,24 @@ def summarize(path: str | Path, bins: int = 10) -> dict[str, Any]:
         summary["quality_histogram"] = {f"{i / bins:.1f}-{(i + 1) / bins:.1f}": int(c) for i, c in enumerate(quality_counts)}
     removed_dir = root / "removed" if root.is_dir() else None
     if removed_dir is not None and removed_dir.is_dir():
-        for shard in discover_shards(removed_dir, (".parquet",)):
-            for batch in read_batches(shard, ["removed_by"]):
-                for item in pc.value_counts(batch.column("removed_by")).to_pylist():
-                    summary["removed"][item["values"]] = summary["removed"].get(item["values"], 0) + item["counts"]
+        summary["removed"] = count_values(discover_shards(removed_dir, (".parquet",)), "removed_by")
     summary["shards"] = len(shards)
     summary["estimated_tokens"] = int(summary["bytes"] / BYTES_PER_TOKEN)
     return summary
+
+
+def count_values(shards: list[Path], column: str) -> dict[str, int]:
+    """Rows per value of `column` (null: ``unknown``) in the parquet `shards` that have it; reads only that column."""
+    import pyarrow.compute as pc
+
+    counts: dict[str, int] = {}
+    for shard in shards:
+        if column not in read_schema(shard).names:
+            continue
+        for batch in read_batches(shard, [column]):
+            for item in pc.value_counts(batch.column(column).fill_null("unknown")).to_pylist():
+                counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
+    return counts
 
 
 def render_table(summary: dict[str, Any]) -> str:
