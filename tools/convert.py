@@ -1,4 +1,4 @@
-"""gpt-convert: our checkpoints <-> Hugging Face GPT-2, resharding, consolidation, inspection.
+"""gpt-convert: our checkpoints <-> Hugging Face GPT-2 and GPT-1, resharding, consolidation, inspection.
 
     gpt-convert to-hf --input CKPT_DIR --output HF_DIR
     gpt-convert from-hf --input HF_DIR --output CKPT_DIR --tp N --pp N
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import pickle
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,7 +36,7 @@ VOCAB_MULTIPLE = ModelConfig.make_vocab_size_divisible_by  # the trainer's defau
 # --------------------------------------------------------------------------- the QKV layout
 
 def qkv_to_hf(tensor: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Ours: rows per head [head][q|k|v][head_dim]. HF GPT-2's Conv1D: columns [q | k | v], heads inside each."""
+    """Ours: rows per head [head][q|k|v][head_dim]. HF GPT-1/2's Conv1D: columns [q | k | v], heads inside each."""
     head_dim = tensor.shape[0] // (3 * n_heads)
     rest = tensor.shape[1:]
     merged = tensor.reshape(n_heads, 3, head_dim, *rest).transpose(0, 1).reshape(3 * n_heads * head_dim, *rest)
@@ -49,12 +50,40 @@ def qkv_from_hf(tensor: torch.Tensor, n_heads: int) -> torch.Tensor:
     return rows.reshape(3, n_heads, head_dim, *rest).transpose(0, 1).reshape(-1, *rest).contiguous()
 
 
-def gpt2_names(n_layers: int) -> list[tuple[str, str, str]]:
+@dataclass(frozen=True)
+class HfFamily:
+    """A transformers model class our checkpoints convert to and from: the same blocks (Conv1D weights,
+    q|k|v columns), told apart by the names of the embeddings and by GPT-2's final LayerNorm."""
+    name: str
+    model_type: str
+    model_class: str
+    token_embedding: str
+    position_embedding: str
+    final_norm: str | None
+
+    def load_class(self):
+        import transformers
+        return getattr(transformers, self.model_class)
+
+
+GPT2 = HfFamily("GPT-2", "gpt2", "GPT2LMHeadModel", "transformer.wte.weight", "transformer.wpe.weight",
+                "transformer.ln_f")
+GPT1 = HfFamily("GPT-1", "openai-gpt", "OpenAIGPTLMHeadModel", "transformer.tokens_embed.weight",
+                "transformer.positions_embed.weight", None)
+FAMILIES = {family.model_type: family for family in (GPT2, GPT1)}
+
+
+def family_of(model: ModelConfig) -> HfFamily:
+    """Our post-LayerNorm GPT-1 is transformers' OpenAIGPT; GPT-2 and dense GPT-3 are its GPT-2."""
+    return GPT1 if model.arch == "gpt1" else GPT2
+
+
+def hf_names(family: HfFamily, n_layers: int) -> list[tuple[str, str, str]]:
     """(our name, HF name, how): 'same', 't' (HF Conv1D stores weights transposed) or 'qkv'."""
-    names = [("token_embedding.embedding.weight", "transformer.wte.weight", "same"),
-             ("position_embedding.weight", "transformer.wpe.weight", "same"),
-             ("final_norm.ln.weight", "transformer.ln_f.weight", "same"),
-             ("final_norm.ln.bias", "transformer.ln_f.bias", "same")]
+    names = [("token_embedding.embedding.weight", family.token_embedding, "same"),
+             ("position_embedding.weight", family.position_embedding, "same")]
+    if family.final_norm:
+        names += [(f"final_norm.ln.{p}", f"{family.final_norm}.{p}", "same") for p in ("weight", "bias")]
     for i in range(n_layers):
         ours, hf = f"blocks.{i}.", f"transformer.h.{i}."
         names += [(ours + f"{ln}.{p}", hf + f"{ln}.{p}", "same") for ln in ("ln_1", "ln_2") for p in ("weight", "bias")]
@@ -70,38 +99,45 @@ def gpt2_names(n_layers: int) -> list[tuple[str, str, str]]:
 
 # --------------------------------------------------------------------------- to-hf
 
-def check_gpt2_compatible(model: ModelConfig) -> None:
-    if model.arch == "gpt1":
-        raise UserError("model.arch=gpt1 (post-LayerNorm) has no Hugging Face GPT-2 equivalent")
+def check_convertible(model: ModelConfig) -> None:
+    family = family_of(model)
     if model.sparse_every:
         raise UserError(f"the model uses GPT-3's locally banded sparse attention (model.sparse_every="
-                        f"{model.sparse_every}), which Hugging Face GPT-2 cannot represent")
+                        f"{model.sparse_every}), which Hugging Face {family.name} cannot represent")
     if model.head_dim * model.n_heads != model.d_model:
-        raise UserError(f"model.d_head={model.d_head} x n_heads != d_model: GPT-2 requires d_model = heads x head size")
+        raise UserError(f"model.d_head={model.d_head} x n_heads != d_model: {family.name} requires d_model = heads x "
+                        "head size")
+    if family is GPT1 and model.ffn_multiplier != 4:
+        raise UserError(f"model.ffn_multiplier={model.ffn_multiplier}: Hugging Face GPT-1's MLP is 4 x d_model wide")
+
+
+def hf_config(model: ModelConfig):
+    """transformers' config for our model; both GELUs are the tanh approximation (OpenAIGPT's "gelu" is)."""
+    from transformers import GPT2Config, OpenAIGPTConfig
+
+    shared = dict(vocab_size=model.vocab_size, n_positions=model.seq_length, n_embd=model.d_model,
+                  n_layer=model.n_layers, n_head=model.n_heads, resid_pdrop=model.dropout, embd_pdrop=model.dropout,
+                  attn_pdrop=model.dropout, layer_norm_epsilon=1e-5, tie_word_embeddings=True)
+    if family_of(model) is GPT1:
+        return OpenAIGPTConfig(afn="gelu", **shared)
+    return GPT2Config(n_inner=model.ffn_multiplier * model.d_model, activation_function="gelu_new", **shared)
 
 
 def to_hf(input_dir: str, output_dir: str) -> Path:
-    """GPT-2 over the tokenizer's vocabulary: our padded rows are no tokens (masked out of our softmax)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
+    """GPT-2 (GPT-1 for model.arch=gpt1) over the tokenizer's vocabulary: our padded rows are no tokens (masked
+    out of our softmax)."""
     manifest = verified_manifest(input_dir)
     model_cfg = ModelConfig(**manifest["config"]["model"])
-    check_gpt2_compatible(model_cfg)
+    check_convertible(model_cfg)
+    family = family_of(model_cfg)
     ours = ShardReader(manifest).state_dict()
-    vocab = model_cfg.vocab_size
-    hf_config = GPT2Config(
-        vocab_size=vocab, n_positions=model_cfg.seq_length, n_embd=model_cfg.d_model, n_layer=model_cfg.n_layers,
-        n_head=model_cfg.n_heads, n_inner=model_cfg.ffn_multiplier * model_cfg.d_model,
-        activation_function="gelu_new", resid_pdrop=model_cfg.dropout, embd_pdrop=model_cfg.dropout,
-        attn_pdrop=model_cfg.dropout, layer_norm_epsilon=1e-5, tie_word_embeddings=True,
-    )
     state = {}
-    for name, hf_name, how in gpt2_names(model_cfg.n_layers):
+    for name, hf_name, how in hf_names(family, model_cfg.n_layers):
         tensor = ours[name]
         state[hf_name] = (qkv_to_hf(tensor, model_cfg.n_heads) if how == "qkv"
                           else tensor.t().contiguous() if how == "t" else tensor)
-    state["transformer.wte.weight"] = state["transformer.wte.weight"][:vocab].clone()
-    model = GPT2LMHeadModel(hf_config)
+    state[family.token_embedding] = state[family.token_embedding][:model_cfg.vocab_size].clone()
+    model = family.load_class()(hf_config(model_cfg))
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if m != "lm_head.weight" and not m.endswith(HF_EXCLUDED)]
     if missing or unexpected:
@@ -113,15 +149,22 @@ def to_hf(input_dir: str, output_dir: str) -> Path:
 # --------------------------------------------------------------------------- from-hf, reshard, consolidate
 
 def config_from_hf(hf_config, vocab_multiple: int) -> Config:
-    if hf_config.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise UserError(f"from-hf: activation {hf_config.activation_function!r} is not GPT-2's tanh GELU")
-    if getattr(hf_config, "scale_attn_by_inverse_layer_idx", False) or not getattr(hf_config, "scale_attn_weights", True):
-        raise UserError("from-hf: attention scaling differs from GPT-2's 1/sqrt(head size)")
-    inner = hf_config.n_inner or 4 * hf_config.n_embd
+    """Our config for a transformers GPT-2 or GPT-1 (OpenAIGPT: post-LN, MLP 4 x d_model, no final norm)."""
+    if hf_config.model_type == GPT1.model_type:
+        if hf_config.afn != "gelu":  # OpenAIGPT's "gelu" is the tanh approximation, as ours
+            raise UserError(f"from-hf: activation {hf_config.afn!r} is not GPT-1's tanh GELU ('gelu')")
+        arch, inner = "gpt1", 4 * hf_config.n_embd
+    else:
+        if hf_config.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise UserError(f"from-hf: activation {hf_config.activation_function!r} is not GPT-2's tanh GELU")
+        if (getattr(hf_config, "scale_attn_by_inverse_layer_idx", False)
+                or not getattr(hf_config, "scale_attn_weights", True)):
+            raise UserError("from-hf: attention scaling differs from GPT-2's 1/sqrt(head size)")
+        arch, inner = "gpt2", hf_config.n_inner or 4 * hf_config.n_embd
     if inner % hf_config.n_embd:
         raise UserError(f"from-hf: n_inner={inner} is not a multiple of n_embd={hf_config.n_embd}")
     cfg = Config()
-    cfg.model = ModelConfig(arch="gpt2", n_layers=hf_config.n_layer, d_model=hf_config.n_embd,
+    cfg.model = ModelConfig(arch=arch, n_layers=hf_config.n_layer, d_model=hf_config.n_embd,
                             n_heads=hf_config.n_head, seq_length=hf_config.n_positions,
                             vocab_size=hf_config.vocab_size, make_vocab_size_divisible_by=vocab_multiple,
                             ffn_multiplier=inner // hf_config.n_embd, dropout=hf_config.resid_pdrop, sparse_every=0)
@@ -167,38 +210,41 @@ def _single_process(cfg: Config) -> Config:
 
 
 def from_hf(input_dir: str, output_dir: str, tp: int, pp: int, vocab_multiple: int = VOCAB_MULTIPLE) -> Path:
-    """A Hugging Face GPT-2 directory as our checkpoint; any other model type, or any weight missing from the
-    files, left over in them or not used by the conversion, is refused (nothing is written)."""
-    from transformers import AutoConfig, GPT2LMHeadModel
+    """A Hugging Face GPT-2 or GPT-1 (OpenAIGPT) directory as our checkpoint; any other model type, or any
+    weight missing from the files, left over in them or not used by the conversion, is refused (nothing is
+    written)."""
+    from transformers import AutoConfig
     from transformers.utils import logging as transformers_logging
 
     try:
         model_type = AutoConfig.from_pretrained(input_dir, local_files_only=True).model_type
-        if model_type != "gpt2":
+        family = FAMILIES.get(model_type)
+        if family is None:
             raise UserError(f"from-hf: {input_dir} holds a {model_type!r} model; only GPT-2 (model_type 'gpt2') "
-                            "is converted")
+                            "and GPT-1 ('openai-gpt') are converted")
         verbosity = transformers_logging.get_verbosity()
         transformers_logging.set_verbosity_error()  # its load report: the problems are ours to report, in one line
         try:
-            hf, loading = GPT2LMHeadModel.from_pretrained(input_dir, torch_dtype=torch.float32, local_files_only=True,
-                                                          weights_only=True,  # a pickled pytorch_model.bin: tensors
-                                                          output_loading_info=True)
+            hf, loading = family.load_class().from_pretrained(
+                input_dir, torch_dtype=torch.float32, local_files_only=True,
+                weights_only=True,  # a pickled pytorch_model.bin: tensors
+                output_loading_info=True)
         finally:
             transformers_logging.set_verbosity(verbosity)
     except pickle.UnpicklingError:
         raise UserError(f"from-hf: the weights in {input_dir} hold more than tensors (unpickling them would run "
                         "code); refusing them") from None
     except (OSError, ValueError) as err:
-        raise UserError(f"from-hf: cannot load a GPT-2 model from {input_dir}: {err}") from None
+        raise UserError(f"from-hf: cannot load a Hugging Face model from {input_dir}: {err}") from None
     cfg = config_from_hf(hf.config, vocab_multiple)
     padded = cfg.model.padded_vocab_size(tp)
     hf_state = {k: v for k, v in hf.state_dict().items() if not k.endswith(HF_EXCLUDED)}
-    names = gpt2_names(cfg.model.n_layers)
-    if torch.equal(hf_state["lm_head.weight"], hf_state["transformer.wte.weight"]):
+    names = hf_names(family, cfg.model.n_layers)
+    if torch.equal(hf_state["lm_head.weight"], hf_state[family.token_embedding]):
         del hf_state["lm_head.weight"]  # tied to the token embedding, as ours is
     problems = ([f"weight {k} is missing from the files" for k in loading["missing_keys"] if k in hf_state]
                 + [f"weight {k} has the wrong shape" for k, *_ in loading["mismatched_keys"]]
-                + [f"weight {k} in the files is not a GPT-2 weight" for k in loading["unexpected_keys"]
+                + [f"weight {k} in the files is not a {family.name} weight" for k in loading["unexpected_keys"]
                    if not k.endswith(HF_EXCLUDED)]
                 + [f"weight {k} is not used by the conversion"
                    for k in sorted(set(hf_state) - {hf_name for _, hf_name, _ in names})])
@@ -261,10 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpt-convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("to-hf", help="our checkpoint -> Hugging Face GPT-2 directory (config.json + safetensors)")
+    p = sub.add_parser("to-hf", help="our checkpoint -> Hugging Face GPT-2 (GPT-1 for model.arch=gpt1) directory")
     p.add_argument("--input", required=True, help="checkpoint directory (or the one holding `latest`)")
     p.add_argument("--output", required=True, help="Hugging Face model directory to write")
-    p = sub.add_parser("from-hf", help="Hugging Face GPT-2 directory -> our checkpoint at a TP x PP layout")
+    p = sub.add_parser("from-hf", help="Hugging Face GPT-2 or GPT-1 directory -> our checkpoint at a TP x PP layout")
     p.add_argument("--input", required=True, help=HF_FORMATS)
     p.add_argument("--output", required=True, help="checkpoint directory to write")
     p.add_argument("--tp", type=int, default=1)

@@ -1,7 +1,7 @@
 """Where the tools get a model: `--hf-dir`, `--checkpoint` (ours, any layout, or from gpt-finetune).
 
 Everything is loaded into one process (TP = 1): `training.consolidated.load_gpt` reads any
-layout, `tools.convert` converts Hugging Face GPT-2. A `gpt-finetune` output directory
+layout, `tools.convert` converts Hugging Face GPT-2 and GPT-1. A `gpt-finetune` output directory
 also brings its task head.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ class LoadedModel:
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--hf-dir", help=f"a Hugging Face GPT-2 {HF_FORMATS}")
+    source.add_argument("--hf-dir", help=f"a Hugging Face GPT-2 or GPT-1 {HF_FORMATS}")
     source.add_argument("--checkpoint", help="one of our checkpoints (any TP/PP/DP layout) or a gpt-finetune output")
     parser.add_argument("--device", default=default_device(),
                         help="where the model runs: cpu, cuda or cuda:N (default: %(default)s, the GPU when there is one)")

@@ -116,12 +116,17 @@ class PositionEmbedding(nn.Module):
 
 # --------------------------------------------------------------------------- attention
 
+def residual_init_std(cfg: ModelConfig) -> float:
+    return cfg.init_std if cfg.arch == "gpt1" else cfg.init_std / math.sqrt(2 * cfg.n_layers)
+
+
 def column_then_row(cfg: ModelConfig, seed: int, column_name: str, row_name: str, column_width: int,
                     row_width: int) -> tuple[nn.Module, nn.Module]:
     """Megatron's pair: d_model -> column_width split by output columns across TP ranks, then
     row_width split by input rows -> d_model, summed over TP ranks (one all-reduce per pair).
 
-    The second layer writes into the residual stream: GPT-2 scales its init by 1/sqrt(2 L).
+    The second layer writes into the residual stream: GPT-2/3 scale its init by 1/sqrt(2 L); GPT-1
+    draws every weight from N(0, init_std) (its paper's N(0, 0.02): LayerNorm after each sublayer).
     """
     tp_group = parallel_state.get_tensor_model_parallel_group()
     config = megatron_config(parallel_state.get_tensor_model_parallel_world_size(), 1)
@@ -131,7 +136,7 @@ def column_then_row(cfg: ModelConfig, seed: int, column_name: str, row_name: str
     )
     row = tensor_parallel.RowParallelLinear(
         row_width, cfg.d_model, config=config, bias=True, input_is_parallel=True, skip_bias_add=False,
-        tp_group=tp_group, init_method=seeded_normal(seed, row_name, cfg.init_std / math.sqrt(2 * cfg.n_layers)),
+        tp_group=tp_group, init_method=seeded_normal(seed, row_name, residual_init_std(cfg)),
     )
     return column, row
 

@@ -144,19 +144,18 @@ def test_from_hf_reads_tensors_and_nothing_else(tmp_path, capsys):
 
 
 def test_from_hf_refuses_other_models_and_incomplete_weights(tmp_path, capfd):
-    """A GPT-1 directory (transformers' OpenAIGPTLMHeadModel), a GPT-2 with an extra, a missing or an untied output
-    weight: exit 2, one line naming the model type or the weight, nothing written (before: GPT-1 converted to a
-    mostly random model)."""
+    """A GPT-Neo directory (neither GPT-2 nor GPT-1), a GPT-2 with an extra, a missing or an untied output
+    weight: exit 2, one line naming the model type or the weight, nothing written."""
     from safetensors.torch import load_file, save_file
-    from transformers import OpenAIGPTConfig, OpenAIGPTLMHeadModel
+    from transformers import GPTNeoConfig
 
-    torch.manual_seed(0)
-    OpenAIGPTLMHeadModel(OpenAIGPTConfig(vocab_size=100, n_positions=32, n_embd=32, n_layer=2, n_head=4)
-                         ).save_pretrained(tmp_path / "gpt1")
+    GPTNeoConfig(vocab_size=100, max_position_embeddings=32, hidden_size=32, num_layers=2, num_heads=4,
+                 attention_types=[[["global"], 2]]).save_pretrained(tmp_path / "neo")
     capfd.readouterr()
-    assert main(["from-hf", "--input", str(tmp_path / "gpt1"), "--output", str(tmp_path / "out")]) == 2
-    assert capfd.readouterr().err.strip() == (f"gpt-convert: error: from-hf: {tmp_path / 'gpt1'} holds a 'openai-gpt' "
-                                              "model; only GPT-2 (model_type 'gpt2') is converted")
+    assert main(["from-hf", "--input", str(tmp_path / "neo"), "--output", str(tmp_path / "out")]) == 2
+    assert capfd.readouterr().err.strip() == (f"gpt-convert: error: from-hf: {tmp_path / 'neo'} holds a 'gpt_neo' "
+                                              "model; only GPT-2 (model_type 'gpt2') and GPT-1 ('openai-gpt') are "
+                                              "converted")
     random_gpt2(tmp_path / "gpt2", 100, 32, 2, 4)
     weights = load_file(tmp_path / "gpt2" / "model.safetensors")
     untied = random_gpt2(tmp_path / "untied", 100, 32, 2, 4)
