@@ -1,19 +1,23 @@
 """One tokenizer interface for the data tools, the trainer and the tools.
 
-Two kinds, both loaded from files on disk (nothing is downloaded at run time):
+Three kinds, all loaded from files on disk (nothing is downloaded at run time):
 
 - ``gpt2``: GPT-2's byte-level BPE through tiktoken, from the bundled
   ``assets/gpt2.tiktoken`` (or another ``.tiktoken`` file with GPT-2's ranks).
 - ``sentencepiece``: a sentencepiece model, e.g. one trained by ``gpt-data tokenizer train``.
+- ``byte-bpe``: a GPT-2 style byte-level BPE directory (``vocab.json`` + ``merges.txt``,
+  Hugging Face's format) through the ``tokenizers`` library, e.g. one trained by
+  ``gpt-data tokenizer train --type byte-bpe`` or written by `save_hf_tokenizer`.
 
-`load_tokenizer(spec)` accepts ``"gpt2"``, ``"gpt2:PATH"``, ``"sentencepiece:PATH"``, a
-path ending in ``.tiktoken`` or ``.model``, or the ``tokenizer`` object of a blend JSON
-(``{"type", "path", "vocab_size", "eod_id"}``). Document text is encoded as plain text:
+`load_tokenizer(spec)` accepts ``"gpt2"``, ``"gpt2:PATH"``, ``"sentencepiece:PATH"``,
+``"byte-bpe:DIR"``, a path ending in ``.tiktoken`` or ``.model``, or the ``tokenizer``
+object of a blend JSON (``{"type", "path", "vocab_size", "eod_id"}``). Document text is encoded as plain text:
 a literal ``<|endoftext|>`` inside a document never becomes the EOD token, so only the
 tokenize stage decides where documents end.
 """
 from __future__ import annotations
 
+import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -23,13 +27,15 @@ from typing import Any
 import numpy as np
 
 from common.errors import UserError
+from common.files import write_text_atomically
 
 EOD_TOKEN = "<|endoftext|>"
 ASSETS = Path(__file__).resolve().parent / "assets"
 GPT2_BPE_FILE = ASSETS / "gpt2.tiktoken"
 GPT2_BPE_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 GPT2_VOCAB_SIZE = 50257
-TYPES = ("gpt2", "sentencepiece")
+TYPES = ("gpt2", "sentencepiece", "byte-bpe")
+BYTE_BPE_FILES = ("vocab.json", "merges.txt")
 
 
 class Tokenizer(ABC):
@@ -139,6 +145,134 @@ class SentencePieceTokenizer(Tokenizer):
         return self._sp.decode([int(i) for i in ids])
 
 
+class ByteBPETokenizer(Tokenizer):
+    """GPT-2 style byte-level BPE from ``DIR/vocab.json`` + ``DIR/merges.txt`` via `tokenizers`.
+
+    The pipeline is GPT-2's (byte-level pre-tokenizer with GPT-2's regex, no prefix space);
+    ``<|endoftext|>`` must be in the vocabulary and is the EOD. Specials are not registered
+    as added tokens here, so document text containing them encodes as plain text.
+    """
+
+    type = "byte-bpe"
+
+    def __init__(self, path: str | os.PathLike):
+        from tokenizers.models import BPE
+
+        self.path = Path(path).resolve()
+        missing = [name for name in BYTE_BPE_FILES if not (self.path / name).is_file()]
+        if missing:
+            raise UserError(f"byte-bpe tokenizer directory {self.path} lacks {' and '.join(missing)}")
+        try:
+            vocab, merges = BPE.read_file(*(str(self.path / name) for name in BYTE_BPE_FILES))
+        except Exception as err:  # tokenizers raises plain Exception for malformed files
+            raise UserError(f"not a byte-level BPE vocab.json/merges.txt pair: {self.path}: {err}") from None
+        if EOD_TOKEN not in vocab:
+            raise UserError(f"byte-bpe tokenizer {self.path} has no {EOD_TOKEN} in vocab.json")
+        self.vocab, self.merges = vocab, merges
+        self._tokenizer = byte_level_bpe(vocab, merges)
+        self.vocab_size = self._tokenizer.get_vocab_size()
+        self.eod_id = vocab[EOD_TOKEN]
+        self.name = f"byte-bpe:{self.path.name}"
+
+    def encode(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 1) -> list[list[int]]:
+        if num_threads <= 1:
+            return [self.encode(t) for t in texts]
+        return [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+
+
+def byte_level_bpe(vocab: dict[str, int], merges: list[tuple[str, str]], specials: Sequence[str] = ()):
+    """A `tokenizers.Tokenizer` with GPT-2's byte-level pipeline over `vocab` and `merges`;
+    `specials` (already in `vocab`) become added tokens, as in Hugging Face's GPT-2 files."""
+    from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, pre_tokenizers, processors
+    from tokenizers.models import BPE
+
+    tokenizer = HFTokenizer(BPE(vocab, merges))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    tokenizer.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
+    return tokenizer
+
+
+def save_hf_tokenizer(tokenizer: Tokenizer, directory: str | os.PathLike) -> list[Path]:
+    """Write `tokenizer` as Hugging Face GPT-2 tokenizer files in `directory` (each file atomically).
+
+    ``vocab.json`` + ``merges.txt`` (what `ByteBPETokenizer` and GPT2Tokenizer read),
+    ``tokenizer.json`` (the `tokenizers` library), ``tokenizer_config.json`` and
+    ``special_tokens_map.json`` (transformers' AutoTokenizer, offline). GPT-2's tiktoken ranks
+    are turned back into its vocabulary and merges; sentencepiece models are refused.
+    """
+    if isinstance(tokenizer, GPT2Tokenizer):
+        vocab, merges = _vocab_and_merges_from_ranks(tokenizer.path)
+        vocab[EOD_TOKEN] = tokenizer.eod_id
+    elif isinstance(tokenizer, ByteBPETokenizer):
+        vocab, merges = tokenizer.vocab, tokenizer.merges
+    else:
+        raise UserError(f"Hugging Face tokenizer files are written only for byte-level BPE tokenizers "
+                        f"(gpt2, byte-bpe), not {tokenizer.name}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    specials = {EOD_TOKEN: tokenizer.eod_id}
+    hf = byte_level_bpe(vocab, merges, list(specials))
+    by_id = sorted(vocab.items(), key=lambda item: item[1])
+    special_map = {"bos_token": EOD_TOKEN, "eos_token": EOD_TOKEN, "unk_token": EOD_TOKEN}
+    config = {**special_map, "tokenizer_class": "GPT2Tokenizer", "add_prefix_space": False,
+              "add_bos_token": False, "errors": "replace"}
+    texts = {
+        "vocab.json": json.dumps(dict(by_id), ensure_ascii=False),
+        "merges.txt": "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
+        "tokenizer.json": hf.to_str(pretty=True),
+        "tokenizer_config.json": json.dumps(config, indent=2),
+        "special_tokens_map.json": json.dumps(special_map, indent=2),
+    }
+    for name, text in texts.items():
+        write_text_atomically(directory / name, text)
+    return [directory / name for name in texts]
+
+
+def _vocab_and_merges_from_ranks(path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """GPT-2's vocab.json / merges.txt content from a tiktoken rank file.
+
+    Token strings use GPT-2's byte-to-unicode mapping; the merge that made the token of
+    rank r is the pair BPE reaches on its bytes using only merges of rank below r.
+    """
+    from tiktoken.load import load_tiktoken_bpe
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    ranks = load_tiktoken_bpe(str(path))
+    to_unicode = bytes_to_unicode()
+
+    def text(token: bytes) -> str:
+        return "".join(to_unicode[b] for b in token)
+
+    vocab = {text(token): rank for token, rank in ranks.items()}
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
+        if len(token) > 1:
+            parts = _bpe(token, ranks, below=rank)
+            if len(parts) != 2:
+                raise UserError(f"{path}: token of rank {rank} is not a merge of two lower-ranked tokens")
+            merges.append((text(parts[0]), text(parts[1])))
+    return vocab, merges
+
+
+def _bpe(token: bytes, ranks: dict[bytes, int], below: int) -> list[bytes]:
+    """`token` split by byte-level BPE using only the merges of rank < `below`."""
+    parts = [bytes([b]) for b in token]
+    while len(parts) > 1:
+        rank, index = min((ranks.get(a + b, below), i) for i, (a, b) in enumerate(zip(parts, parts[1:])))
+        if rank >= below:
+            break
+        parts[index:index + 2] = [parts[index] + parts[index + 1]]
+    return parts
+
+
 def load_tokenizer(spec: str | os.PathLike | dict[str, Any] | Tokenizer,
                    base_dir: str | os.PathLike | None = None) -> Tokenizer:
     """The tokenizer named by `spec`; relative paths are resolved against `base_dir`.
@@ -158,8 +292,8 @@ def load_tokenizer(spec: str | os.PathLike | dict[str, Any] | Tokenizer,
         return _build("gpt2", _resolve(text, base_dir))
     if text.endswith(".model"):
         return _build("sentencepiece", _resolve(text, base_dir))
-    raise UserError(f"unknown tokenizer {text!r}: use gpt2, gpt2:FILE.tiktoken, "
-                    "sentencepiece:FILE.model, or a path ending in .tiktoken / .model")
+    raise UserError(f"unknown tokenizer {text!r}: use gpt2, gpt2:FILE.tiktoken, sentencepiece:FILE.model, "
+                    "byte-bpe:DIR, or a path ending in .tiktoken / .model")
 
 
 def _resolve(path: str, base_dir: str | os.PathLike | None) -> Path:
@@ -170,6 +304,10 @@ def _resolve(path: str, base_dir: str | os.PathLike | None) -> Path:
 def _build(kind: str, path: Path | None) -> Tokenizer:
     if kind == "gpt2":
         return GPT2Tokenizer(path)
+    if kind == "byte-bpe":
+        if path is None:
+            raise UserError("a byte-bpe tokenizer needs its directory: byte-bpe:DIR (vocab.json + merges.txt)")
+        return ByteBPETokenizer(path)
     if path is None:
         raise UserError("a sentencepiece tokenizer needs a model path: sentencepiece:FILE.model")
     return SentencePieceTokenizer(path)

@@ -1,4 +1,4 @@
-"""The tokenizer interface: GPT-2 BPE from the bundled file, sentencepiece training, spec loading."""
+"""The tokenizer interface: GPT-2 BPE from the bundled file, its Hugging Face files, sentencepiece training, spec loading."""
 from __future__ import annotations
 
 import base64
@@ -10,7 +10,7 @@ import pytest
 
 from common.errors import UserError
 from data_pipeline.tokenizer_train import train_tokenizer
-from data_pipeline.tokenizers import EOD_TOKEN, GPT2_BPE_FILE, load_tokenizer
+from data_pipeline.tokenizers import EOD_TOKEN, GPT2_BPE_FILE, load_tokenizer, save_hf_tokenizer
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -18,6 +18,18 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 def real_texts(name: str) -> list[str]:
     with gzip.open(DATA / name, "rt", encoding="utf-8") as f:
         return [json.loads(line)["text"] for line in f]
+
+
+def warc_pages() -> list[str]:
+    """The raw HTTP payloads of the WARC sample as text: markup, scripts, odd whitespace."""
+    from warcio.archiveiterator import ArchiveIterator
+
+    with open(DATA / "cc-sample-0000.warc.gz", "rb") as f:
+        return [record.content_stream().read().decode("utf-8", errors="replace")
+                for record in ArchiveIterator(f) if record.rec_type == "response"]
+
+
+ODD_TEXTS = ["emoji 🎉, 日本語, tabs\tand\r\n\nblank lines  ", f"a literal {EOD_TOKEN} in a document", " ", "x" * 3000]
 
 
 def test_gpt2_matches_published_ids():
@@ -65,6 +77,9 @@ def test_load_tokenizer_spec_forms(tmp_path):
     ("bpe", "unknown tokenizer"),
     ("sentencepiece", "needs a model path"),
     ("sentencepiece:/nonexistent/x.model", "not found"),
+    ("byte-bpe", "needs its directory"),
+    ("byte-bpe:/nonexistent", "lacks vocab.json and merges.txt"),
+    ({"type": "byte-bpe", "path": str(GPT2_BPE_FILE.parent), "vocab_size": 1, "eod_id": 0}, "lacks vocab.json"),
     ({"type": "gpt2", "vocab_size": 32000, "eod_id": 50256}, "vocab_size is 32000"),
     ({"type": "wordpiece", "vocab_size": 1, "eod_id": 0}, "tokenizer.type"),
 ])
@@ -161,3 +176,52 @@ def test_tokenizer_train_cli_errors(tmp_path):
     # A vocabulary far larger than the text supports is refused with sentencepiece's reason.
     with pytest.raises(UserError, match="sentencepiece training failed"):
         train_tokenizer(docs, tmp_path / "m", vocab_size=5000)
+
+
+@pytest.fixture(scope="module")
+def gpt2_hf_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("gpt2-hf")
+    written = save_hf_tokenizer(load_tokenizer("gpt2"), directory)
+    assert sorted(p.name for p in written) == sorted(["vocab.json", "merges.txt", "tokenizer.json",
+                                                       "tokenizer_config.json", "special_tokens_map.json"])
+    return directory
+
+
+def test_gpt2_hf_files_reconstruct_gpt2s_vocabulary_and_merges(gpt2_hf_dir):
+    vocab = json.loads((gpt2_hf_dir / "vocab.json").read_text())
+    merges = (gpt2_hf_dir / "merges.txt").read_text().splitlines()
+    # As in OpenAI's encoder.json / vocab.bpe: 50257 entries, 50000 merges in rank order,
+    # byte tokens in the byte-to-unicode alphabet ("Ġ" is the space byte).
+    assert len(vocab) == 50257 and vocab[EOD_TOKEN] == 50256
+    assert (vocab["!"], vocab["Ġ"], vocab["Hello"], vocab["Ġworld"], vocab["Ġthe"]) == (0, 220, 15496, 995, 262)
+    assert merges[0] == "#version: 0.2" and len(merges) == 50001
+    assert merges[1:8] == ["Ġ t", "Ġ a", "h e", "i n", "r e", "o n", "Ġt he"]
+
+
+def test_gpt2_hf_files_give_tiktokens_ids(gpt2_hf_dir):
+    from tokenizers import Tokenizer as HFTokenizer
+    from transformers import AutoTokenizer, GPT2TokenizerFast
+
+    gpt2 = load_tokenizer("gpt2")
+    library = HFTokenizer.from_file(str(gpt2_hf_dir / "tokenizer.json"))
+    fast = GPT2TokenizerFast.from_pretrained(gpt2_hf_dir)
+    auto = AutoTokenizer.from_pretrained(gpt2_hf_dir)
+    ours = load_tokenizer(f"byte-bpe:{gpt2_hf_dir}")
+    assert (fast.eos_token_id, auto.eos_token_id, ours.eod_id, ours.vocab_size) == (50256, 50256, 50256, 50257)
+    texts = real_texts("ccnet-head-0091.jsonl.gz") + real_texts("wiki-en-sample.jsonl.gz") + warc_pages()
+    texts += [t for t in ODD_TEXTS if EOD_TOKEN not in t]  # HF tokenizers match specials inside text
+    for text in texts:
+        ids = gpt2.encode(text)
+        assert library.encode(text).ids == ids
+        assert fast.encode(text) == ids
+        assert auto(text)["input_ids"] == ids
+        assert ours.encode(text) == ids
+        assert fast.decode(ids) == library.decode(ids) == ours.decode(ids) == gpt2.decode(ids)
+    for text in ODD_TEXTS + real_texts("wiki-en-sample.jsonl.gz")[:2]:
+        assert ours.decode(ours.encode(text)) == text and ours.encode(text) == gpt2.encode(text)
+    assert ours.encode_batch(texts, num_threads=2) == gpt2.encode_batch(texts)
+
+
+def test_hf_files_refuse_sentencepiece(sentencepiece_model, tmp_path):
+    with pytest.raises(UserError, match="only for byte-level BPE"):
+        save_hf_tokenizer(sentencepiece_model, tmp_path)
