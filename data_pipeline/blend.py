@@ -2,7 +2,7 @@
 
 ```json
 {"version": 1,
- "tokenizer": {"type": "gpt2" | "sentencepiece", "path": null | "relative/or/absolute",
+ "tokenizer": {"type": "gpt2" | "sentencepiece" | "byte-bpe", "path": null | "relative/or/absolute",
                "vocab_size": 50257, "eod_id": 50256},
  "sources": [{"name": "cc", "prefix": "cc_gpt2_text_document", "weight": 0.7,
               "tokens": 123, "documents": 4, "epochs": 0.5 | null}],

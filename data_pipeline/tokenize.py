@@ -45,7 +45,8 @@ class TokenizeOptions:
     """The options of `gpt-data tokenize` and of a recipe's ``tokenize`` step: one definition for both."""
 
     tokenizer: str = field(default="gpt2", metadata={"help": "gpt2 (bundled GPT-2 BPE), gpt2:FILE.tiktoken, "
-                                                             "sentencepiece:FILE.model (default %(default)s)"})
+                                                             "sentencepiece:FILE.model, byte-bpe:DIR "
+                                                             "(default %(default)s)"})
     text_column: str = field(default="text", metadata={"help": "parquet column holding the text (default %(default)s)"})
     quality_column: str = field(default="quality", metadata={
         "help": "parquet column with a quality score per document; when present it is kept as PREFIX.quality.npy "
