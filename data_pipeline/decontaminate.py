@@ -1,16 +1,18 @@
 """`gpt-data decontaminate`: remove benchmark text from training documents, as GPT-3 did.
 
-GPT-3 (Appendix C) removed every 13-gram that also occurs in a benchmark together
-with 200 characters on each side, kept the pieces in between only if they are at
-least 200 characters long, dropped a document that fell into more than 10 pieces,
-and ignored 13-grams found in more than 10 training documents (common phrases,
-not leaked test data). Words are compared after lower-casing and folding
-punctuation and whitespace (the dedup normalisation).
+GPT-3 (section 4, Appendix C) removed every n-gram that also occurs in a benchmark
+together with 200 characters on each side, kept the pieces in between only if they
+are at least 200 characters long, dropped a document that fell into more than 10
+pieces, and ignored n-grams found in more than 10 training documents (common
+phrases, not leaked test data). n is chosen per benchmark: min(13, the 5th
+percentile of its examples' lengths in words), so a benchmark of short examples is
+still checked. Words are compared after lower-casing and folding punctuation and
+whitespace (the dedup normalisation).
 
 Two resumable per-shard passes: ``count`` (in how many training documents each
 benchmark n-gram occurs) and ``clean`` (apply the rules with the summed counts).
-Contamination is reported per benchmark: examples found in the training data,
-documents touched and dropped, characters removed.
+Contamination is reported per benchmark: its n, the examples found in the training
+data (count and indices), documents touched and dropped, characters removed.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ from data_pipeline.shards import ShardWriter, discover_shards, read_documents, r
 from data_pipeline.stats import Stats
 
 BATCH = 512
+GPT3_NGRAM = 13
 INDEX_SCHEMA = pa.schema([pa.field("hash", pa.uint64()), pa.field("benchmark", pa.int32()),
                           pa.field("example", pa.int64())])
 COUNT_SCHEMA = pa.schema([pa.field("hash", pa.uint64()), pa.field("documents", pa.int64())])
@@ -49,9 +52,8 @@ HIT_SCHEMA = pa.schema([pa.field("benchmark", pa.int32()), pa.field("example", p
 class Rules:
     """GPT-3's decontamination rules (defaults from the paper)."""
 
-    def __init__(self, ngram: int = 13, window: int = 200, min_fragment: int = 200, max_pieces: int = 10,
-                 max_documents: int = 10):
-        self.ngram, self.window, self.min_fragment = ngram, window, min_fragment
+    def __init__(self, window: int = 200, min_fragment: int = 200, max_pieces: int = 10, max_documents: int = 10):
+        self.window, self.min_fragment = window, min_fragment
         self.max_pieces, self.max_documents = max_pieces, max_documents
 
     def clean(self, text: str, spans: list[tuple[int, int]]) -> tuple[str | None, str]:
@@ -114,16 +116,29 @@ def read_benchmarks(path: str, fields: list[str]) -> dict[str, list[str]]:
     return benchmarks
 
 
-def build_index(benchmarks: dict[str, list[str]], n: int) -> tuple[pa.Table, dict]:
-    """(hash, benchmark, example) for every benchmark n-gram, and per-benchmark sizes."""
+def gpt3_ngram(lengths: np.ndarray) -> int:
+    """GPT-3's n for a benchmark whose examples have `lengths` words: min(13, 5th percentile),
+    the percentile numpy's default (linear interpolation) rounded down, so that at least 95%
+    of the examples have an n-gram; at least 1 (13 for a benchmark without examples)."""
+    if not len(lengths):
+        return GPT3_NGRAM
+    return max(1, min(GPT3_NGRAM, int(np.percentile(lengths, 5))))
+
+
+def build_index(benchmarks: dict[str, list[str]], ngram: int | None) -> tuple[pa.Table, dict]:
+    """(hash, benchmark, example) for every benchmark n-gram, and per benchmark its n (`ngram`,
+    or GPT-3's rule when None) and sizes. The n-gram hashes include n, so one index holds all n."""
     hashes, bench, example, sizes = [], [], [], {}
     for b, (name, texts) in enumerate(sorted(benchmarks.items())):
-        grams = ngrams(words(texts), n, len(texts), short_texts=False)
+        w = words(texts)
+        lengths = np.bincount(w.doc, minlength=len(texts))
+        n = ngram or gpt3_ngram(lengths)
+        grams = ngrams(w, n, len(texts), short_texts=False)
         hashes.append(grams.hashes)
         bench.append(np.full(len(grams.hashes), b, dtype=np.int32))
         example.append(grams.doc)
-        sizes[name] = {"examples": len(texts), "ngrams": int(len(np.unique(grams.hashes))),
-                       "examples_shorter_than_ngram": int((np.diff(grams.offsets) == 0).sum())}
+        sizes[name] = {"ngram": n, "examples": len(texts), "ngrams": int(len(np.unique(grams.hashes))),
+                       "examples_shorter_than_ngram": int((lengths < n).sum())}
     table = pa.table({"hash": np.concatenate(hashes), "benchmark": np.concatenate(bench),
                       "example": np.concatenate(example)}, schema=INDEX_SCHEMA)
     return table.sort_by("hash"), sizes
@@ -138,24 +153,41 @@ def load_index(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------- per-shard passes
 
 
-def matches(texts: list[str], index_hashes: np.ndarray, n: int):
-    """Words, n-grams and the positions of n-grams found in the index, for a batch."""
+@dataclass
+class Matches:
+    """Benchmark n-grams found in a batch of texts: hash, text index and character span of each."""
+
+    hashes: np.ndarray
+    doc: np.ndarray
+    starts: np.ndarray  # first character of the n-gram's first word
+    ends: np.ndarray  # end of its last word
+
+    def __getitem__(self, keep: np.ndarray) -> Matches:
+        return Matches(self.hashes[keep], self.doc[keep], self.starts[keep], self.ends[keep])
+
+
+def matches(texts: list[str], index_hashes: np.ndarray, ngram_sizes: list[int]) -> Matches:
+    """The n-grams of a batch, for every n in `ngram_sizes`, that are in the index."""
     w = words(texts)
-    grams = ngrams(w, n, len(texts), short_texts=False)
-    pos = np.searchsorted(index_hashes, grams.hashes)
-    pos[pos == len(index_hashes)] = 0
-    hit = np.flatnonzero(index_hashes[pos] == grams.hashes) if len(index_hashes) else np.zeros(0, np.int64)
-    return w, grams, hit
+    found = []
+    for n in ngram_sizes:
+        grams = ngrams(w, n, len(texts), short_texts=False)
+        pos = np.searchsorted(index_hashes, grams.hashes)
+        pos[pos == len(index_hashes)] = 0
+        hit = np.flatnonzero(index_hashes[pos] == grams.hashes) if len(index_hashes) else np.zeros(0, np.int64)
+        first = grams.first_word[hit]
+        found.append((grams.hashes[hit], grams.doc[hit], w.starts[first], w.ends[first + n - 1]))
+    return Matches(*(np.concatenate(column) for column in zip(*found)))
 
 
-def count_shard(task: ShardTask, stats: Stats, *, index_path: str, n: int) -> None:
+def count_shard(task: ShardTask, stats: Stats, *, index_path: str, ngram_sizes: list[int]) -> None:
     """In how many of this shard's documents each benchmark n-gram occurs."""
     index_hashes = load_index(index_path)[0]
     docs = read_documents(task.path, stats)
     found = []
     while batch := list(islice(docs, BATCH)):
-        _, grams, hit = matches([d.text for d in batch], index_hashes, n)
-        pairs = np.unique(np.stack([grams.doc[hit].astype(np.uint64), grams.hashes[hit]], axis=1), axis=0)
+        hits = matches([d.text for d in batch], index_hashes, ngram_sizes)
+        pairs = np.unique(np.stack([hits.doc.astype(np.uint64), hits.hashes], axis=1), axis=0)
         found.append(pairs[:, 1])
         stats.add("documents_in", n=len(batch))
     hashes, counts = np.unique(np.concatenate(found) if found else np.zeros(0, np.uint64), return_counts=True)
@@ -171,8 +203,8 @@ def frequent_ngrams(count_dir: Path, names: list[str], max_documents: int) -> np
     return np.sort(totals.filter(pc.greater(totals["documents_sum"], max_documents))["hash"].to_numpy())
 
 
-def clean_shard(task: ShardTask, stats: Stats, *, index_path: str, frequent: np.ndarray, rules: Rules,
-                names: list[str]) -> None:
+def clean_shard(task: ShardTask, stats: Stats, *, index_path: str, ngram_sizes: list[int], frequent: np.ndarray,
+                rules: Rules, names: list[str]) -> None:
     """Apply the rules to one shard; dropped documents go to removed/ with the reason."""
     index_hashes, index_bench, index_example = load_index(index_path)
     schema = read_schema(task.path)
@@ -183,18 +215,16 @@ def clean_shard(task: ShardTask, stats: Stats, *, index_path: str, frequent: np.
             ShardWriter(task.output(subdir="removed"), removed_schema) as dropped, \
             ShardWriter(task.output(".parquet", subdir=".hits"), HIT_SCHEMA) as hit_out:
         while batch := list(islice(docs, BATCH)):
-            w, grams, hit = matches([d.text for d in batch], index_hashes, rules.ngram)
-            hit = hit[~np.isin(grams.hashes[hit], frequent)]
-            hit_docs = grams.doc[hit]
+            found = matches([d.text for d in batch], index_hashes, ngram_sizes)
+            found = found[~np.isin(found.hashes, frequent)]
             for i, doc in enumerate(batch):
-                mine = hit[hit_docs == i]
+                mine = found[found.doc == i]
                 stats.add("documents_in")
-                if len(mine) == 0:
+                if len(mine.hashes) == 0:
                     write_kept(kept, doc, stats)
                     continue
-                first = grams.first_word[mine]
-                spans = list(zip(w.starts[first].tolist(), w.ends[first + rules.ngram - 1].tolist()))
-                benches = contamination(grams.hashes[mine], index_hashes, index_bench, index_example, hits)
+                spans = list(zip(mine.starts.tolist(), mine.ends.tolist()))
+                benches = contamination(mine.hashes, index_hashes, index_bench, index_example, hits)
                 for b in benches:
                     stats.add("contamination", names[b], "documents")
                 text, reason = rules.clean(doc.text, spans)
@@ -235,13 +265,15 @@ def contamination(doc_hashes: np.ndarray, index_hashes: np.ndarray, index_bench:
 
 
 def run(args: argparse.Namespace) -> int:
-    for name in ("ngram", "window", "min_fragment", "max_pieces", "max_documents"):
-        if getattr(args, name) < (1 if name == "ngram" else 0):
-            raise UserError(f"--{name.replace('_', '-')} must be {'at least 1' if name == 'ngram' else 'non-negative'}")
-    rules = Rules(args.ngram, args.window, args.min_fragment, args.max_pieces, args.max_documents)
+    if args.ngram is not None and args.ngram < 1:
+        raise UserError("--ngram must be at least 1")
+    for name in ("window", "min_fragment", "max_pieces", "max_documents"):
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be non-negative")
+    rules = Rules(args.window, args.min_fragment, args.max_pieces, args.max_documents)
     benchmarks = read_benchmarks(args.benchmarks, [f for f in args.fields.split(",") if f])
-    table, sizes = build_index(benchmarks, rules.ngram)
-    settings = dict(vars(rules), benchmarks=sorted(benchmarks),
+    table, sizes = build_index(benchmarks, args.ngram)
+    settings = dict(vars(rules), benchmarks={name: size["ngram"] for name, size in sizes.items()},
                     index=xxhash.xxh3_64_hexdigest(table["hash"].to_numpy().tobytes()))
     work = Path(args.output) / WORK_DIR / "decontaminate"
     with StageRunner(args, discover_shards(args.input), work, settings) as runner:
@@ -254,36 +286,39 @@ def run_passes(args: argparse.Namespace, runner: StageRunner, work: Path, rules:
     out = Path(args.output)
     count_dir = work / "counts"
     names = sorted(sizes)
+    ngram_sizes = sorted({size["ngram"] for size in sizes.values()})
     index_path = work / f"index-{runner.rank.rank}.parquet"
     with ShardWriter(index_path, INDEX_SCHEMA) as writer:  # rebuilt each run from the benchmark files
         writer.write_table(table)
     if args.stage in ("all", "count"):
-        runner.per_shard(partial(count_shard, index_path=str(index_path), n=rules.ngram), count_dir,
+        runner.per_shard(partial(count_shard, index_path=str(index_path), ngram_sizes=ngram_sizes), count_dir,
                          "decontaminate: count")
     if args.stage in ("all", "clean"):
         runner.shards_complete(count_dir, "count")
         frequent = frequent_ngrams(count_dir, [t.name for t in runner.tasks], rules.max_documents)
-        stats = runner.per_shard(partial(clean_shard, index_path=str(index_path), frequent=frequent, rules=rules,
-                                         names=names), out, "decontaminate: clean")
+        stats = runner.per_shard(partial(clean_shard, index_path=str(index_path), ngram_sizes=ngram_sizes,
+                                         frequent=frequent, rules=rules, names=names), out, "decontaminate: clean")
         report = contamination_report(out, [t.name for t in runner.tasks], names, sizes, stats)
         report["_ignored_frequent_ngrams"] = int(len(frequent))
         add_to_stats(out, "benchmarks", report)
         if runner.rank.rank == 0:
             for name in names:
                 row = report[name]
-                print(f"  {name}: {row['contaminated_examples']:,}/{row['examples']:,} examples found in training "
-                      f"data, {row['documents']:,} documents touched, {row['documents_dropped']:,} dropped")
+                print(f"  {name} ({row['ngram']}-grams): {row['contaminated_examples']:,}/{row['examples']:,} examples "
+                      f"found in training data, {row['documents']:,} documents touched, "
+                      f"{row['documents_dropped']:,} dropped")
 
 
 def contamination_report(out: Path, shards: list[str], names: list[str], sizes: dict, stats: Stats) -> dict:
-    """Per benchmark: size, examples found in training data, documents touched and dropped."""
+    """Per benchmark: n, size, examples found in training data (0-based, in the benchmark file's
+    order), documents touched and dropped."""
     hit_files = [out / ".hits" / f"{shard}.parquet" for shard in shards]
     hits = pa.concat_tables([pq.read_table(p) for p in hit_files if p.exists()] or [HIT_SCHEMA.empty_table()])
     unique = set(zip(hits["benchmark"].to_pylist(), hits["example"].to_pylist()))
     report = {}
     for b, name in enumerate(names):
-        report[name] = dict(sizes[name],
-                            contaminated_examples=sum(1 for bench, _ in unique if bench == b),
+        ids = sorted(example for bench, example in unique if bench == b)
+        report[name] = dict(sizes[name], contaminated_examples=len(ids), contaminated_example_ids=ids,
                             documents=int(stats.get("contamination", name, "documents")),
                             documents_dropped=int(stats.get("contamination", name, "documents_dropped")))
     return report
@@ -299,7 +334,9 @@ class DecontaminateOptions:
         "help": "JSONL file of evaluation examples, or a directory of them (one benchmark per file)"})
     fields: str = field(default="", metadata={
         "help": "comma-separated example fields to index (default: every string value)"})
-    ngram: int = field(default=13, metadata={"help": "words per n-gram (default %(default)s)"})
+    ngram: int | None = field(default=None, metadata={
+        "help": "words per n-gram for every benchmark (default: per benchmark, GPT-3's min(13, 5th percentile "
+                "of its examples' lengths in words))"})
     window: int = field(default=200, metadata={
         "help": "characters removed on each side of an overlap (default %(default)s)"})
     min_fragment: int = field(default=200, metadata={
@@ -312,7 +349,7 @@ class DecontaminateOptions:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "decontaminate", help="remove benchmark 13-gram overlaps from training documents (GPT-3 rules)",
+        "decontaminate", help="remove benchmark n-gram overlaps from training documents (GPT-3 rules)",
         description=__doc__.split("\n\n")[1])
     add_executor_args(parser)
     add_arguments(parser, DecontaminateOptions)

@@ -1,10 +1,12 @@
-"""`gpt-data decontaminate`: GPT-3's 13-gram rules, each case checked against character positions found with str.find."""
+"""`gpt-data decontaminate`: GPT-3's n-gram rules, each case checked against character positions found with str.find,
+and its per-benchmark n against numpy's percentile."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import dedup_corpus as dc
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -26,7 +28,7 @@ def filler(start: int, chars: int) -> str:
 
 
 def write(tmp_path: Path, docs: dict[str, str], benchmarks: dict[str, list[dict]]) -> tuple[Path, Path]:
-    (tmp_path / "in").mkdir()
+    (tmp_path / "in").mkdir(parents=True)
     ids = sorted(docs)
     pq.write_table(pa.table({"id": ids, "source": ["common-crawl"] * len(ids), "text": [docs[i] for i in ids]}),
                    tmp_path / "in" / "train.parquet")
@@ -34,6 +36,11 @@ def write(tmp_path: Path, docs: dict[str, str], benchmarks: dict[str, list[dict]
     for name, examples in benchmarks.items():
         (tmp_path / "bench" / f"{name}.jsonl").write_text("".join(json.dumps(e) + "\n" for e in examples))
     return tmp_path / "in", tmp_path / "bench"
+
+
+def prefix(sentence: str, words: int) -> str:
+    """The sentence up to the end of its `words`-th word (punctuation kept)."""
+    return sentence[:list(dc.WORD.finditer(sentence))[words - 1].end()]
 
 
 def run(cli, tmp_path, docs, benchmarks, *extra):
@@ -76,7 +83,7 @@ def test_overlap_is_removed_with_200_characters_each_side(cli, tmp_path):
     report = stats["benchmarks"]["qa"]
     assert report["examples"] == 2 and report["contaminated_examples"] == 1
     assert report["documents"] == 1 and report["documents_dropped"] == 0
-    assert "qa: 1/2 examples found" in out
+    assert "qa (13-grams): 1/2 examples found" in out
 
 
 def test_fragments_under_200_characters_are_dropped(cli, tmp_path):
@@ -116,16 +123,45 @@ def test_ngrams_in_more_than_10_training_documents_are_ignored(cli, tmp_path, co
 
 
 def test_contamination_is_reported_per_benchmark(cli, tmp_path):
-    docs = {"a": filler(100, 700) + " " + SENTENCES[40] + " " + filler(101, 700),
+    docs = {"a": filler(100, 700) + " " + SENTENCES[40] + " " + SENTENCES[43] + " " + filler(101, 700),
             "b": filler(110, 700) + " " + SENTENCES[41] + " " + SENTENCES[42] + " " + filler(111, 700)}
-    benchmarks = {"lambada": [{"text": SENTENCES[40]}, {"text": SENTENCES[50]}],
-                  "triviaqa": [{"question": SENTENCES[41], "answers": [SENTENCES[42]]}, {"question": SENTENCES[51]}],
-                  "clean": [{"text": SENTENCES[52]}, {"text": "too short to index"}]}
+    benchmarks = {"lambada": [{"text": SENTENCES[50]}, {"text": SENTENCES[40]}],
+                  "triviaqa": [{"question": SENTENCES[51]}, {"question": SENTENCES[41], "answers": [SENTENCES[42]]},
+                               {"question": SENTENCES[43]}],
+                  "clean": [{"text": SENTENCES[52]}, {"text": SENTENCES[53]}]}
     _, _, stats, _ = run(cli, tmp_path, docs, benchmarks)
     report = stats["benchmarks"]
-    assert report["lambada"]["contaminated_examples"] == 1 and report["lambada"]["documents"] == 1
-    assert report["triviaqa"]["contaminated_examples"] == 1 and report["triviaqa"]["documents"] == 1
-    assert report["clean"]["contaminated_examples"] == 0 and report["clean"]["examples_shorter_than_ngram"] == 1
+    assert report["lambada"]["contaminated_example_ids"] == [1] and report["lambada"]["documents"] == 1
+    assert report["triviaqa"]["contaminated_example_ids"] == [1, 2] and report["triviaqa"]["documents"] == 2
+    assert report["triviaqa"]["contaminated_examples"] == 2
+    assert report["clean"]["contaminated_example_ids"] == [] and report["clean"]["contaminated_examples"] == 0
+    assert {row["ngram"] for row in (report["lambada"], report["triviaqa"], report["clean"])} == {13}
+
+
+def test_short_examples_get_gpt3_ngram_size(cli, tmp_path):
+    """GPT-3's n = min(13, 5th percentile of the lengths in words): short examples are found with it, not with 13."""
+    short = [prefix(s, 5 if i == 0 else 8 + i % 5) for i, s in enumerate(SENTENCES[70:90])]  # 5, then 8 to 12 words
+    lengths = [len(dc.WORD.findall(example)) for example in short]
+    n = min(13, int(np.percentile(lengths, 5)))
+    assert n == 7  # 5 + 0.95 * (8 - 5) = 7.85, rounded down
+    docs = {"a": filler(120, 700) + " " + SENTENCES[70 + 3] + " " + filler(121, 700),
+            "b": filler(130, 700) + " " + SENTENCES[70 + 11] + " " + SENTENCES[40] + " " + filler(131, 700)}
+    benchmarks = {"short": [{"text": example} for example in short],
+                  "long": [{"text": SENTENCES[50]}, {"text": SENTENCES[40]}]}
+    kept, _, stats, out = run(cli, tmp_path / "default", docs, benchmarks)
+    report = stats["benchmarks"]
+    assert report["short"]["ngram"] == n and report["short"]["contaminated_example_ids"] == [3, 11]
+    assert report["long"]["ngram"] == 13 and report["long"]["contaminated_example_ids"] == [1]
+    assert report["short"]["examples_shorter_than_ngram"] == 1
+    assert f"short ({n}-grams): 2/20 examples found" in out
+    assert kept["a"]["text"] == "\n\n".join(expected_pieces(docs["a"], [short[3]]))
+    assert kept["b"]["text"] == "\n\n".join(expected_pieces(docs["b"], [short[11], SENTENCES[40]]))
+
+    _, _, stats, _ = run(cli, tmp_path / "forced", docs, benchmarks, "--ngram", "13")
+    report = stats["benchmarks"]
+    assert report["short"]["ngram"] == 13 and report["short"]["contaminated_example_ids"] == []
+    assert report["short"]["examples_shorter_than_ngram"] == 20
+    assert report["long"]["contaminated_example_ids"] == [1]
 
 
 def test_rules_merge_overlapping_windows():
@@ -150,3 +186,15 @@ def test_resume_with_other_benchmarks_or_rules_is_refused(cli, tmp_path):
     code, _, err = cli("decontaminate", "--input", src, "--output", tmp_path / "out", "--benchmarks", bench,
                        "--ngram", "0")
     assert code == 2 and "--ngram must be at least 1" in err
+
+
+def test_resume_keeps_finished_shards_and_refuses_another_ngram(cli, tmp_path):
+    src, bench = write(tmp_path, {"a": filler(0, 300)}, {"qa": [{"q": SENTENCES[60]}]})
+    args = ("decontaminate", "--input", src, "--output", tmp_path / "out", "--benchmarks", bench)
+    assert cli(*args)[0] == 0
+    marker = next((tmp_path / "out" / ".done").iterdir())
+    before = marker.stat().st_mtime_ns
+    code, _, _ = cli(*args, "--ngram", "13")  # the same n as GPT-3's rule gave: nothing to redo
+    assert code == 0 and marker.stat().st_mtime_ns == before
+    code, _, err = cli(*args, "--ngram", "8")
+    assert code == 2 and "other settings (benchmarks.qa, index)" in err
