@@ -54,13 +54,17 @@ def canonical_parameters(module: torch.nn.Module, model: ModelConfig) -> list[tu
     """(name in the single-process GPT, parameter) for this rank's module, sorted by name.
 
     DeepSpeed's PipelineModule names a layer's parameters by the layer's index in
-    `ModelConfig.layers()`, and the tied token embedding's under `tied_modules`."""
+    `ModelConfig.layers()`, and the tied token embedding's under `tied_modules`; a task head
+    (`loss_fn.*`, training/parallel.py's `HeadLoss`) has the same name in both."""
     layers = model.layers()
     named = []
     for name, param in module.named_parameters():
         if isinstance(module, PipelineModule):
             head, _, rest = name.partition(".")
-            name = rest if head == "tied_modules" else f"{layers[int(head)]}.{rest}"
+            if head == "tied_modules":
+                name = rest
+            elif head.isdigit():
+                name = f"{layers[int(head)]}.{rest}"
         named.append((name, param))
     return sorted(named, key=lambda item: item[0])
 
@@ -193,8 +197,10 @@ def _layout_record(layout: Layout, cfg: Config) -> dict:
             "zero_stage": cfg.parallel.zero_stage, "precision": cfg.precision}
 
 
-def save(engine, cfg: Config, layout: Layout, directory: Path, trainer_state: dict) -> Path:
-    """Write a checkpoint of the current step on every rank; returns its directory once `latest` names it."""
+def save(engine, cfg: Config, layout: Layout, directory: Path, trainer_state: dict, extra: dict | None = None) -> Path:
+    """Write a checkpoint of the current step on every rank; returns its directory once `latest` names it.
+
+    `extra` keys join the manifest (gpt-finetune's task record)."""
     deepspeed_engine = engine.engine
     step = trainer_state["step"]
     tag = tag_for(step)
@@ -244,6 +250,7 @@ def save(engine, cfg: Config, layout: Layout, directory: Path, trainer_state: di
                             loss_scaler=_loss_scaler_state(deepspeed_engine)),
             "params": _parameter_index(gathered),
             "files": {name: info for _, _, d in gathered for name, info in sorted(d.items())},
+            **(extra or {}),
         }
         publish(partial, manifest, lambda phase: fault_point("save", step, phase))
         apply_retention(directory, cfg.checkpoint.keep_last, cfg.checkpoint.keep_every)
@@ -317,17 +324,20 @@ def _agree(layout: Layout, problems: list[str]) -> None:
         raise CheckpointError(found[0] + more)
 
 
-def load(engine, cfg: Config, layout: Layout, manifest: dict) -> dict:
+def load(engine, cfg: Config, layout: Layout, manifest: dict, new_prefix: str | None = None) -> dict:
     """Load a checkpoint into the engine on every rank; returns the trainer state ({} for weights-only).
 
-    RNG streams are restored separately (`restore_rng`), just before training goes on: building
-    datasets and the like in between may draw from them."""
+    Parameters named `new_prefix...` that a weights-only checkpoint lacks keep their initial values
+    (a task head on a pretrained trunk). RNG streams are restored separately (`restore_rng`), just
+    before training goes on: building datasets and the like in between may draw from them."""
     deepspeed_engine = engine.engine
     files = sorted(manifest["files"])
     _agree(layout, check_files(manifest, [f for i, f in enumerate(files) if i % layout.world == layout.rank]))
 
     reader = ShardReader(manifest, cfg.model.padded_vocab_size(layout.tp))  # rows (and Adam moments) cut or added
     params = canonical_parameters(engine.module, cfg.model)
+    if new_prefix and manifest["trainer"] is None:
+        params = [(n, p) for n, p in params if not n.startswith(new_prefix) or n in manifest["params"]]
     keys = ["param", *OPTIMIZER_KEYS] if manifest["optimizer"] else ["param"]
     staged, problems = [], []
     for name, param in params:

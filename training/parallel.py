@@ -5,10 +5,15 @@ pipeline stages with DeepSpeed's `PipelineModule` (token embedding tied between 
 first and last stage) when PP > 1, and wrapped in a DeepSpeed engine that does ZeRO
 data parallelism, mixed precision, loss scaling and gradient clipping. With PP = 1 the
 plain engine runs the whole model, which also allows ZeRO stages 2 and 3.
+
+What the last stage computes is the engine's `loss`: the language-modelling loss for
+pretraining, or a `HeadLoss` (a task head with a loss, e.g. gpt-finetune's) that also reads
+the final hidden states and trains with the model, held by the last stage only.
 """
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import deepspeed
 import torch
@@ -23,7 +28,20 @@ from training.distributed import Layout
 from training.model import GPT, Block, FinalNorm, PositionEmbedding, TokenEmbedding, language_model_loss
 from training.rng import tensor_parallel_rng
 
-MicroBatch = tuple[torch.Tensor, torch.Tensor]  # (tokens, labels), each [micro_batch, seq]
+# (tokens [micro_batch, seq], labels): next tokens [micro_batch, seq], or a tuple of tensors a `HeadLoss` reads
+MicroBatch = tuple[torch.Tensor, torch.Tensor | tuple[torch.Tensor, ...]]
+Loss = Callable[..., torch.Tensor]  # (last stage's outputs, labels) -> the micro-batch's scalar loss
+
+
+class HeadLoss(torch.nn.Module):
+    """A loss with parameters (a task head): called with ((logits, final hidden states), labels).
+
+    The engine makes it the model's `loss_fn` submodule on the last pipeline stage (and of the
+    whole model at PP = 1), so its parameters are optimised, data-parallel averaged and
+    checkpointed (as `loss_fn.*`) with the model's."""
+
+    def forward(self, outputs: tuple[torch.Tensor, torch.Tensor], labels) -> torch.Tensor:
+        raise NotImplementedError
 
 
 def recompute(function, *args):
@@ -35,11 +53,16 @@ def _output_logits(embedding: TokenEmbedding, hidden: torch.Tensor) -> torch.Ten
     return embedding.logits(hidden)
 
 
-def layer_spec(name: str, m: ModelConfig, seed: int, output: bool) -> LayerSpec:
-    """DeepSpeed's spec for one of `ModelConfig.layers()`; the token embedding is tied between its two uses."""
+def _output_logits_and_states(embedding: TokenEmbedding, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return embedding.logits(hidden), hidden
+
+
+def layer_spec(name: str, m: ModelConfig, seed: int, output: Callable | None = None) -> LayerSpec:
+    """DeepSpeed's spec for one of `ModelConfig.layers()`; the token embedding is tied between its two uses,
+    the second (`output` given) computing the last stage's outputs from the final hidden states."""
     if name == "token_embedding":
         return TiedLayerSpec("token_embedding", TokenEmbedding, m, seed, tied_weight_attr=["weight"],
-                             **({"forward_fn": _output_logits} if output else {}))
+                             **({"forward_fn": output} if output else {}))
     if name == "position_embedding":
         return LayerSpec(PositionEmbedding, m, seed)
     if name == "final_norm":
@@ -47,13 +70,15 @@ def layer_spec(name: str, m: ModelConfig, seed: int, output: bool) -> LayerSpec:
     return LayerSpec(Block, m, int(name.removeprefix("blocks.")), seed)
 
 
-def pipeline_stages(cfg: Config, layout: Layout) -> PipelineModule:
+def pipeline_stages(cfg: Config, layout: Layout, loss: Loss = language_model_loss) -> PipelineModule:
     m, seed = cfg.model, cfg.train.seed
     names = m.layers()
-    specs = [layer_spec(name, m, seed, output=index == len(names) - 1) for index, name in enumerate(names)]
+    head = isinstance(loss, HeadLoss)
+    output = _output_logits_and_states if head else _output_logits
+    specs = [layer_spec(name, m, seed, output if index == len(names) - 1 else None) for index, name in enumerate(names)]
     return PipelineModule(
         layers=specs,
-        loss_fn=language_model_loss,
+        loss_fn=loss if not head or layout.pp_rank == layout.pp - 1 else None,  # a head: the last stage's only
         topology=PipeModelDataParallelTopology(num_pp=layout.pp, num_mp=layout.tp, num_dp=layout.dp),
         partition_method=cfg.parallel.partition_method,
         activation_checkpoint_interval=1 if cfg.parallel.activation_checkpointing else 0,
@@ -62,12 +87,33 @@ def pipeline_stages(cfg: Config, layout: Layout) -> PipelineModule:
     )
 
 
-def whole_model(cfg: Config) -> GPT:
-    model = GPT(cfg.model, cfg.train.seed)
+class GPTWithStates(GPT):
+    """The whole model for a `HeadLoss`: (logits, final hidden states), as the pipeline's last stage gives them."""
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.position_embedding(self.token_embedding(tokens))
+        for block in self.blocks:
+            hidden = block(hidden)
+        return _output_logits_and_states(self.token_embedding, self.final_norm(hidden))
+
+
+def whole_model(cfg: Config, loss: Loss = language_model_loss) -> GPT:
+    if isinstance(loss, HeadLoss):
+        model = GPTWithStates(cfg.model, cfg.train.seed)
+        model.loss_fn = loss  # a submodule, named as in the pipeline's last stage
+    else:
+        model = GPT(cfg.model, cfg.train.seed)
     if cfg.parallel.activation_checkpointing:
         for block in model.blocks:
             block.forward = functools.partial(recompute, block.forward)
     return model
+
+
+def to_device(labels, device: torch.device):
+    """Labels (a tensor or a tuple of them) on `device`."""
+    if isinstance(labels, torch.Tensor):
+        return labels.to(device)
+    return tuple(label.to(device) for label in labels)
 
 
 def deepspeed_config(cfg: Config, layout: Layout, batch_size: int) -> dict:
@@ -138,12 +184,13 @@ def allow_fp16_on_cpu() -> None:
 class ParallelEngine:
     """One interface over DeepSpeed's pipeline engine (PP > 1) and its plain engine (PP = 1)."""
 
-    def __init__(self, cfg: Config, layout: Layout, batch_size: int):
+    def __init__(self, cfg: Config, layout: Layout, batch_size: int, loss: Loss = language_model_loss):
         if cfg.precision == "fp16":
             allow_fp16_on_cpu()
         self.layout = layout
         self.pipelined = layout.pp > 1
-        model = pipeline_stages(cfg, layout) if self.pipelined else whole_model(cfg)
+        self.loss = loss
+        model = pipeline_stages(cfg, layout, loss) if self.pipelined else whole_model(cfg, loss)
         model.to(layout.device)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model,
@@ -176,7 +223,7 @@ class ParallelEngine:
             # Say where the boundary is: DeepSpeed's micro-step counter misplaces it once the
             # batch-size ramp changes the number of micro-batches.
             self.engine.set_gradient_accumulation_boundary(index == len(micro_batches) - 1)
-            loss = language_model_loss(self.engine(tokens.to(self.layout.device)), labels.to(self.layout.device))
+            loss = self._micro_batch_loss(tokens, labels)
             self.engine.backward(loss)
             self.engine.step()
             losses.append(loss.detach().float())
@@ -188,10 +235,13 @@ class ParallelEngine:
             loss = self.engine.eval_batch(iter(micro_batches), num_micro_batches=len(micro_batches))
             return loss.item()
         self.engine.eval()
-        losses = [language_model_loss(self.engine(t.to(self.layout.device)), l.to(self.layout.device)).float()
-                  for t, l in micro_batches]
+        losses = [self._micro_batch_loss(tokens, labels).float() for tokens, labels in micro_batches]
         self.engine.train()
         return self._data_parallel_mean(torch.stack(losses).mean())
+
+    def _micro_batch_loss(self, tokens: torch.Tensor, labels) -> torch.Tensor:
+        """The plain engine's forward and loss (the pipeline engine runs its `loss_fn` itself)."""
+        return self.loss(self.engine(tokens.to(self.layout.device)), to_device(labels, self.layout.device))
 
     def _data_parallel_mean(self, value: torch.Tensor) -> float:
         if self.layout.dp > 1:

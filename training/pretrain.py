@@ -13,7 +13,6 @@ import json
 import platform
 import re
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -21,16 +20,14 @@ import torch.distributed as dist
 import yaml
 
 from common.errors import UserError
-from training import checkpoint
+from training import checkpoint, loop
 from training.config import Config, ConfigError, check_layout, load_config
 from training.deepspeed_compat import check_version
 from training.data import Blend, build_datasets, micro_batches, read_blend
 from training.memory import check_fits, check_stages
 from training.distributed import Layout, init_distributed, shutdown, world_from_environment
-from training.faults import BadStepGuard, StopRequest
-from training.metrics import MetricsLog, device_peak_tflops, training_flops_per_token
-from training.parallel import ParallelEngine
-from training.progress import Progress, roll_back
+from training.parallel import MicroBatch, ParallelEngine
+from training.progress import Progress
 from training.rng import seed_everything
 from training.schedule import batch_size, learning_rate
 
@@ -92,19 +89,46 @@ def write_run_record(run_dir: Path, cfg: Config, layout: Layout) -> None:
         "layout": {"world": layout.world, "tp": layout.tp, "pp": layout.pp, "dp": layout.dp,
                    "device": layout.device.type, "backend": torch.distributed.get_backend()},
         "device_name": torch.cuda.get_device_name(layout.device) if layout.device.type == "cuda" else platform.machine(),
-        "precision": cfg.precision, "tf32": uses_tf32(cfg, layout),
+        "precision": cfg.precision, "tf32": loop.uses_tf32(cfg, layout),
         "command": sys.argv,
     }, indent=2))
 
 
-def uses_tf32(cfg: Config, layout: Layout) -> bool:
-    return cfg.tf32 and layout.device.type == "cuda"
+class Pretraining:
+    """The loop's recipe for pretraining: samples of the blend's datasets, GPT-3's token-based schedules."""
 
+    name = "pretrain"
 
-def evaluate(engine: ParallelEngine, valid, cfg: Config, layout: Layout) -> float:
-    """Loss on the same first validation samples every time (independent of the layout)."""
-    samples = cfg.logging.eval_iters * cfg.train.global_batch_size
-    return engine.eval_loss(micro_batches(valid, 0, samples, layout.dp, layout.dp_rank, cfg.train.micro_batch_size))
+    def __init__(self, cfg: Config, blend: Blend, layout: Layout, run_dir: Path):
+        self.cfg, self.blend, self.layout = cfg, blend, layout
+        self.seq_length = cfg.model.seq_length
+        self.cache_dir = cfg.data.cache_dir or str(run_dir / "data_cache")
+        self.eval_samples = cfg.logging.eval_iters * cfg.train.global_batch_size
+        self.train_data = self.valid_data = None
+
+    def start(self, progress: Progress) -> None:
+        """Datasets long enough for the run, plus the samples skipped by rollbacks."""
+        self.train_data, self.valid_data = build_datasets(
+            self.cfg, self.blend, samples_for(self.cfg) + progress.skipped_samples, self.eval_samples, self.cache_dir)
+
+    def batch_size(self, progress: Progress) -> int:
+        return batch_size(progress.tokens, self.cfg.train)
+
+    def learning_rate(self, progress: Progress, batch: int) -> float:
+        return learning_rate(progress.tokens + batch * self.seq_length, self.cfg.train)  # warmup's step 1 is not lr 0
+
+    def micro_batches(self, progress: Progress, batch: int) -> list[MicroBatch]:
+        return micro_batches(self.train_data, progress.consumed, batch, self.layout.dp, self.layout.dp_rank,
+                             self.cfg.train.micro_batch_size)
+
+    def step_metrics(self) -> dict:
+        return {}
+
+    def evaluate(self, engine: ParallelEngine) -> dict:
+        """Loss on the same first validation samples every time (independent of the layout)."""
+        loss = engine.eval_loss(micro_batches(self.valid_data, 0, self.eval_samples, self.layout.dp,
+                                              self.layout.dp_rank, self.cfg.train.micro_batch_size))
+        return {"valid_loss": loss, "valid_ppl": float(torch.tensor(loss).exp())}
 
 
 def train(cfg: Config, blend: Blend, run_dir: Path) -> None:
@@ -115,82 +139,13 @@ def train(cfg: Config, blend: Blend, run_dir: Path) -> None:
     resume_from = checkpoint.find_resume_point(cfg, run_dir)
     if resume_from:
         checkpoint.fit_config(cfg, resume_from)
-    is_logger = layout.rank == 0
-    if is_logger:
+    if layout.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_record(run_dir, cfg, layout)
         print(f"[pretrain] {layout.describe()}, {cfg.model.num_parameters(layout.tp) / 1e6:.2f}M parameters, "
               f"{cfg.train.steps} steps", flush=True)
-    seq = cfg.model.seq_length
     engine = ParallelEngine(cfg, layout, batch_size(0, cfg.train))
-    guard = BadStepGuard(engine, cfg.train.spike_threshold, cfg.train.spike_window, layout.device)
-    stop = StopRequest(layout.device)
-    progress = Progress()
-    if resume_from:
-        progress.restore(checkpoint.load(engine, cfg, layout, resume_from), guard)
-        if is_logger:
-            print(f"[pretrain] resumed from {resume_from['path']} at step {progress.step}", flush=True)
-    eval_samples = cfg.logging.eval_iters * cfg.train.global_batch_size
-    cache_dir = cfg.data.cache_dir or str(run_dir / "data_cache")
-    train_data, valid_data = build_datasets(cfg, blend, samples_for(cfg) + progress.skipped_samples, eval_samples,
-                                            cache_dir)
-    log = MetricsLog(run_dir, enabled=is_logger, tensorboard=cfg.logging.tensorboard)
-    peak = device_peak_tflops(layout.device, cfg.precision, cfg.logging.peak_tflops, tf32=uses_tf32(cfg, layout))
-    flops_per_token = training_flops_per_token(cfg.model)
-    ckpt_dir = checkpoint.checkpoint_dir(cfg, run_dir)
-    if resume_from:  # last: the lines above draw random numbers (e.g. the CPU peak measurement)
-        checkpoint.restore_rng(resume_from, cfg, layout)
-
-    while progress.step < cfg.train.steps:
-        step = progress.step + 1
-        batch = batch_size(progress.tokens, cfg.train)
-        lr = learning_rate(progress.tokens + batch * seq, cfg.train)  # warmup's first step is not wasted at lr 0
-        engine.set_batch_size(batch)
-        engine.set_lr(lr)
-        data = micro_batches(train_data, progress.consumed, batch, layout.dp, layout.dp_rank,
-                             cfg.train.micro_batch_size)
-        start = time.perf_counter()
-        loss = engine.train_step(data)
-        elapsed = time.perf_counter() - start
-        progress.advance(batch, seq)
-        if step % cfg.logging.interval == 0 or step == cfg.train.steps or guard.last_bad:
-            tflops = flops_per_token * batch * seq / elapsed / layout.world / 1e12
-            log.write({
-                "step": step, "loss": loss, "lr": lr, "tokens": progress.tokens, "batch_size": batch,
-                "tokens_per_s": batch * seq / elapsed, "step_time_s": elapsed,
-                "tflops": tflops, "mfu": tflops / peak if peak else None, "grad_norm": engine.grad_norm,
-                "loss_scale": engine.loss_scale, "skipped_steps": engine.skipped_steps,
-                "bad_step": guard.last_bad, "bad_steps": guard.total,
-            })
-            if is_logger:
-                print(f"[pretrain] step {step:>6} loss {loss:.4f} lr {lr:.3e} "
-                      f"{batch * seq / elapsed:,.0f} tok/s" + (" (update skipped: bad step)" if guard.last_bad else ""),
-                      flush=True)
-        if guard.consecutive >= cfg.train.bad_step_limit:
-            skipped_before = progress.skipped_samples
-            rolled_back_to = roll_back(engine, cfg, layout, ckpt_dir, progress, guard)
-            train_data, _ = build_datasets(cfg, blend, samples_for(cfg) + progress.skipped_samples, eval_samples,
-                                           cache_dir)
-            checkpoint.restore_rng(rolled_back_to, cfg, layout)
-            if is_logger:
-                print(f"[pretrain] rolled back to step {progress.step}, skipping "
-                      f"{progress.skipped_samples - skipped_before} samples", flush=True)
-            continue
-        if (cfg.logging.eval_interval and step % cfg.logging.eval_interval == 0) or step == cfg.train.steps:
-            valid_loss = evaluate(engine, valid_data, cfg, layout)
-            log.write({"step": step, "valid_loss": valid_loss,
-                       "valid_ppl": float(torch.tensor(valid_loss).exp()), "tokens": progress.tokens}, prefix="valid")
-        stopping = stop.agreed() or (cfg.train.exit_interval and step % cfg.train.exit_interval == 0)
-        if stopping or (cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0) or step == cfg.train.steps:
-            path = checkpoint.save(engine, cfg, layout, ckpt_dir, progress.state(guard))
-            if is_logger:
-                print(f"[pretrain] saved {path}", flush=True)
-        if stopping and step < cfg.train.steps:
-            if is_logger:
-                print(f"[pretrain] stopping after step {step} as asked"
-                      f"{f' (signal {stop.signal})' if stop.signal else ''}; rerun to resume", flush=True)
-            break
-    log.close()
+    loop.train(engine, Pretraining(cfg, blend, layout, run_dir), cfg, layout, run_dir, resume_from)
 
 
 def collective_failure(err: RuntimeError) -> str | None:
