@@ -6,7 +6,6 @@ linguistic tokenizer, which is where datatrove spends most of its filter time.
 """
 from __future__ import annotations
 
-import re
 import string
 import unicodedata
 from functools import lru_cache
@@ -16,8 +15,6 @@ PUNCTUATION = "".join(
     sorted(set(string.punctuation) | {chr(i) for i in range(0x2000, 0x2070)
                                      if unicodedata.category(chr(i)).startswith("P")} | set("«»¡¿…“”‘’–—•·"))
 )
-PARAGRAPH_BREAK = re.compile(r"\n{2,}")
-LINE_BREAK = re.compile(r"\n+")
 
 
 @lru_cache(maxsize=4)  # the Gopher filters split the same text one after the other
@@ -29,8 +26,24 @@ def words(text: str) -> list[str]:
 
 
 def paragraphs(text: str) -> list[str]:
-    return PARAGRAPH_BREAK.split(text.strip())
+    """``re.split(r"\\n{2,}", text.strip())``, by `str.split` (several times faster).
+
+    Splitting at every "\\n\\n" leaves empty pieces inside longer breaks and, after an
+    odd-length break, one leading newline on the next paragraph."""
+    text = text.strip()
+    if not text:
+        return [text]
+    return [part[1:] if part[0] == "\n" else part for part in text.split("\n\n") if part]
 
 
 def lines(text: str) -> list[str]:
-    return LINE_BREAK.split(text)
+    """``re.split(r"\\n+", text)``, by `str.split`: the empty strings it gives for a leading or
+    trailing break are kept, as duplicate-line counts include them."""
+    if not text:
+        return [text]
+    found = list(filter(None, text.split("\n")))
+    if text[0] == "\n":
+        found.insert(0, "")
+    if text[-1] == "\n":
+        found.append("")
+    return found

@@ -21,7 +21,7 @@ from data_pipeline.filters.c4 import C4Filter, C4Options
 from data_pipeline.filters.gopher import (GopherQuality, GopherQualityOptions, GopherRepetition, ngram_keys,
                                           repeated_ngram_chars, top_ngram_chars, word_ids)
 from data_pipeline.filters.language import LanguageFilter, LanguageOptions
-from data_pipeline.filters.text import words
+from data_pipeline.filters.text import lines, paragraphs, words
 from data_pipeline.filters.url import UrlBlocklist, UrlOptions
 
 GERMAN = ("Die Stadt liegt am Ufer eines großen Flusses und ist seit dem Mittelalter ein wichtiger Handelsplatz. "
@@ -194,6 +194,15 @@ def test_top_ngram_characters_match_a_counter_reference(vocabulary):
             top = max(counts.values())
             longest = max(sum(map(len, gram)) + n - 1 for gram, c in counts.items() if c == top)
             assert top_ngram_chars(keys, lengths, n) == (longest * top if top > 1 else 0), (trial, n)
+
+
+def test_line_and_paragraph_splitting_match_their_regex_definitions():
+    """`lines`/`paragraphs` split with str.split for speed; the rules are defined by these regexes."""
+    rng = random.Random(3)
+    for trial in range(20_000):
+        text = "".join(rng.choice("ab \t\n\n\n") for _ in range(rng.randint(0, 14)))
+        assert lines(text) == re.split(r"\n+", text), repr(text)
+        assert paragraphs(text) == re.split(r"\n{2,}", text.strip()), repr(text)
 
 
 def test_filter_decisions_do_not_depend_on_the_hash_seed(h, tmp_path, warc_sample):
