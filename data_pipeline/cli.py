@@ -20,6 +20,7 @@ STAGE_MODULES: list[str] = [
     "data_pipeline.dedup.cli",
     "data_pipeline.decontaminate",
     "data_pipeline.summary",
+    "data_pipeline.report",
     "data_pipeline.recipe",
     "data_pipeline.tokenizer_train",
     "data_pipeline.tokenize",

@@ -181,6 +181,9 @@ def run_recipe(path: str | Path, workers: int | None = None, executor: str | Non
             raise UserError(f"step {step.name}: input does not exist: {step.input}")
         _resolve(STEPS[step.name].run)(step.input, step.output, step.config, workers=workers, executor=executor,
                                        overwrite=overwrite)
+    from data_pipeline.report import write_report  # matplotlib is imported once the steps are done
+
+    print(f"report: {write_report([step.output for step in steps], Path(recipe['output']) / 'report.html')}")
     return steps
 
 
