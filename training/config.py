@@ -6,6 +6,7 @@ wrong key or an impossible layout fails in one line before any rank starts work.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,10 @@ class LoggingConfig:
     eval_iters: int = 4  # validation batches of train.global_batch_size sequences
     tensorboard: bool = True
     peak_tflops: float = 0.0  # per device, for MFU; 0: the GPU's datasheet peak (training/metrics.py), measured on CPU
+    # Weights & Biases, next to TensorBoard (rank 0; needs the `wandb` extra): the project to log to; "": off.
+    # WANDB_MODE=offline writes the run under the run directory (or WANDB_DIR) without a network.
+    wandb_project: str = ""
+    wandb_run_name: str = ""  # "": W&B picks a name
 
 
 @dataclass
@@ -238,6 +243,8 @@ def check_values(config: Config) -> None:
         raise ConfigError("train.bad_step_limit and train.spike_window must be >= 1")
     if t.rampup_start_batch_size and (t.rampup_batch_increment < 1 or t.rampup_tokens < 1):
         raise ConfigError("train.rampup_start_batch_size needs train.rampup_batch_increment and train.rampup_tokens")
+    if config.logging.wandb_project and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("logging.wandb_project is set but wandb is not installed: pip install 'gpt-stack[wandb]'")
 
 
 def check_layout(config: Config, world_size: int) -> int:

@@ -62,7 +62,7 @@ def train(engine: ParallelEngine, recipe: Recipe, cfg: Config, layout: Layout, r
         if is_logger:
             print(f"[{recipe.name}] resumed from {resume_from['path']} at step {progress.step}", flush=True)
     recipe.start(progress)
-    log = MetricsLog(run_dir, enabled=is_logger, tensorboard=cfg.logging.tensorboard)
+    log = MetricsLog.for_run(cfg, run_dir, enabled=is_logger)
     peak = device_peak_tflops(layout.device, cfg.precision, cfg.logging.peak_tflops, tf32=uses_tf32(cfg, layout))
     flops_per_token = training_flops_per_token(cfg.model)
     ckpt_dir = checkpoint.checkpoint_dir(cfg, run_dir)

@@ -1,14 +1,15 @@
-"""Throughput accounting (FLOPs, MFU) and the metrics sinks: metrics.jsonl and TensorBoard."""
+"""Throughput accounting (FLOPs, MFU) and the metrics sinks: metrics.jsonl, TensorBoard and W&B."""
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 from pathlib import Path
 
 import torch
 
-from training.config import ModelConfig
+from training.config import Config, ModelConfig
 
 # Published dense (no 2:4 sparsity) peak TFLOP/s per GPU: (name fragments, {precision: peak}). "tf32" is
 # the fp32 peak with TF32 tensor cores on, "fp32" without. The first entry whose fragment occurs in
@@ -93,27 +94,49 @@ def device_peak_tflops(device: torch.device, precision: str, configured: float, 
     return measure_cpu_peak_tflops()
 
 
-class MetricsLog:
-    """Appends one JSON object per record to metrics.jsonl and mirrors scalars to TensorBoard."""
+def scalars(record: dict) -> dict[str, float]:
+    """The numbers of a record other than its step (None, e.g. an unknown MFU, is not a number)."""
+    return {key: value for key, value in record.items() if key != "step" and isinstance(value, (int, float))}
 
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool):
+
+class MetricsLog:
+    """Appends one JSON object per record to metrics.jsonl and mirrors scalars to TensorBoard and W&B."""
+
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, wandb_project: str = "",
+                 wandb_run_name: str = "", run_config: dict | None = None):
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
-        self.writer = None
+        self.writer = self.wandb = None
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        if enabled and wandb_project:
+            import wandb
+
+            self.wandb = wandb.init(project=wandb_project, name=wandb_run_name or None, config=run_config,
+                                    dir=os.environ.get("WANDB_DIR", str(run_dir)))
+            self.wandb.define_metric("*", step_metric="step")  # our step, not W&B's count of log calls
+
+    @classmethod
+    def for_run(cls, cfg: Config, run_dir: Path, enabled: bool) -> MetricsLog:
+        """The sinks `cfg.logging` asks for; `enabled` on the one rank that logs."""
+        return cls(run_dir, enabled, cfg.logging.tensorboard, cfg.logging.wandb_project, cfg.logging.wandb_run_name,
+                   cfg.to_dict())
 
     def write(self, record: dict, prefix: str = "train") -> None:
         if not self.enabled:
             return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        numbers = {f"{prefix}/{key}": value for key, value in scalars(record).items()}
         if self.writer is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.writer.add_scalar(f"{prefix}/{key}", value, record["step"])
+            for key, value in numbers.items():
+                self.writer.add_scalar(key, value, record["step"])
+        if self.wandb is not None:  # a rolled-back run logs a step again: W&B's own step would refuse it
+            self.wandb.log({**numbers, "step": record["step"]})
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.wandb is not None:
+            self.wandb.finish()
