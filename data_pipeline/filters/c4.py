@@ -44,17 +44,15 @@ class C4Filter(Filter):
         self.line_reasons: dict[str, int] = {}
 
     def check(self, doc: Document) -> str | None:
-        o = self.o
-        lowered = doc.text.lower()
-        if o.reject_lorem_ipsum and "lorem ipsum" in lowered:
+        o, text = self.o, doc.text
+        if o.reject_lorem_ipsum and "lorem ipsum" in text.lower():
             return "lorem_ipsum"
-        if o.reject_curly_braces and "{" in doc.text:
+        if o.reject_curly_braces and "{" in text:
             return "curly_braces"
+        if o.remove_citations:  # no citation spans a newline: one pass over the text, not one per line
+            text = CITATION.sub("", text)
         kept = []
-        for line in doc.text.split("\n"):
-            line = CITATION.sub("", line).strip() if o.remove_citations else line.strip()
-            if not line:
-                continue
+        for line in filter(None, map(str.strip, text.split("\n"))):
             reason = self._line_reason(line)
             if reason is None:
                 kept.append(line)
