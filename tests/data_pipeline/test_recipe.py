@@ -44,7 +44,8 @@ def test_recipe_chains_steps_like_running_them_by_hand(cli, h, tmp_path, warc_sa
     })
     code, _, err = cli("run", recipe)
     assert code == 0, err
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["01-extract", "02-filter", "03-classifier_score"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["01-extract", "02-filter", "03-classifier_score",
+                                                                  "report.html"]
 
     # the same stages by hand
     filter_config = tmp_path / "filters.yaml"
