@@ -35,6 +35,9 @@ step "5/8 mix: 60% Common Crawl, 40% Wikipedia (bundled shard), GPT-3 style"
 gpt-data mixture --source "cc=$OUT/tokens/cc_gpt2_text_document:0.6" \
                  --source "wiki=tests/data/tokens/wiki_gpt2_text_document:0.4" \
                  --token-budget 100000 --output "$OUT/blend.json"
+# one HTML page of plots: the funnel, removals per rule, languages, dedup clusters, tokens and epochs per source
+gpt-data report --input "$OUT/extract" "$OUT/filter" "$OUT/dedup" "$OUT/tokens/cc_gpt2_text_document" \
+                "$OUT/blend.json" --output "$OUT/report.html"
 
 step "6/8 train a tiny GPT-3 with TP $TP x PP $PP x DP $((NPROC / TP / PP)) on $NPROC CPU processes"
 python -m torch.distributed.run --nproc-per-node "$NPROC" --master-port "${MASTER_PORT:-29517}" \
@@ -63,4 +66,4 @@ PY
 step "8/8 generate from the trained checkpoint (greedy, KV cache)"
 gpt-generate --checkpoint "$OUT/run/checkpoints" --prompt "The history of the" --max-new-tokens 24 \
     --greedy --output "$OUT/generation.json"
-echo "demo finished: outputs in $OUT/"
+echo "demo finished: outputs in $OUT/; data report: $OUT/report.html"
