@@ -38,6 +38,11 @@ def build(cls: type, raw: Any, prefix: str = "") -> Any:
     return cls(**values)
 
 
+def options_from_config(cls: type, config: dict[str, Any], step: str) -> Any:
+    """A pipeline step's options as dataclass `cls`; a wrong key or value is one line naming ``step.key``."""
+    return build(cls, config, f"{step}.")
+
+
 def _value(f: dataclasses.Field, value: Any, kind: Any, key: str) -> Any:
     """A field's value; a string goes through the field's own parser (``metadata["type"]``, the
     one its flag uses, e.g. ``300B`` for a token count) when it has one."""
@@ -99,7 +104,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """One flag per field of dataclass `cls` (``batch_size`` -> ``--batch-size``; a bool is a bare
     flag, a list a repeatable one, a field without a default a required one), with the field's
     default and its metadata as `add_argument` keywords (``help``, ``choices``, ``metavar``,
-    ``type``): a command and a recipe step that share the dataclass cannot drift apart."""
+    ``type``, ``action``): a command and a recipe step that share the dataclass cannot drift apart.
+    ``metadata["flag"]`` names the flag otherwise (``main_content`` set by ``--all-text`` with
+    ``action="store_false"``)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         kind = hints[f.name]
@@ -113,7 +120,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs = {"type": kind, "required": True}
         else:
             kwargs = {"type": kind, "default": f.default}
-        parser.add_argument("--" + f.name.replace("_", "-"), **{**kwargs, **f.metadata})
+        metadata = {key: value for key, value in f.metadata.items() if key != "flag"}
+        parser.add_argument(f.metadata.get("flag", "--" + f.name.replace("_", "-")), dest=f.name,
+                            **{**kwargs, **metadata})
 
 
 def from_arguments(cls: type, args: argparse.Namespace) -> Any:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache, partial
 from pathlib import Path
 
@@ -29,9 +29,9 @@ import xxhash
 from data_pipeline.document import DOCUMENT_SCHEMA, extend_schema
 from common.errors import UserError
 from common.files import output_directory
+from common.options import add_arguments, from_arguments, options_from_config
 from data_pipeline.executor import ShardTask, add_executor_args, run_shards
 from data_pipeline.extract import INPUT_SUFFIXES, read_any
-from data_pipeline.recipe import options_from_config
 from data_pipeline.shards import ShardWriter, discover_shards, file_identity, read_schema
 from data_pipeline.stats import Stats, count_output
 
@@ -122,19 +122,19 @@ def pareto_draws(ids: list[str], alpha: float, seed: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ScoreOptions:
-    model: str = ""
-    keep: str = "pareto"  # or "all": only add the quality column
-    alpha: float = 9.0
-    seed: int = 0
-    batch_size: int = 512
+    """`gpt-data classifier score`'s flags and the ``classifier_score`` recipe step's keys."""
+
+    model: str = field(metadata={"help": "model from `gpt-data classifier train`"})
+    keep: str = field(default="pareto", metadata={
+        "choices": KEEP_RULES, "help": "pareto: GPT-3's sampling rule (default); all: only add the quality column"})
+    alpha: float = field(default=9.0, metadata={"help": "Pareto shape (default %(default)s)"})
+    seed: int = field(default=0, metadata={"help": "seed of the per-document Pareto draws (default %(default)s)"})
+    batch_size: int = field(default=512, metadata={
+        "help": "documents scored at a time; the output does not depend on it (default %(default)s)"})
 
 
 def check_score(config: dict) -> ScoreOptions:
     options = options_from_config(ScoreOptions, config, "classifier_score")
-    if not options.model:
-        raise UserError("classifier_score: 'model' (path to a trained .npz) is required")
-    if options.keep not in KEEP_RULES:
-        raise UserError(f"classifier_score: keep must be one of {', '.join(KEEP_RULES)}, got {options.keep!r}")
     if not Path(options.model).is_file():
         raise UserError(f"classifier_score: model not found: {options.model}")
     return options
@@ -215,18 +215,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train_parser.add_argument("--regularization", type=float, default=1.0, help="inverse L2 strength C")
     train_parser.set_defaults(func=_train_main)
 
-    defaults = ScoreOptions()
     score_parser = commands.add_parser(
         "score", help="add a quality column; keep documents by GPT-3's Pareto rule",
         description="Adds `quality` = P(curated). With --keep pareto (default) a document is kept iff "
                     "np.random.pareto(alpha) > 1 - quality, seeded per document id.")
     add_executor_args(score_parser)
-    score_parser.add_argument("--model", required=True, help="model from `gpt-data classifier train`")
-    score_parser.add_argument("--keep", choices=KEEP_RULES, default=defaults.keep,
-                              help="pareto: GPT-3's sampling rule (default); all: only add the quality column")
-    score_parser.add_argument("--alpha", type=float, default=defaults.alpha, help="Pareto shape (default %(default)s)")
-    score_parser.add_argument("--seed", type=int, default=defaults.seed,
-                              help="seed of the per-document Pareto draws (default %(default)s)")
+    add_arguments(score_parser, ScoreOptions)
     score_parser.set_defaults(func=_score_main)
 
 
@@ -241,6 +235,6 @@ def _train_main(args: argparse.Namespace) -> int:
 
 
 def _score_main(args: argparse.Namespace) -> int:
-    config = asdict(ScoreOptions(model=args.model, keep=args.keep, alpha=args.alpha, seed=args.seed))
+    config = asdict(from_arguments(ScoreOptions, args))
     run_score(args.input, args.output, config, workers=args.workers, executor=args.executor, overwrite=args.overwrite)
     return 0

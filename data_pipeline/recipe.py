@@ -26,7 +26,8 @@ Adding a step: add one `STEPS` entry, either
 - ``name: Step("module:run_function", "module:check_function")``: ``run(input, output,
   config, *, workers, executor, overwrite) -> Stats``, and an optional ``check(config) -> None``
   that raises `UserError` on a bad key or value; the step's options are one dataclass
-  (``options_from_config(Options, config, name)``, see `data_pipeline.classifier.ScoreOptions`); or
+  (``common.options.options_from_config(Options, config, name)``, see
+  `data_pipeline.classifier.ScoreOptions`); or
 - ``name: command_step(name, "module:Options", "module:function")``: a subcommand's function
   ``function(args)`` called directly with the options dataclass its flags are made from (see
   ``tokenize``); a subcommand with other path flags passes ``arguments="module:function"``,
@@ -48,7 +49,7 @@ from typing import Any, NamedTuple
 import yaml
 
 from common.errors import UserError
-from common.options import build
+from common.options import options_from_config
 
 
 class Step(NamedTuple):
@@ -100,11 +101,6 @@ STEPS: dict[str, Step] = {
                             "data_pipeline.mixture:recipe_arguments"),
 }
 RECIPE_KEYS = ("input", "output", "workers", "executor", "steps")
-
-
-def options_from_config(cls: type, config: dict[str, Any], step: str) -> Any:
-    """A step's options as dataclass `cls`; a wrong key or value is one line naming ``step.key``."""
-    return build(cls, config, f"{step}.")
 
 
 def _resolve(spec: str | Callable) -> Callable:

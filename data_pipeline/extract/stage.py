@@ -6,9 +6,9 @@ from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
+from common.options import add_arguments, from_arguments, options_from_config
 from data_pipeline.executor import ShardTask, add_executor_args, run_shards
 from data_pipeline.extract import INPUT_SUFFIXES, ExtractOptions, read_any
-from data_pipeline.recipe import options_from_config
 from data_pipeline.shards import ShardWriter, discover_shards
 from data_pipeline.stats import Stats, count_output
 
@@ -35,22 +35,17 @@ def run(input: str | Path, output: str | Path, config: dict | None = None, *,
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    defaults = asdict(ExtractOptions())
     parser = subparsers.add_parser(
         "extract", help="WARC/WET/JSONL -> parquet documents",
         description="Stream HTTP 200 HTML responses out of WARC files (fastwarc), decode their charset and "
                     "extract the main text (resiliparse); WET conversions and JSONL/parquet documents pass "
                     "through. Writes one zstd parquet shard per input; re-running resumes.")
     add_executor_args(parser)
-    parser.add_argument("--source", default=defaults["source"], help="value of the source column (default %(default)s)")
-    parser.add_argument("--all-text", dest="main_content", action="store_false",
-                        help="keep all visible text instead of resiliparse's main-content heuristics")
-    parser.add_argument("--max-record-bytes", type=int, default=defaults["max_record_bytes"],
-                        help="skip larger HTTP payloads as too_large (default %(default)s)")
+    add_arguments(parser, ExtractOptions)
     parser.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
-    config = {"source": args.source, "main_content": args.main_content, "max_record_bytes": args.max_record_bytes}
+    config = asdict(from_arguments(ExtractOptions, args))
     run(args.input, args.output, config, workers=args.workers, executor=args.executor, overwrite=args.overwrite)
     return 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 import mmap
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastwarc.warc import ArchiveIterator, WarcRecordType
@@ -34,12 +34,16 @@ KEPT_TYPES = (WarcRecordType.response, WarcRecordType.conversion)
 
 @dataclass(frozen=True)
 class ExtractOptions:
-    """What to keep from a crawl file."""
+    """What to keep from a crawl file; also `gpt-data extract`'s flags and the recipe step's keys."""
 
-    source: str = "common-crawl"
-    main_content: bool = True
-    max_record_bytes: int = 10 << 20  # larger payloads are skipped as too_large
-    min_text_chars: int = 1
+    source: str = field(default="common-crawl", metadata={"help": "value of the source column (default %(default)s)"})
+    main_content: bool = field(default=True, metadata={
+        "flag": "--all-text", "action": "store_false",
+        "help": "keep all visible text instead of resiliparse's main-content heuristics"})
+    max_record_bytes: int = field(default=10 << 20, metadata={
+        "help": "skip larger HTTP payloads as too_large (default %(default)s)"})
+    min_text_chars: int = field(default=1, metadata={
+        "help": "skip records whose stripped text is shorter than this, as empty_text (default %(default)s)"})
 
 
 def read_crawl_file(path: str | Path, stats: Stats, options: ExtractOptions = ExtractOptions()) -> Iterator[Document]:

@@ -8,13 +8,13 @@ of the filter's options dataclass; an unknown name is a `UserError`.
 from __future__ import annotations
 
 from common.errors import UserError
+from common.options import options_from_config
 from data_pipeline.filters.base import Filter
 from data_pipeline.filters.c4 import C4Filter, C4Options
 from data_pipeline.filters.gopher import (GopherQuality, GopherQualityOptions, GopherRepetition,
                                           GopherRepetitionOptions)
 from data_pipeline.filters.language import LanguageFilter, LanguageOptions
 from data_pipeline.filters.url import UrlBlocklist, UrlOptions
-from data_pipeline.recipe import options_from_config
 
 # name -> (filter class, its options dataclass)
 FILTERS: dict[str, tuple[type[Filter], type]] = {

@@ -4,16 +4,18 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
 
-from common.options import from_arguments
+from common.options import from_arguments, options_from_config
 from data_pipeline import indexed
 from data_pipeline.blend import load_blend
-from data_pipeline.recipe import STEPS, load_recipe, options_from_config, plan
+from data_pipeline.recipe import STEPS, load_recipe, plan
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -96,6 +98,10 @@ def test_recipe_errors_are_caught_before_any_step_runs(cli, tmp_path, warc_sampl
          "config key 'extract.max_record_bytes' must be int, got 'big'"),
         ({**base, "steps": [{"extract": {}}, {"classifier_score": {"model": str(tmp_path / "none.npz")}}]},
          "classifier_score: model not found"),
+        ({**base, "steps": [{"extract": {}}, {"classifier_score": {}}]},
+         "missing config key 'classifier_score.model'"),
+        ({**base, "steps": [{"extract": {}}, {"classifier_score": {"model": "m.npz", "keep": "best"}}]},
+         "config key 'classifier_score.keep' must be one of pareto, all, got 'best'"),
         ({**base, "steps": [{"extract": {}}, {"dedup_exact": {"fold_digitz": True}}]},
          "unknown config key 'dedup_exact.fold_digitz'"),
         ({**base, "steps": [{"extract": {}}, {"decontaminate": {}}]},
@@ -142,8 +148,10 @@ def test_step_options_are_the_subcommands_typed_options():
 def test_typed_steps_options_are_their_subcommands_flags():
     """Each typed step's dataclass makes its subcommand's flags: parsing no options gives its
     defaults, and the subcommand has no option the step lacks."""
+    from data_pipeline.classifier import ScoreOptions
     from data_pipeline.cli import build_parser
     from data_pipeline.decontaminate import DecontaminateOptions
+    from data_pipeline.extract import ExtractOptions
     from data_pipeline.dedup.cli import ExactOptions, MinhashOptions
     from data_pipeline.mixture import MixtureOptions
     from data_pipeline.tokenize import TokenizeOptions
@@ -151,8 +159,13 @@ def test_typed_steps_options_are_their_subcommands_flags():
     paths = ["--input", "in", "--output", "out"]
     cases = [(["dedup", "exact", *paths], ExactOptions()), (["dedup", "minhash", *paths], MinhashOptions()),
              (["decontaminate", *paths, "--benchmarks", "b"], DecontaminateOptions(benchmarks="b")),
-             (["tokenize", *paths], TokenizeOptions()), (["mixture"], MixtureOptions())]
-    shared = {"command", "method", "func", "input", "output", "workers", "executor", "overwrite"}
+             (["tokenize", *paths], TokenizeOptions()), (["mixture"], MixtureOptions()),
+             (["extract", *paths], ExtractOptions()),
+             (["extract", *paths, "--all-text", "--min-text-chars", "20"],
+              ExtractOptions(main_content=False, min_text_chars=20)),
+             (["classifier", "score", *paths, "--model", "m.npz"], ScoreOptions(model="m.npz"))]
+    shared = {"command", "classifier_command", "method", "func", "input", "output", "workers", "executor",
+              "overwrite"}
     for argv, expected in cases:
         args = build_parser().parse_args(argv)
         assert from_arguments(type(expected), args) == expected, argv
@@ -277,3 +290,11 @@ def test_recipe_runs_every_stage_like_running_them_by_hand(cli, h, tmp_path, war
     assert (crawl.name, crawl.weight, crawl.tokens, crawl.documents) == ("crawl", 0.7, index.tokens, len(clean))
     assert (ccnet.weight, ccnet.epochs) == (0.3, pytest.approx(0.3 * 100_000 / ccnet.tokens))
     assert recipe_blend.token_budget == 100_000
+
+
+def test_stages_do_not_import_the_recipe():
+    """Stages depend on common.options for their typed options, not on the recipe that runs them."""
+    code = ("import sys, data_pipeline.extract.stage, data_pipeline.filters, data_pipeline.classifier; "
+            "print('data_pipeline.recipe' in sys.modules)")
+    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert imported.strip() == "False"
