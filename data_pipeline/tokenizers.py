@@ -149,8 +149,9 @@ class ByteBPETokenizer(Tokenizer):
     """GPT-2 style byte-level BPE from ``DIR/vocab.json`` + ``DIR/merges.txt`` via `tokenizers`.
 
     The pipeline is GPT-2's (byte-level pre-tokenizer with GPT-2's regex, no prefix space);
-    ``<|endoftext|>`` must be in the vocabulary and is the EOD. Specials are not registered
-    as added tokens here, so document text containing them encodes as plain text.
+    ``<|endoftext|>`` must be in the vocabulary and is the EOD. Specials (the EOD and the
+    special added tokens of ``DIR/tokenizer.json``) are not matched inside text here, so
+    document text containing them encodes as plain text.
     """
 
     type = "byte-bpe"
@@ -169,6 +170,7 @@ class ByteBPETokenizer(Tokenizer):
         if EOD_TOKEN not in vocab:
             raise UserError(f"byte-bpe tokenizer {self.path} has no {EOD_TOKEN} in vocab.json")
         self.vocab, self.merges = vocab, merges
+        self.specials = [EOD_TOKEN] + [s for s in _added_specials(self.path / "tokenizer.json") if s != EOD_TOKEN]
         self._tokenizer = byte_level_bpe(vocab, merges)
         self.vocab_size = self._tokenizer.get_vocab_size()
         self.eod_id = vocab[EOD_TOKEN]
@@ -201,39 +203,50 @@ def byte_level_bpe(vocab: dict[str, int], merges: list[tuple[str, str]], special
 
 
 def save_hf_tokenizer(tokenizer: Tokenizer, directory: str | os.PathLike) -> list[Path]:
-    """Write `tokenizer` as Hugging Face GPT-2 tokenizer files in `directory` (each file atomically).
+    """Write `tokenizer` as Hugging Face GPT-2 tokenizer files in `directory` (see `write_byte_bpe`).
 
-    ``vocab.json`` + ``merges.txt`` (what `ByteBPETokenizer` and GPT2Tokenizer read),
-    ``tokenizer.json`` (the `tokenizers` library), ``tokenizer_config.json`` and
-    ``special_tokens_map.json`` (transformers' AutoTokenizer, offline). GPT-2's tiktoken ranks
-    are turned back into its vocabulary and merges; sentencepiece models are refused.
+    GPT-2's tiktoken ranks are turned back into its vocabulary and merges (needs
+    transformers for GPT-2's byte-to-unicode table); sentencepiece models are refused.
     """
     if isinstance(tokenizer, GPT2Tokenizer):
         vocab, merges = _vocab_and_merges_from_ranks(tokenizer.path)
-        vocab[EOD_TOKEN] = tokenizer.eod_id
-    elif isinstance(tokenizer, ByteBPETokenizer):
-        vocab, merges = tokenizer.vocab, tokenizer.merges
-    else:
-        raise UserError(f"Hugging Face tokenizer files are written only for byte-level BPE tokenizers "
-                        f"(gpt2, byte-bpe), not {tokenizer.name}")
+        return write_byte_bpe({**vocab, EOD_TOKEN: tokenizer.eod_id}, merges, directory)
+    if isinstance(tokenizer, ByteBPETokenizer):
+        return write_byte_bpe(tokenizer.vocab, tokenizer.merges, directory, tokenizer.specials)
+    raise UserError(f"Hugging Face tokenizer files are written only for byte-level BPE tokenizers "
+                    f"(gpt2, byte-bpe), not {tokenizer.name}")
+
+
+def write_byte_bpe(vocab: dict[str, int], merges: Sequence[tuple[str, str]], directory: str | os.PathLike,
+                   specials: Sequence[str] = (EOD_TOKEN,)) -> list[Path]:
+    """Write a byte-level BPE (`specials` already in `vocab`, the EOD first) into `directory`,
+    each file atomically: ``vocab.json`` + ``merges.txt`` (what `ByteBPETokenizer` and GPT-2's
+    tokenizers read), ``tokenizer.json`` (the `tokenizers` library), ``tokenizer_config.json``
+    and ``special_tokens_map.json`` (transformers' AutoTokenizer, offline)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    specials = {EOD_TOKEN: tokenizer.eod_id}
-    hf = byte_level_bpe(vocab, merges, list(specials))
-    by_id = sorted(vocab.items(), key=lambda item: item[1])
-    special_map = {"bos_token": EOD_TOKEN, "eos_token": EOD_TOKEN, "unk_token": EOD_TOKEN}
+    special_map: dict[str, Any] = {"bos_token": specials[0], "eos_token": specials[0], "unk_token": specials[0]}
+    if len(specials) > 1:
+        special_map["additional_special_tokens"] = list(specials[1:])
     config = {**special_map, "tokenizer_class": "GPT2Tokenizer", "add_prefix_space": False,
               "add_bos_token": False, "errors": "replace"}
     texts = {
-        "vocab.json": json.dumps(dict(by_id), ensure_ascii=False),
+        "vocab.json": json.dumps(dict(sorted(vocab.items(), key=lambda item: item[1])), ensure_ascii=False),
         "merges.txt": "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
-        "tokenizer.json": hf.to_str(pretty=True),
+        "tokenizer.json": byte_level_bpe(vocab, list(merges), specials).to_str(pretty=True),
         "tokenizer_config.json": json.dumps(config, indent=2),
         "special_tokens_map.json": json.dumps(special_map, indent=2),
     }
     for name, text in texts.items():
         write_text_atomically(directory / name, text)
     return [directory / name for name in texts]
+
+
+def _added_specials(tokenizer_json: Path) -> list[str]:
+    """The special added tokens of a ``tokenizer.json`` (none if there is no such file)."""
+    if not tokenizer_json.is_file():
+        return []
+    return [t["content"] for t in json.loads(tokenizer_json.read_text()).get("added_tokens", []) if t.get("special")]
 
 
 def _vocab_and_merges_from_ranks(path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import base64
-import gzip
 import json
 from pathlib import Path
 
@@ -11,25 +10,7 @@ import pytest
 from common.errors import UserError
 from data_pipeline.tokenizer_train import train_tokenizer
 from data_pipeline.tokenizers import EOD_TOKEN, GPT2_BPE_FILE, load_tokenizer, save_hf_tokenizer
-
-DATA = Path(__file__).resolve().parents[1] / "data"
-
-
-def real_texts(name: str) -> list[str]:
-    with gzip.open(DATA / name, "rt", encoding="utf-8") as f:
-        return [json.loads(line)["text"] for line in f]
-
-
-def warc_pages() -> list[str]:
-    """The raw HTTP payloads of the WARC sample as text: markup, scripts, odd whitespace."""
-    from warcio.archiveiterator import ArchiveIterator
-
-    with open(DATA / "cc-sample-0000.warc.gz", "rb") as f:
-        return [record.content_stream().read().decode("utf-8", errors="replace")
-                for record in ArchiveIterator(f) if record.rec_type == "response"]
-
-
-ODD_TEXTS = ["emoji 🎉, 日本語, tabs\tand\r\n\nblank lines  ", f"a literal {EOD_TOKEN} in a document", " ", "x" * 3000]
+from real_texts import DATA, ODD_TEXTS, real_texts, warc_pages
 
 
 def test_gpt2_matches_published_ids():
