@@ -228,7 +228,7 @@ def dedup_section(stages: list[StageOutput]) -> Section:
         return section
     sizes = [(stage.label, method, size, int(n)) for stage, method in runs
              for size, n in stage.stats[method].get("cluster_size_histogram", {}).items()]
-    section.image = plots.bars([f"{stage} {method} {size}" for stage, method, size, _ in sizes] or ["no clusters"],
+    section.image = plots.bars([f"{stage}: size {size}" for stage, _, size, _ in sizes] or ["no clusters"],
                                [n for *_, n in sizes] or [0], value_label="clusters", horizontal=True)
     totals = [f"{stage.label}: {stage.stats[m].get('clusters', 0):,} clusters holding "
               f"{stage.stats[m].get('documents_in_clusters', 0):,} documents, "

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 from scipy.stats import lomax
+from test_recipe import DATA, crawl_and_curated_copies, write_recipe
 
 from data_pipeline import indexed
 from data_pipeline.cli import main
-from test_recipe import DATA, crawl_and_curated_copies, write_recipe
 
 SECTIONS = ("funnel", "removals", "languages", "quality", "dedup", "mixture")
 ALPHA = 3.0  # a gentler Pareto rule than GPT-3's 9, so the sample keeps documents of every score
