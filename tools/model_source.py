@@ -39,7 +39,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=default_device(),
                         help="where the model runs: cpu, cuda or cuda:N (default: %(default)s, the GPU when there is one)")
     parser.add_argument("--tokenizer", default="gpt2",
-                        help="tokenizer spec: gpt2, gpt2:PATH.tiktoken or sentencepiece:PATH (default %(default)s)")
+                        help="tokenizer spec: gpt2, gpt2:PATH.tiktoken, sentencepiece:PATH or byte-bpe:DIR "
+                             "(default %(default)s)")
 
 
 def save_trunk(model: GPT, directory: Path) -> Path:
