@@ -101,11 +101,12 @@ def pipeline(tmp_path_factory, warc_sample, wiki_sample):
                      "--output", str(model), "--holdout", "0.3"]) == 0
         assert main(["run", str(recipe)]) == 0
     run = tmp / "run"
-    return run, stdout.getvalue(), ReportPage((run / "report.html").read_text())
+    return run, stdout.getvalue(), (run / "report.html").read_text()
 
 
 def test_run_writes_a_report_with_every_plot_and_no_network_reference(pipeline):
-    run, stdout, page = pipeline
+    run, stdout, html = pipeline
+    page = ReportPage(html)
     assert f"report: {run / 'report.html'}" in stdout.splitlines()
     assert sorted(page.sections) == sorted(SECTIONS)
     for key in SECTIONS:
@@ -114,10 +115,12 @@ def test_run_writes_a_report_with_every_plot_and_no_network_reference(pipeline):
         png = base64.b64decode(section["images"][0].removeprefix("data:image/png;base64,"))
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000, key
     assert page.links and not [link for link in page.links if link.startswith(("http:", "https:", "//"))]
+    assert "url(" not in html and "@import" not in html and "<script" not in html  # nor in the CSS
 
 
 def test_funnel_and_removals_are_the_stages_counts(pipeline, h):
-    run, _, page = pipeline
+    run, _, html = pipeline
+    page = ReportPage(html)
     stages = ["01-extract", "02-filter", "03-dedup_exact", "04-dedup_minhash", "05-classifier_score",
               "06-decontaminate"]
     funnel = {row[0]: row for row in page.rows("funnel")}
@@ -140,7 +143,8 @@ def test_funnel_and_removals_are_the_stages_counts(pipeline, h):
 
 
 def test_languages_quality_dedup_and_mixture_tables(pipeline, h):
-    run, _, page = pipeline
+    run, _, html = pipeline
+    page = ReportPage(html)
     filtered = run / "02-filter"
     kept = Counter(r["language"] for r in h.read_rows(filtered))
     removed = Counter(r["language"] for r in h.read_rows(filtered / "removed"))
@@ -174,8 +178,12 @@ def test_languages_quality_dedup_and_mixture_tables(pipeline, h):
         pytest.approx([s["epochs"] for s in blend["sources"]], rel=1e-3)
 
 
-def test_report_on_some_stages_says_which_sections_are_absent(pipeline, cli, tmp_path):
-    run, _, _ = pipeline
+def test_report_on_a_run_directory_or_some_stages(pipeline, cli, tmp_path):
+    """A `gpt-data run` output directory stands for its steps; sections of stages not given say so."""
+    run, _, html = pipeline
+    code, _, err = cli("report", "--input", run, "--output", tmp_path / "all.html")
+    assert code == 0, err
+    assert ReportPage((tmp_path / "all.html").read_text()).sections == ReportPage(html).sections
     output = tmp_path / "nested" / "report.html"
     code, out, err = cli("report", "--input", run / "01-extract", run / "02-filter", "--output", output)
     assert code == 0 and out.strip() == f"wrote {output}", err
