@@ -64,7 +64,8 @@ class GopherQuality(Filter):
         if sum(map(str.endswith, text_lines, repeat(ELLIPSES))) / len(text_lines) > o.max_ellipsis_lines_ratio:
             return "ellipsis_lines_ratio"
         # str.isalpha settles most words at C speed; the regex only sees the rest ("3D", "don't")
-        with_letter = sum(map(str.isalpha, ws)) + sum(1 for w in filterfalse(str.isalpha, ws) if HAS_LETTER.search(w))
+        not_alpha = list(filterfalse(str.isalpha, ws))
+        with_letter = n - len(not_alpha) + sum(map(bool, map(HAS_LETTER.search, not_alpha)))
         if with_letter / n < o.min_alpha_words_ratio:
             return "alpha_words_ratio"
         # only whether min_stop_words are present matters: stop looking once they are
