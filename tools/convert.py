@@ -1,6 +1,6 @@
 """gpt-convert: our checkpoints <-> Hugging Face GPT-2 and GPT-1, resharding, consolidation, inspection.
 
-    gpt-convert to-hf --input CKPT_DIR --output HF_DIR
+    gpt-convert to-hf --input CKPT_DIR --output HF_DIR [--tokenizer SPEC] [--run-dir DIR] [--eval-results JSON]
     gpt-convert from-hf --input HF_DIR --output CKPT_DIR --tp N --pp N
     gpt-convert reshard --input CKPT_DIR --output CKPT_DIR --tp N --pp N
     gpt-convert consolidate --input CKPT_DIR --output CKPT_DIR
@@ -24,6 +24,9 @@ from pathlib import Path
 import torch
 
 from common.errors import UserError
+from common.files import write_text_atomically
+from data_pipeline.tokenizers import Tokenizer, load_tokenizer, save_hf_tokenizer
+from tools.model_card import RunRecord, model_card, read_eval_results
 from training.checkpoint_files import ShardReader, refuse_existing, verified_manifest, write_weights
 from training.config import Config, ModelConfig
 
@@ -111,24 +114,42 @@ def check_convertible(model: ModelConfig) -> None:
         raise UserError(f"model.ffn_multiplier={model.ffn_multiplier}: Hugging Face GPT-1's MLP is 4 x d_model wide")
 
 
-def hf_config(model: ModelConfig):
-    """transformers' config for our model; both GELUs are the tanh approximation (OpenAIGPT's "gelu" is)."""
+def hf_config(model: ModelConfig, eod_id: int | None):
+    """transformers' config for our model; both GELUs are the tanh approximation (OpenAIGPT's "gelu" is).
+    Generation (transformers' pipeline) stops at the tokenizer's end-of-document id when there is one."""
     from transformers import GPT2Config, OpenAIGPTConfig
 
     shared = dict(vocab_size=model.vocab_size, n_positions=model.seq_length, n_embd=model.d_model,
                   n_layer=model.n_layers, n_head=model.n_heads, resid_pdrop=model.dropout, embd_pdrop=model.dropout,
                   attn_pdrop=model.dropout, layer_norm_epsilon=1e-5, tie_word_embeddings=True)
+    if eod_id is not None:
+        shared.update(bos_token_id=eod_id, eos_token_id=eod_id)
     if family_of(model) is GPT1:
         return OpenAIGPTConfig(afn="gelu", **shared)
     return GPT2Config(n_inner=model.ffn_multiplier * model.d_model, activation_function="gelu_new", **shared)
 
 
-def to_hf(input_dir: str, output_dir: str) -> Path:
-    """GPT-2 (GPT-1 for model.arch=gpt1) over the tokenizer's vocabulary: our padded rows are no tokens (masked
-    out of our softmax)."""
+def export_tokenizer(spec: str | None, record: RunRecord, model: ModelConfig) -> Tokenizer | None:
+    """`spec` (`none`: no tokenizer), else the tokenizer of the run's blend, else none."""
+    if spec == "none" or (spec is None and record.blend is None):
+        return None
+    tokenizer = load_tokenizer(spec) if spec else record.blend.load_tokenizer()
+    if tokenizer.vocab_size > model.vocab_size:
+        raise UserError(f"to-hf: the tokenizer {tokenizer.name} has {tokenizer.vocab_size} tokens, the model "
+                        f"{model.vocab_size}")
+    return tokenizer
+
+
+def to_hf(input_dir: str, output_dir: str, tokenizer: str | None = None, run_dir: str | None = None,
+          eval_results: str | None = None) -> Path:
+    """GPT-2 (GPT-1 for model.arch=gpt1) over the tokenizer's vocabulary (our padded rows are no tokens: masked
+    out of our softmax), the tokenizer's files (spec `tokenizer`, default the run's) and a model card."""
     manifest = verified_manifest(input_dir)
     model_cfg = ModelConfig(**manifest["config"]["model"])
     check_convertible(model_cfg)
+    record = RunRecord.of(manifest, run_dir)
+    results = read_eval_results(eval_results) if eval_results else None
+    vocabulary = export_tokenizer(tokenizer, record, model_cfg)
     family = family_of(model_cfg)
     ours = ShardReader(manifest).state_dict()
     state = {}
@@ -137,12 +158,16 @@ def to_hf(input_dir: str, output_dir: str) -> Path:
         state[hf_name] = (qkv_to_hf(tensor, model_cfg.n_heads) if how == "qkv"
                           else tensor.t().contiguous() if how == "t" else tensor)
     state[family.token_embedding] = state[family.token_embedding][:model_cfg.vocab_size].clone()
-    model = family.load_class()(hf_config(model_cfg))
+    model = family.load_class()(hf_config(model_cfg, vocabulary.eod_id if vocabulary else None))
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if m != "lm_head.weight" and not m.endswith(HF_EXCLUDED)]
     if missing or unexpected:
         raise UserError(f"to-hf: mapping incomplete (missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.save_pretrained(output_dir, safe_serialization=True)
+    if vocabulary:
+        save_hf_tokenizer(vocabulary, output_dir)
+    card = model_card(record, family.model_class, model.num_parameters(), vocabulary, results)
+    write_text_atomically(Path(output_dir) / "README.md", card)
     return Path(output_dir)
 
 
@@ -310,6 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("to-hf", help="our checkpoint -> Hugging Face GPT-2 (GPT-1 for model.arch=gpt1) directory")
     p.add_argument("--input", required=True, help="checkpoint directory (or the one holding `latest`)")
     p.add_argument("--output", required=True, help="Hugging Face model directory to write")
+    p.add_argument("--tokenizer", help="tokenizer whose files to write (gpt2, gpt2:PATH.tiktoken, byte-bpe:DIR; none: "
+                                       "no tokenizer files); default: the run's blend's tokenizer, none if unknown")
+    p.add_argument("--run-dir", help="the training run's directory, for the model card's validation loss (default: "
+                                     "the one holding the checkpoint's checkpoints/ directory, if any)")
+    p.add_argument("--eval-results", metavar="JSON", help="a gpt-eval --output file: the model card's evaluation table")
     p = sub.add_parser("from-hf", help="Hugging Face GPT-2 or GPT-1 directory -> our checkpoint at a TP x PP layout")
     p.add_argument("--input", required=True, help=HF_FORMATS)
     p.add_argument("--output", required=True, help="checkpoint directory to write")
@@ -337,7 +367,9 @@ def main(argv=None) -> int:
         if args.command in ("from-hf", "reshard", "consolidate"):
             refuse_existing(Path(args.output))  # before the work, not after it
         if args.command == "to-hf":
-            print(f"wrote {to_hf(args.input, args.output)}")
+            output = to_hf(args.input, args.output, args.tokenizer, args.run_dir, args.eval_results)
+            print(f"wrote {output}" + ("" if (output / "tokenizer.json").is_file() else
+                                       " without tokenizer files (the checkpoint's run names none: --tokenizer SPEC)"))
         elif args.command == "from-hf":
             print(f"wrote {from_hf(args.input, args.output, args.tp, args.pp, args.vocab_multiple)}")
         elif args.command == "reshard":
