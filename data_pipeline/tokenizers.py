@@ -165,14 +165,16 @@ class ByteBPETokenizer(Tokenizer):
             raise UserError(f"byte-bpe tokenizer directory {self.path} lacks {' and '.join(missing)}")
         try:
             vocab, merges = BPE.read_file(*(str(self.path / name) for name in BYTE_BPE_FILES))
+            self._tokenizer = byte_level_bpe(vocab, merges)
         except Exception as err:  # tokenizers raises plain Exception for malformed files
             raise UserError(f"not a byte-level BPE vocab.json/merges.txt pair: {self.path}: {err}") from None
         if EOD_TOKEN not in vocab:
             raise UserError(f"byte-bpe tokenizer {self.path} has no {EOD_TOKEN} in vocab.json")
+        if sorted(vocab.values()) != list(range(len(vocab))):
+            raise UserError(f"the ids of {self.path / 'vocab.json'} are not 0..{len(vocab) - 1}, each once")
         self.vocab, self.merges = vocab, merges
         self.specials = [EOD_TOKEN] + [s for s in _added_specials(self.path / "tokenizer.json") if s != EOD_TOKEN]
-        self._tokenizer = byte_level_bpe(vocab, merges)
-        self.vocab_size = self._tokenizer.get_vocab_size()
+        self.vocab_size = len(vocab)
         self.eod_id = vocab[EOD_TOKEN]
         self.name = f"byte-bpe:{self.path.name}"
 
@@ -256,7 +258,10 @@ def _vocab_and_merges_from_ranks(path: Path) -> tuple[dict[str, int], list[tuple
     rank r is the pair BPE reaches on its bytes using only merges of rank below r.
     """
     from tiktoken.load import load_tiktoken_bpe
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    try:
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
+    except ImportError:
+        raise UserError("GPT-2's Hugging Face tokenizer files need transformers: pip install 'gpt-stack[hf]'") from None
 
     ranks = load_tiktoken_bpe(str(path))
     to_unicode = bytes_to_unicode()

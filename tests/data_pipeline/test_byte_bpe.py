@@ -112,3 +112,15 @@ def test_cli_refusals(trained, docs, cli, tmp_path):
     with pytest.raises(UserError, match="support only .* merges"):
         train_byte_bpe(docs, tmp_path / "c", vocab_size=100_000)
     assert not (tmp_path / "c").exists() and not list(tmp_path.glob("c.tmp-*"))
+
+
+@pytest.mark.parametrize("vocab, merges, message", [
+    ({"a": 0, "b": 1, "ab": 2}, "a b\n", "has no <|endoftext|>"),
+    ({"a": 0, "b": 2, EOD_TOKEN: 3}, "", "not 0..2"),
+    ({"a": 0, "b": 1, EOD_TOKEN: 2}, "a c\n", "not a byte-level BPE vocab.json/merges.txt pair"),
+])
+def test_broken_byte_bpe_directories_are_user_errors(tmp_path, vocab, merges, message):
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n" + merges)
+    with pytest.raises(UserError, match=message):
+        load_tokenizer(f"byte-bpe:{tmp_path}")
