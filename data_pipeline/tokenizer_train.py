@@ -150,7 +150,8 @@ def train_byte_bpe(input_path: str | Path, output: str | Path, *, vocab_size: in
                    specials: list[str] | None = None) -> ByteBPETokenizer:
     """Train GPT-2 style byte-level BPE on a document sample into the new directory `output`
     (published whole by one rename) and return the loaded tokenizer."""
-    from tokenizers import Tokenizer as HFTokenizer, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import pre_tokenizers
     from tokenizers.models import BPE
     from tokenizers.trainers import BpeTrainer
 

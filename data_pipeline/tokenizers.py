@@ -17,6 +17,7 @@ tokenize stage decides where documents end.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from abc import ABC, abstractmethod
@@ -166,7 +167,7 @@ class ByteBPETokenizer(Tokenizer):
         try:
             vocab, merges = BPE.read_file(*(str(self.path / name) for name in BYTE_BPE_FILES))
             self._tokenizer = byte_level_bpe(vocab, merges)
-        except Exception as err:  # tokenizers raises plain Exception for malformed files
+        except Exception as err:  # noqa: BLE001 - tokenizers raises plain Exception for malformed files
             raise UserError(f"not a byte-level BPE vocab.json/merges.txt pair: {self.path}: {err}") from None
         if EOD_TOKEN not in vocab:
             raise UserError(f"byte-bpe tokenizer {self.path} has no {EOD_TOKEN} in vocab.json")
@@ -193,7 +194,8 @@ class ByteBPETokenizer(Tokenizer):
 def byte_level_bpe(vocab: dict[str, int], merges: list[tuple[str, str]], specials: Sequence[str] = ()):
     """A `tokenizers.Tokenizer` with GPT-2's byte-level pipeline over `vocab` and `merges`;
     `specials` (already in `vocab`) become added tokens, as in Hugging Face's GPT-2 files."""
-    from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, pre_tokenizers, processors
+    from tokenizers import AddedToken, decoders, pre_tokenizers, processors
+    from tokenizers import Tokenizer as HFTokenizer
     from tokenizers.models import BPE
 
     tokenizer = HFTokenizer(BPE(vocab, merges))
@@ -284,7 +286,7 @@ def _bpe(token: bytes, ranks: dict[bytes, int], below: int) -> list[bytes]:
     """`token` split by byte-level BPE using only the merges of rank < `below`."""
     parts = [bytes([b]) for b in token]
     while len(parts) > 1:
-        rank, index = min((ranks.get(a + b, below), i) for i, (a, b) in enumerate(zip(parts, parts[1:])))
+        rank, index = min((ranks.get(a + b, below), i) for i, (a, b) in enumerate(itertools.pairwise(parts)))
         if rank >= below:
             break
         parts[index:index + 2] = [parts[index] + parts[index + 1]]

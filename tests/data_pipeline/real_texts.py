@@ -8,7 +8,8 @@ from pathlib import Path
 from data_pipeline.tokenizers import EOD_TOKEN
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-ODD_TEXTS = ["emoji 🎉, 日本語, tabs\tand\r\n\nblank lines  ", f"a literal {EOD_TOKEN} in a document", " ", "x" * 3000]
+ODD_TEXTS = ["emoji 🎉, 日本語, tabs\tand\r\n\nblank lines  ", f"a literal {EOD_TOKEN} in a document", " ",
+             "x" * 3000]
 
 
 def real_texts(name: str) -> list[str]:

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from real_texts import DATA, ODD_TEXTS, real_texts, warc_pages
 
 from common.errors import UserError
 from data_pipeline.cli import main as gpt_data
 from data_pipeline.tokenize import tokenize
 from data_pipeline.tokenizer_train import train_byte_bpe
 from data_pipeline.tokenizers import EOD_TOKEN, load_tokenizer, save_hf_tokenizer
-from real_texts import DATA, ODD_TEXTS, real_texts, warc_pages
 
 VOCAB = 1000
 
@@ -50,7 +50,8 @@ def test_layout_is_bytes_then_merges_then_specials(trained):
 
 
 def test_round_trip_is_lossless_and_matches_the_tokenizers_library(trained):
-    from tokenizers import ByteLevelBPETokenizer, Tokenizer as HFTokenizer
+    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers import Tokenizer as HFTokenizer
     from transformers import AutoTokenizer
 
     tok = load_tokenizer(f"byte-bpe:{trained}")

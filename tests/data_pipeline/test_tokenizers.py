@@ -1,4 +1,5 @@
-"""The tokenizer interface: GPT-2 BPE from the bundled file, its Hugging Face files, sentencepiece training, spec loading."""
+"""The tokenizer interface: GPT-2 BPE from the bundled file and its Hugging Face files, sentencepiece
+training, spec loading."""
 from __future__ import annotations
 
 import base64
@@ -6,11 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+from real_texts import DATA, ODD_TEXTS, real_texts, warc_pages
 
 from common.errors import UserError
 from data_pipeline.tokenizer_train import train_tokenizer
 from data_pipeline.tokenizers import EOD_TOKEN, GPT2_BPE_FILE, load_tokenizer, save_hf_tokenizer
-from real_texts import DATA, ODD_TEXTS, real_texts, warc_pages
 
 
 def test_gpt2_matches_published_ids():
