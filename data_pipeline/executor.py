@@ -14,8 +14,8 @@ executor=args.executor, stage="filter")``. `process` must be a module-level func
 
 What `run_shards` does:
 
-1. Names every input (`shards.shard_name`) and sorts the list; rank r of w takes
-   every w-th shard starting at r. The rank comes from `detect_rank`: a Slurm array
+1. Names every input (`shards.shard_name`) and sorts the list (a path manifest's inputs
+   keep its order); rank r of w takes every w-th shard starting at r. The rank comes from `detect_rank`: a Slurm array
    task (``SLURM_ARRAY_TASK_ID``/``_COUNT``), a Slurm step task (``SLURM_PROCID``/
    ``SLURM_NTASKS``), an MPI rank (mpi4py, when started by ``mpiexec``) or a lone
    local run.
@@ -23,7 +23,8 @@ What `run_shards` does:
    output directory is refused in one line, while MPI ranks and Slurm array tasks, which
    take disjoint shards, run side by side.
 3. Skips shards whose completion marker records what this run would make them from
-   (`made_from`: the input's size and mtime, the stage's `options`, the `code_version`);
+   (`made_from`: the input's size and mtime, or a remote input's URL, size and ETag; the
+   stage's `options`; the `code_version`);
    a shard without a marker, or whose marker is `incomplete` (its input ended early), is
    (re)done (resume after a kill, or the full file after a cut one). A marker that records
    anything else is refused in one line, or with ``overwrite`` redone: finished work is
@@ -31,7 +32,9 @@ What `run_shards` does:
 4. Runs the rest on ``--workers`` spawned processes (in-process when 1), with a
    progress bar. Per shard it records ``seconds`` and ``max_rss_mb`` in the shard's
    stats, then writes the marker (with the stats) after `process` returned, i.e. after
-   its outputs were renamed into place.
+   its outputs were renamed into place. A shard with a remote input or output that fails
+   transiently (`remote.transient`) is restarted from scratch after a backoff: its outputs
+   are published only at the end, so a restart cannot duplicate rows.
 5. Merges the current markers of the input list into ``output_dir/stats.json`` (under
    a file lock, so ranks finishing together cannot lose each other's shards), prints a
    summary, and raises `UserError` naming the failed shards if any failed (the other
@@ -51,6 +54,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -59,7 +63,8 @@ import xxhash
 from tqdm import tqdm
 
 from common.errors import UserError
-from common.files import output_directory, write_json
+from data_pipeline.remote import (ManifestInputs, is_url, location, lock_directory, retrying, transient,
+                                  write_json_at)
 from data_pipeline.shards import code_version, file_identity, mark_done, read_marker, shard_name, unmark
 from data_pipeline.stats import Stats, peak_rss_mb
 
@@ -132,10 +137,14 @@ def detect_rank(executor: str = "auto") -> Rank:
 
 def make_tasks(inputs: Sequence[Path], output_dir: str | os.PathLike,
                input_root: str | os.PathLike | None = None) -> list[ShardTask]:
-    """Tasks for `inputs` in sorted order; two inputs mapping to one name is an error."""
-    paths = sorted(Path(p) for p in inputs)
-    root = Path(input_root) if input_root is not None and Path(input_root).is_dir() else None
-    tasks = [ShardTask(i, p, shard_name(p, root), Path(output_dir)) for i, p in enumerate(paths)]
+    """Tasks for `inputs` in sorted order (a manifest's in its order); two inputs mapping to
+    one name is an error."""
+    paths = [location(p) for p in inputs]
+    if not isinstance(inputs, ManifestInputs):
+        paths.sort(key=lambda p: str(p).split("/"))  # the order of pathlib's comparison
+    root = location(input_root) if input_root is not None else None
+    root = root if root is not None and (is_url(root) or root.is_dir()) else None
+    tasks = [ShardTask(i, p, shard_name(p, root), location(output_dir)) for i, p in enumerate(paths)]
     seen: dict[str, Path] = {}
     for task in tasks:
         if task.name in seen:
@@ -158,8 +167,16 @@ def inputs_digest(tasks: Sequence[ShardTask]) -> str:
 
 def made_from(task: ShardTask, options: dict, depends: str | None = None) -> dict:
     """What a shard's outputs are made from, as its marker records it: its input file,
-    the `inputs_digest` of what else it reads (`depends`), the stage's options, the code."""
-    return {"input": file_identity(task.path), "depends": depends, "options": options, "code": code_version()}
+    the `inputs_digest` of what else it reads (`depends`), the stage's options, the code.
+    A remote input's identity is left out (None): a network call, made where it is needed
+    (`with_remote_identity`)."""
+    identity = None if is_url(task.path) else file_identity(task.path)
+    return {"input": identity, "depends": depends, "options": options, "code": code_version()}
+
+
+def with_remote_identity(record: dict, task: ShardTask) -> dict:
+    """`record` with the identity (URL, size, ETag) of `task`'s remote input looked up."""
+    return {**record, "input": file_identity(task.path)} if is_url(task.path) else record
 
 
 def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -200,6 +217,13 @@ def unfinished(tasks: Sequence[ShardTask], options: dict, *, depends: str | None
     for task in tasks:
         record = made_from(task, options, depends)
         marker = read_marker(task.output_dir, task.name)
+        if marker is not None and not incomplete(marker) and is_url(task.path):
+            try:
+                record = with_remote_identity(record, task)
+            except Exception as err:
+                if not transient(err):
+                    raise
+                marker = None  # unreachable now: redo it; its run retries and reports the failure
         why = None if marker is None else changes(marker, record)
         if marker is None or incomplete(marker) or (why and overwrite):
             todo.append((task, record))
@@ -231,8 +255,9 @@ def claim(output_dir: Path, names: Sequence[str], rank: Rank) -> Iterator[None]:
     One fcntl byte-range lock per name, at an offset from its hash, in ``output_dir/.shards.lock``:
     MPI ranks and Slurm array tasks lock disjoint shards and run side by side, a local run
     and an array task over the same shards do not, and a killed run's locks die with it.
-    Locks belong to the process, so the lock file is opened nowhere else."""
-    fd = os.open(output_directory(output_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    Locks belong to the process, so the lock file is opened nowhere else. A remote output's
+    lock file is local (`remote.lock_directory`): it guards against runs on this machine only."""
+    fd = os.open(lock_directory(output_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         agree(rank, _lock_all(fd, names, output_dir))
         yield
@@ -282,7 +307,7 @@ def run_shards(process: ProcessFn, inputs: Sequence[Path], output_dir: str | os.
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
     use_returning_memory_pool()
-    output_dir = Path(output_dir)
+    output_dir = location(output_dir)
     options = normalised(options)
     tasks = make_tasks(inputs, output_dir, input_root)
     rank = detect_rank(executor)
@@ -296,7 +321,7 @@ def run_shards(process: ProcessFn, inputs: Sequence[Path], output_dir: str | os.
             from mpi4py import MPI
 
             MPI.COMM_WORLD.Barrier()
-    merged = write_stage_stats(output_dir, tasks, stage, options, depends)
+    merged = write_stage_stats(output_dir, tasks, stage, options, depends, failures)
     if summary and not quiet and (rank.rank == 0 or rank.kind != "mpi"):
         print(format_summary(stage, merged, len(mine) - len(todo), len(todo)), file=sys.stderr)
     cut = []
@@ -333,7 +358,7 @@ def _run_tasks(process: ProcessFn, todo: list[tuple[ShardTask, dict]], workers: 
 
     if workers == 1 or len(todo) <= 1:
         for task, record in todo:
-            finished(*run_one(process, task, record, LiveStats(read)), counted_live=True)
+            finished(*run_one(process, task, record, partial(LiveStats, read)), counted_live=True)
     else:
         with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=get_context("spawn")) as pool:
             futures = [pool.submit(run_one, process, task, record) for task, record in todo]
@@ -358,17 +383,27 @@ class LiveStats(Stats):
 
 
 def run_one(process: ProcessFn, task: ShardTask, record: dict,
-            stats: Stats | None = None) -> tuple[str, str | None, dict]:
+            new_stats: Callable[[], Stats] = Stats) -> tuple[str, str | None, dict]:
     """Run one shard and mark it done, made from `record`; a failure is returned as a
-    message, not raised."""
-    stats = stats if stats is not None else Stats()
+    message, not raised. A transient failure (a remote input or output) restarts the shard
+    with fresh stats (`remote.retrying`)."""
     unmark(task.output_dir, task.name)  # a redo killed halfway must not look finished
     start = time.perf_counter()
-    try:
+
+    def attempt() -> tuple[dict, Stats]:
+        stats = new_stats()
+        made = with_remote_identity(record, task)  # what this attempt reads
         process(task, stats)
+        return made, stats
+
+    try:
+        record, stats = retrying(attempt, f"shard {task.name}")
     except UserError as err:
         return task.name, str(err), {}
-    except Exception as err:  # a bug, not bad input: show where, keep going with other shards
+    except Exception as err:
+        if transient(err):  # still failing after the retries: the next run retries it
+            return task.name, f"{type(err).__name__}: {err}", {}
+        # a bug, not bad input: show where, keep going with other shards
         traceback.print_exc()
         return task.name, f"{type(err).__name__}: {err}", {}
     stats.add("seconds", n=round(time.perf_counter() - start, 4))
@@ -391,20 +426,41 @@ def incomplete(marker: dict) -> bool:
 
 
 def write_stage_stats(output_dir: Path, tasks: Sequence[ShardTask], stage: str, options: dict,
-                      depends: str | None) -> Stats:
+                      depends: str | None, failures: Sequence[tuple[str, str]] = ()) -> Stats:
     """Merge the current markers of `tasks` into ``stats.json`` (file-locked against other
-    ranks); a marker of other inputs, options or code does not count as done."""
-    with open(output_dir / ".stats.lock", "w") as lock:
+    ranks); a marker of other inputs, options or code does not count as done. A remote
+    input is not looked up again (one request per shard of every rank): the rank that
+    ran or skipped its shard checked it. ``failed`` maps the shards that failed (in this
+    run, or earlier and not done since) to their errors."""
+    with open(lock_directory(output_dir) / ".stats.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         markers = [m for t in tasks if (m := read_marker(output_dir, t.name)) is not None
-                   and (incomplete(m) or changes(m, made_from(t, options, depends)) is None)]
+                   and (incomplete(m) or changes(m, _expected(m, t, options, depends)) is None)]
         merged = Stats()
         for marker in markers:
             merged.merge(marker.get("stats", {}))
-        merged.data.update(stage=stage, shards_total=len(tasks),
-                           shards_done=sum(not incomplete(m) for m in markers))
-        write_json(output_dir / "stats.json", merged.to_dict())
+        done = {m.get("shard") for m in markers if not incomplete(m)}
+        failed = {name: error for name, error in _read_stats(output_dir).get("failed", {}).items() if name not in done}
+        failed.update(failures)
+        merged.data.update(stage=stage, shards_total=len(tasks), shards_done=len(done))
+        if failed:
+            merged.data.update(shards_failed=len(failed), failed=dict(sorted(failed.items())))
+        write_json_at(output_dir / "stats.json", merged.to_dict())
     return merged
+
+
+def _read_stats(output_dir: Path) -> dict:
+    try:
+        return json.loads((output_dir / "stats.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _expected(marker: dict, task: ShardTask, options: dict, depends: str | None) -> dict:
+    record = made_from(task, options, depends)
+    if is_url(task.path):
+        record["input"] = (marker.get("made_from") or {}).get("input")
+    return record
 
 
 def format_summary(stage: str, stats: Stats, resumed: int, ran: int) -> str:

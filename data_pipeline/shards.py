@@ -3,9 +3,11 @@ and mark finished shards so that an interrupted run resumes without loss or dupl
 
 API (everything a stage needs besides `executor.run_shards`):
 
-- `discover_shards(path, suffixes)` -> sorted list of input files. `path` is a file or a
-  directory searched recursively; hidden (``.``), ``_``-prefixed and ``removed/``
-  directories are skipped, so a stage's output directory is a valid next input.
+- `discover_shards(path, suffixes, manifest)` -> sorted list of input files. `path` is a file
+  or a directory searched recursively; hidden (``.``), ``_``-prefixed and ``removed/``
+  directories are skipped, so a stage's output directory is a valid next input. It may be a
+  URL (``https://`` file, ``s3://`` file or prefix; see `remote`) or a path manifest
+  (``*.paths.gz``), whose files come in the manifest's order.
 - `shard_name(path, root)` -> a stable, unique name for an input (its path relative to
   the input root without the data suffix, ``/`` replaced by ``__``). Outputs are named
   after it, so a re-run rewrites the same files.
@@ -24,6 +26,8 @@ API (everything a stage needs besides `executor.run_shards`):
   shard without a marker is simply redone (overwriting its outputs atomically). It
   records what the shard was made from (`executor.made_from`): `file_identity` of its
   input, the stage's options and `code_version`.
+Every path here may also be a URL (`remote.location`): inputs are streamed, outputs and
+markers written to the object store, which publishes an object only when it is complete.
 Creating an ``--output`` directory (`output_directory`) and atomic JSON writes (`write_json`)
 are in `common.files`.
 """
@@ -31,10 +35,12 @@ from __future__ import annotations
 
 import functools
 import gzip
+import io
 import json
 import os
 import zlib
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +50,9 @@ import xxhash
 
 from data_pipeline.document import DOCUMENT_SCHEMA, Document, documents_to_table
 from common.errors import UserError
-from common.files import AtomicOutput, write_json
+from common.files import AtomicOutput
+from data_pipeline.remote import (ManifestSelection, identity, is_manifest, is_url, location, open_input,
+                                  open_upload, read_manifest, write_json_at)
 from data_pipeline.stats import Stats
 
 PARQUET_SUFFIXES = (".parquet",)
@@ -57,10 +65,16 @@ DONE_DIR = ".done"
 COMPRESSION = "zstd"
 
 
-def discover_shards(path: str | os.PathLike, suffixes: Iterable[str] = DOCUMENT_SUFFIXES) -> list[Path]:
-    """Sorted input files under `path` (a file or a directory) whose names end in `suffixes`."""
-    root = Path(path)
+def discover_shards(path: str | os.PathLike, suffixes: Iterable[str] = DOCUMENT_SUFFIXES,
+                    manifest: ManifestSelection = ManifestSelection()) -> list[Path]:
+    """Sorted input files under `path` (a file or a directory) whose names end in `suffixes`,
+    or the files a path manifest lists (chosen by `manifest`), in its order."""
     suffixes = tuple(suffixes)
+    if is_manifest(path):
+        return read_manifest(path, manifest)
+    if is_url(path):
+        return _discover_remote(location(path), suffixes)
+    root = Path(path)
     if not root.exists():
         raise UserError(f"input path does not exist: {root}")
     if root.is_file():
@@ -74,14 +88,31 @@ def discover_shards(path: str | os.PathLike, suffixes: Iterable[str] = DOCUMENT_
     return sorted(found)
 
 
+def _discover_remote(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """A remote file, or the matching files under a prefix (HTTP has no listing: a file)."""
+    if root.protocol in ("http", "https"):
+        return [root]
+    try:
+        if root.fs.isfile(root.path):
+            return [root]
+        found = [location(f"{root.protocol}://{name}") for name in root.fs.find(root.path)]
+    except FileNotFoundError:
+        found = []
+    found = [f for f in found if f.name.endswith(suffixes)
+             and not any(_ignored(part) or part in SKIPPED_DIRS for part in f.relative_to(root).parts)]
+    if not found:
+        raise UserError(f"no input shards ({', '.join(suffixes)}) found under {root}")
+    return sorted(found, key=str)
+
+
 def _ignored(name: str) -> bool:
     return name.startswith((".", "_"))
 
 
 def shard_name(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
     """Stable name for an input shard: relative path without data suffix, '/' -> '__'."""
-    path = Path(path)
-    rel = path.name if root is None or Path(root) == path else path.relative_to(root).as_posix()
+    path, prefix = str(path), str(root).rstrip("/") + "/"
+    rel = path[len(prefix):] if root is not None and path.startswith(prefix) else path.rsplit("/", 1)[-1]
     for suffix in KNOWN_SUFFIXES:
         if rel.endswith(suffix):
             rel = rel[: -len(suffix)]
@@ -94,7 +125,7 @@ def shard_name(path: str | os.PathLike, root: str | os.PathLike | None = None) -
 
 def read_documents(path: str | os.PathLike, stats: Stats | None = None) -> Iterator[Document]:
     """Documents of a parquet or JSONL(.gz) shard; damage is counted in `stats`, not raised."""
-    path = Path(path)
+    path = location(path)
     stats = stats if stats is not None else Stats()
     name = path.name
     if name.endswith(PARQUET_SUFFIXES):
@@ -107,11 +138,12 @@ def read_documents(path: str | os.PathLike, stats: Stats | None = None) -> Itera
 
 def read_schema(path: str | os.PathLike) -> pa.Schema:
     """Columns of a parquet shard (the core schema for JSONL), so a stage can keep them."""
-    path = Path(path)
+    path = location(path)
     if not path.name.endswith(PARQUET_SUFFIXES):
         return DOCUMENT_SCHEMA
     try:
-        return pq.read_schema(path)
+        with open_input(path) as raw:
+            return pq.read_schema(raw)
     except (OSError, pa.ArrowInvalid) as err:
         raise UserError(f"cannot read parquet shard {path}: {err}") from None
 
@@ -119,11 +151,12 @@ def read_schema(path: str | os.PathLike) -> pa.Schema:
 def read_batches(path: str | os.PathLike, columns: list[str] | None = None,
                  batch_size: int = 4096) -> Iterator[pa.RecordBatch]:
     """RecordBatches of a parquet shard (only `columns` when given)."""
-    try:
-        parquet = pq.ParquetFile(path)
-    except (OSError, pa.ArrowInvalid) as err:
-        raise UserError(f"cannot read parquet shard {path}: {err}") from None
-    yield from parquet.iter_batches(batch_size=batch_size, columns=columns)
+    with open_input(path) as raw:
+        try:
+            parquet = pq.ParquetFile(raw)
+        except (OSError, pa.ArrowInvalid) as err:
+            raise UserError(f"cannot read parquet shard {path}: {err}") from None
+        yield from parquet.iter_batches(batch_size=batch_size, columns=columns)
 
 
 def _read_parquet(path: Path, stats: Stats) -> Iterator[Document]:
@@ -139,10 +172,10 @@ def _read_parquet(path: Path, stats: Stats) -> Iterator[Document]:
             yield Document.from_row(row)
 
 
-def _open_text(path: Path):
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
+@contextmanager
+def _open_text(path: Path) -> Iterator[io.TextIOBase]:
+    with open_input(path) as raw, (gzip.open(raw) if path.name.endswith(".gz") else raw) as binary:
+        yield io.TextIOWrapper(binary, encoding="utf-8", errors="replace")
 
 
 def _read_jsonl(path: Path, stats: Stats) -> Iterator[Document]:
@@ -199,7 +232,8 @@ def document_from_json(record: dict, default_id: str) -> Document | None:
 
 
 class ShardWriter(AtomicOutput):
-    """Writes documents to one parquet file (zstd) atomically: tmp file, then rename.
+    """Writes documents to one parquet file (zstd) atomically: tmp file, then rename
+    (a remote `path`: an upload that is committed, or discarded, at the end).
 
     On an exception inside the `with` block the tmp file is deleted and `path` is left
     as it was, so a killed or failed shard never leaves a half-written output.
@@ -207,13 +241,18 @@ class ShardWriter(AtomicOutput):
 
     def __init__(self, path: str | os.PathLike, schema: pa.Schema = DOCUMENT_SCHEMA,
                  rows_per_group: int = 2048, bytes_per_group: int = 64 << 20):
-        self.path = Path(path)
+        self.path = location(path)
         self.schema = schema
         self.rows_per_group = rows_per_group
         self.bytes_per_group = bytes_per_group  # bounds memory with gigantic documents
         self.rows = 0
         self._pending: list[Document] = []
         self._pending_chars = 0
+        if is_url(self.path):
+            self._upload = open_upload(self.path)
+            self._writer = pq.ParquetWriter(self._upload, schema, compression=COMPRESSION)
+            return
+        self._upload = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for stale in self.path.parent.glob(self.path.name + ".tmp-*"):
             stale.unlink(missing_ok=True)  # left by a killed run
@@ -241,18 +280,26 @@ class ShardWriter(AtomicOutput):
     def close(self) -> None:
         self._flush()
         self._writer.close()
-        os.replace(self._tmp, self.path)
+        if self._upload is None:
+            os.replace(self._tmp, self.path)
+        else:
+            self._upload.close()
+            self._upload.commit()
 
     def abort(self) -> None:
         self._writer.close()
-        self._tmp.unlink(missing_ok=True)
+        if self._upload is None:
+            self._tmp.unlink(missing_ok=True)
+        else:
+            self._upload.close()
+            self._upload.discard()
 
 
 # ---------------------------------------------------------------- completion markers
 
 
 def _marker(output_dir: str | os.PathLike, name: str) -> Path:
-    return Path(output_dir) / DONE_DIR / f"{name}.json"
+    return location(output_dir) / DONE_DIR / f"{name}.json"
 
 
 def read_marker(output_dir: str | os.PathLike, name: str) -> dict | None:
@@ -265,7 +312,7 @@ def read_marker(output_dir: str | os.PathLike, name: str) -> dict | None:
 
 def mark_done(output_dir: str | os.PathLike, name: str, record: dict) -> None:
     """Record that shard `name` is complete; `record` holds at least its ``stats``."""
-    write_json(_marker(output_dir, name), record)
+    write_json_at(_marker(output_dir, name), record)
 
 
 def unmark(output_dir: str | os.PathLike, name: str) -> None:
@@ -275,7 +322,10 @@ def unmark(output_dir: str | os.PathLike, name: str) -> None:
 
 def file_identity(path: str | os.PathLike) -> dict | None:
     """Size and modification time of an input (None for a virtual one, a hash partition):
-    enough to notice a replaced or grown file without reading it."""
+    enough to notice a replaced or grown file without reading it. A remote input: its URL,
+    size and ETag (`remote.identity`)."""
+    if is_url(path):
+        return identity(path)
     try:
         stat = os.stat(path)
     except FileNotFoundError:

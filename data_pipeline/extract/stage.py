@@ -9,6 +9,7 @@ from pathlib import Path
 from common.options import add_arguments, from_arguments, options_from_config
 from data_pipeline.executor import ShardTask, add_executor_args, run_shards
 from data_pipeline.extract import INPUT_SUFFIXES, ExtractOptions, read_any
+from data_pipeline.remote import ManifestSelection, add_manifest_args, selection_from_args
 from data_pipeline.shards import ShardWriter, discover_shards
 from data_pipeline.stats import Stats, count_output
 
@@ -26,10 +27,11 @@ def check(config: dict) -> None:
 
 
 def run(input: str | Path, output: str | Path, config: dict | None = None, *,
-        workers: int = 1, executor: str = "auto", overwrite: bool = False) -> Stats:
-    """Extract every input shard under `input` into `output` (the recipe step)."""
+        workers: int = 1, executor: str = "auto", overwrite: bool = False,
+        manifest: ManifestSelection = ManifestSelection()) -> Stats:
+    """Extract every input shard under `input` (or listed by a path manifest) into `output` (the recipe step)."""
     options = options_from_config(ExtractOptions, config or {}, "extract")
-    return run_shards(partial(extract_shard, options=options), discover_shards(input, INPUT_SUFFIXES),
+    return run_shards(partial(extract_shard, options=options), discover_shards(input, INPUT_SUFFIXES, manifest),
                       output, options=asdict(options), overwrite=overwrite, input_root=input, workers=workers,
                       executor=executor, stage="extract")
 
@@ -41,11 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "extract the main text (resiliparse); WET conversions and JSONL/parquet documents pass "
                     "through. Writes one zstd parquet shard per input; re-running resumes.")
     add_executor_args(parser)
+    add_manifest_args(parser)
     add_arguments(parser, ExtractOptions)
     parser.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
     config = asdict(from_arguments(ExtractOptions, args))
-    run(args.input, args.output, config, workers=args.workers, executor=args.executor, overwrite=args.overwrite)
+    run(args.input, args.output, config, workers=args.workers, executor=args.executor, overwrite=args.overwrite,
+        manifest=selection_from_args(args))
     return 0

@@ -10,10 +10,12 @@ not mark it done, so a rerun with the full file redoes it.
 
 HTTP bodies are decoded (`payload.decode_payload`) before charset detection; one that
 cannot be is skipped as ``undecodable_encoding``.
+
+The file is read as a stream (`remote.open_input`: a local file or a URL read in blocks);
+resyncing and the end-of-file check seek within it, so a remote file is never copied whole.
 """
 from __future__ import annotations
 
-import mmap
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,12 +26,14 @@ from fastwarc.warc import ArchiveIterator, WarcRecordType
 from data_pipeline.document import Document
 from data_pipeline.extract.html import decode_html, html_to_text
 from data_pipeline.extract.payload import UndecodableBody, decode_payload
+from data_pipeline.remote import input_size, location, open_input
 from data_pipeline.stats import Stats
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 GZIP_MAGIC = b"\x1f\x8b\x08"
 WARC_MAGIC = b"WARC/1."
 KEPT_TYPES = (WarcRecordType.response, WarcRecordType.conversion)
+SCAN_BYTES = 1 << 20  # what a resync or the end-of-file check reads at a time
 
 
 @dataclass(frozen=True)
@@ -48,17 +52,16 @@ class ExtractOptions:
 
 def read_crawl_file(path: str | Path, stats: Stats, options: ExtractOptions = ExtractOptions()) -> Iterator[Document]:
     """Documents of a WARC or WET file: one per usable response / conversion record."""
-    path = Path(path)
-    with open(path, "rb") as raw:
-        if path.stat().st_size == 0:
+    path = location(path)
+    with open_input(path) as raw:
+        if input_size(raw) == 0:
             stats.add("skipped", "empty_file")
             return
         magic = GZIP_MAGIC if raw.read(2) == GZIP_MAGIC[:2] else WARC_MAGIC
-        with mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            yield from _records(raw, data, magic, stats, options)
+        yield from _records(raw, path.name, magic, stats, options)
 
 
-def _records(raw, data: mmap.mmap, magic: bytes, stats: Stats, options: ExtractOptions) -> Iterator[Document]:
+def _records(raw, name: str, magic: bytes, stats: Stats, options: ExtractOptions) -> Iterator[Document]:
     start, in_damage, last_record = 0, False, None
     while start != -1:
         raw.seek(start)
@@ -76,31 +79,51 @@ def _records(raw, data: mmap.mmap, magic: bytes, stats: Stats, options: ExtractO
         except OSError as err:
             if not in_damage:  # one count per damaged region, however many resyncs it takes
                 stats.add("skipped", "corrupt_region")
-                stats.note(f"{Path(raw.name).name}@{last}: {err}")
+                stats.note(f"{name}@{last}: {err}")
             in_damage = True
-            start = data.find(magic, last + 1)
-    if last_record is not None and _cut_short(data, last_record, magic):
+            start = _find(raw, magic, last + 1)
+    if last_record is not None and _cut_short(raw, last_record, magic):
         stats.add("skipped", "truncated_file")
         stats.add("shards_incomplete")
-        stats.note(f"{Path(raw.name).name}: the file ends inside its last record (a stopped download?)")
+        stats.note(f"{name}: the file ends inside its last record (a stopped download?)")
 
 
-def _cut_short(data: mmap.mmap, last_record: int, magic: bytes) -> bool:
+def _find(raw, magic: bytes, start: int) -> int:
+    """Offset of the first `magic` at or after `start` in the file, or -1."""
+    raw.seek(start)
+    carry = b""  # the end of the previous chunk, for a magic that straddles two
+    while chunk := raw.read(SCAN_BYTES):
+        window = carry + chunk
+        hit = window.find(magic)
+        if hit != -1:
+            return start - len(carry) + hit
+        start += len(chunk)
+        carry = window[-(len(magic) - 1):]
+    return -1
+
+
+def _cut_short(raw, last_record: int, magic: bytes) -> bool:
     """Whether the file ends inside a record: the last gzip member from `last_record` on has
     no end (a damaged one is not a cut one), or an uncompressed file lacks a record's closing CRLFs."""
     if magic == WARC_MAGIC:
-        return data[-4:] != b"\r\n\r\n"
-    tail = data[last_record:]
-    while tail:
-        inflater = zlib.decompressobj(zlib.MAX_WBITS | 16)
+        raw.seek(max(input_size(raw) - 4, 0))
+        return raw.read(4) != b"\r\n\r\n"
+    raw.seek(last_record)
+    inflater, pending = None, b""
+    while True:
+        if not pending:
+            pending = raw.read(SCAN_BYTES)
+            if not pending:
+                return inflater is not None  # the file ended inside a gzip member
+        inflater = inflater or zlib.decompressobj(zlib.MAX_WBITS | 16)
         try:
-            inflater.decompress(tail)
+            inflater.decompress(pending, SCAN_BYTES)  # bounded output: the text is not kept
         except zlib.error:
             return False
-        if not inflater.eof:
-            return True
-        tail = inflater.unused_data
-    return False
+        if inflater.eof:
+            inflater, pending = None, inflater.unused_data
+        else:
+            pending = inflater.unconsumed_tail
 
 
 def _document(record, stats: Stats, options: ExtractOptions) -> Document | None:

@@ -1,0 +1,246 @@
+"""Remote inputs and outputs of gpt-data: real servers started here (an HTTP server that can
+inject faults, moto's S3 server) read and written through fsspec, compared with local runs."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.server
+import json
+import re
+import threading
+from pathlib import Path
+
+import fsspec.config
+import pytest
+import xxhash
+
+from data_pipeline import remote
+
+
+class Site:
+    """A threaded HTTP/1.1 server of in-memory files with Range support and ETags. Faults:
+    `drop_once` paths send half of their first GET's body and close the connection,
+    `fail_once` paths answer their first GET with 503, `fail_always` paths answer every request with 503."""
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+        self.drop_once: set[str] = set()
+        self.fail_once: set[str] = set()
+        self.fail_always: set[str] = set()
+        self.gets: list[str] = []
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _handler(self):
+        site = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_HEAD(self):
+                self.respond(with_body=False)
+
+            def do_GET(self):
+                site.gets.append(self.path)
+                self.respond(with_body=True)
+
+            def respond(self, with_body: bool):
+                path = self.path
+                if path in site.fail_always or (with_body and path in site.fail_once):
+                    site.fail_once.discard(path)
+                    return self.empty(503)
+                data = site.files.get(path)
+                if data is None:
+                    return self.empty(404)
+                start, end = 0, len(data)
+                wanted = re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or "")
+                if wanted:
+                    start, end = int(wanted[1]), min(int(wanted[2] or len(data) - 1) + 1, len(data))
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(end - start))
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("ETag", f'"{hashlib.md5(data).hexdigest()}"')
+                self.end_headers()
+                if not with_body:
+                    return
+                if path in site.drop_once:
+                    site.drop_once.discard(path)
+                    self.wfile.write(data[start:(start + end) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(data[start:end])
+
+            def empty(self, status: int):
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        return Handler
+
+
+CRAWL = ["seg-b/sample-b.warc.gz", "seg-d/sample-d.warc.gz", "seg-a/sample-a.warc.gz", "seg-c/sample-c.warc.gz"]
+"""Manifest order, on purpose not sorted: the manifest's order assigns shards to ranks."""
+
+
+@pytest.fixture(scope="module")
+def site(warc_sample):
+    site = Site()
+    for path in CRAWL:
+        site.files[f"/crawl-data/{path}"] = warc_sample.read_bytes()
+    site.files["/crawl-data/warc.paths.gz"] = gzip.compress("".join(f"{p}\n" for p in CRAWL).encode())
+    yield site
+    site.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_run(warc_sample, tmp_path_factory):
+    """The reference: extract of the local WARC file."""
+    from data_pipeline.cli import main
+
+    out = tmp_path_factory.mktemp("local")
+    assert main(["extract", "--input", str(warc_sample), "--output", str(out)]) == 0
+    return out / "cc-sample-0000.parquet"
+
+
+@pytest.fixture(autouse=True)
+def quick_backoff(monkeypatch):
+    monkeypatch.setattr(remote, "BACKOFF_S", 0.01)
+
+
+def marker(out: Path, name: str) -> dict | None:
+    path = out / ".done" / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def test_extract_of_a_url_equals_extract_of_the_local_file(cli, h, tmp_path, site, local_run):
+    url = f"{site.url}/crawl-data/{CRAWL[0]}"
+    code, _, err = cli("extract", "--input", url, "--output", tmp_path)
+    assert code == 0, err
+    assert h.read_rows(tmp_path / "sample-b.parquet") == h.read_rows(local_run)
+    assert (tmp_path / "sample-b.parquet").read_bytes() == local_run.read_bytes()
+    data = site.files[f"/crawl-data/{CRAWL[0]}"]
+    assert marker(tmp_path, "sample-b")["made_from"]["input"] == {
+        "url": url, "size": len(data), "etag": f'"{hashlib.md5(data).hexdigest()}"'}
+
+
+def test_manifest_limit_sample_and_ranks_follow_the_manifest_order(cli, tmp_path, site, monkeypatch):
+    manifest = f"{site.url}/crawl-data/warc.paths.gz"
+    base = f"{site.url}/crawl-data/"
+    names = [Path(p).name.removesuffix(".warc.gz") for p in CRAWL]
+
+    code, _, err = cli("extract", "--input", manifest, "--base-url", base, "--limit", 2, "--output", tmp_path / "limit")
+    assert code == 0, err
+    assert sorted(p.stem for p in (tmp_path / "limit").glob("*.parquet")) == sorted(names[:2])
+
+    kept = [n for p, n in zip(CRAWL, names) if xxhash.xxh64_intdigest(p.encode()) < 0.5 * 2**64]
+    assert 0 < len(kept) < len(CRAWL)  # the fraction really selects
+    code, _, err = cli("extract", "--input", manifest, "--base-url", base, "--sample", 0.5, "--output", tmp_path / "half")
+    assert code == 0, err
+    assert sorted(p.stem for p in (tmp_path / "half").glob("*.parquet")) == sorted(kept)
+
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    code, _, err = cli("extract", "--input", manifest, "--base-url", base, "--output", tmp_path / "rank1")
+    assert code == 0, err
+    assert sorted(p.stem for p in (tmp_path / "rank1").glob("*.parquet")) == sorted([names[1], names[3]])
+    assert json.loads((tmp_path / "rank1" / "stats.json").read_text())["shards_total"] == 4
+
+
+def test_a_dropped_transfer_and_a_503_are_retried_without_duplicates(cli, h, tmp_path, site, local_run):
+    dropped, refused = (f"/crawl-data/{p}" for p in CRAWL[:2])
+    site.drop_once.add(dropped)
+    site.fail_once.add(refused)
+    gets_before = list(site.gets)
+    code, _, err = cli("extract", "--input", f"{site.url}/crawl-data/warc.paths.gz", "--base-url",
+                       f"{site.url}/crawl-data", "--limit", 2, "--output", tmp_path)
+    assert code == 0, err
+    assert err.count("retry 1/3") == 2
+    new_gets = site.gets[len(gets_before):]
+    assert new_gets.count(dropped) >= 2 and new_gets.count(refused) >= 2
+    for name in ("sample-b", "sample-d"):
+        assert h.read_rows(tmp_path / f"{name}.parquet") == h.read_rows(local_run)  # 22 rows each, none twice
+        assert marker(tmp_path, name) is not None
+
+
+def test_a_shard_that_keeps_failing_is_recorded_failed_and_the_next_run_completes_it(cli, tmp_path, site, local_run):
+    broken = f"/crawl-data/{CRAWL[2]}"
+    args = ("extract", "--input", f"{site.url}/crawl-data/warc.paths.gz", "--base-url", f"{site.url}/crawl-data",
+            "--output", tmp_path)
+    site.fail_always.add(broken)
+    try:
+        code, _, err = cli(*args)
+    finally:
+        site.fail_always.discard(broken)
+    assert code == 2 and "1 shard(s) failed and are not marked done (first: sample-a" in err
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["shards_failed"] == 1 and list(stats["failed"]) == ["sample-a"]
+    assert stats["shards_done"] == 3
+    assert marker(tmp_path, "sample-a") is None and not (tmp_path / "sample-a.parquet").exists()
+
+    code, _, err = cli(*args)
+    assert code == 0, err
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["shards_done"] == 4 and "failed" not in stats
+    assert (tmp_path / "sample-a.parquet").read_bytes() == local_run.read_bytes()
+
+
+def test_a_changed_object_is_redone_and_an_unchanged_one_is_not(cli, h, tmp_path, site, warc_sample):
+    first, second = (f"/crawl-data/{p}" for p in CRAWL[:2])
+    args = ("extract", "--input", f"{site.url}/crawl-data/warc.paths.gz", "--base-url", f"{site.url}/crawl-data",
+            "--limit", 2, "--output", tmp_path)
+    assert cli(*args)[0] == 0
+    page = h.warc_record("response", "https://example.com/new", h.http_response(b"<html><body><p>A new page "
+                                                                                  b"about rivers.</p></body></html>"),
+                         "application/http; msgtype=response")
+    site.files[second] = warc_sample.read_bytes() + gzip.compress(page)
+    try:
+        code, _, err = cli(*args)
+        assert code == 2 and "input files changed" in err  # nothing finished is replaced without --overwrite
+        gets_before = list(site.gets)
+        code, _, err = cli(*args, "--overwrite")
+        assert code == 0, err
+    finally:
+        site.files[second] = warc_sample.read_bytes()
+    new_gets = site.gets[len(gets_before):]
+    assert second in new_gets and first not in new_gets
+    assert len(h.read_rows(tmp_path / "sample-d.parquet")) == 23
+    assert marker(tmp_path, "sample-d")["made_from"]["input"]["size"] == len(warc_sample.read_bytes()) + len(gzip.compress(page))
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 server on a free port, reached through fsspec's config (as a user would:
+    FSSPEC_S3_ENDPOINT_URL etc.)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    options = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing"}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(fsspec.config.conf, "s3", options)
+        fs = fsspec.filesystem("s3")
+        fs.mkdir("corpus")
+        yield fs
+    server.stop()
+
+
+def test_s3_input_and_output_equal_the_local_run_byte_for_byte(cli, s3, warc_sample, local_run):
+    s3.put(str(warc_sample), "corpus/crawl/cc-sample-0000.warc.gz")
+    code, _, err = cli("extract", "--input", "s3://corpus/crawl", "--output", "s3://corpus/docs")
+    assert code == 0, err
+    assert s3.cat("corpus/docs/cc-sample-0000.parquet") == local_run.read_bytes()
+    done = json.loads(s3.cat("corpus/docs/.done/cc-sample-0000.json"))
+    assert done["made_from"]["input"]["url"] == "s3://corpus/crawl/cc-sample-0000.warc.gz"
+    assert json.loads(s3.cat("corpus/docs/stats.json"))["shards_done"] == 1
+
+    code, _, err = cli("extract", "--input", "s3://corpus/crawl", "--output", "s3://corpus/docs")
+    assert code == 0 and "(0 this run, 1 already done)" in err
