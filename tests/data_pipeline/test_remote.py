@@ -244,3 +244,20 @@ def test_s3_input_and_output_equal_the_local_run_byte_for_byte(cli, s3, warc_sam
 
     code, _, err = cli("extract", "--input", "s3://corpus/crawl", "--output", "s3://corpus/docs")
     assert code == 0 and "(0 this run, 1 already done)" in err
+
+
+def test_filter_reads_and_writes_s3_like_local_files(cli, s3, tmp_path, local_run):
+    s3.put(str(local_run), "corpus/extracted/cc-sample-0000.parquet")
+    code, _, err = cli("filter", "--input", "s3://corpus/extracted", "--output", "s3://corpus/kept")
+    assert code == 0, err
+    assert cli("filter", "--input", local_run, "--output", tmp_path)[0] == 0
+    for name in ("cc-sample-0000.parquet", "removed/cc-sample-0000.parquet"):
+        assert s3.cat(f"corpus/kept/{name}") == (tmp_path / name).read_bytes()
+
+
+def test_commands_that_write_local_files_refuse_a_url_output(cli, capsys, tmp_path, ccnet_sample, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where pathlib's folding of s3://corpus would have put a local "s3:/corpus"
+    with pytest.raises(SystemExit):
+        cli("tokenize", "--input", ccnet_sample, "--output", "s3://corpus/tokens")
+    assert "argument --output: s3://corpus/tokens: this command writes local files only" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
