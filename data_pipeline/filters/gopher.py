@@ -162,7 +162,7 @@ def _sorted_groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     The position replaces the key's low bits and one plain (SIMD) sort of the packed
     values does what a stable argsort did at several times the cost; the n-gram hash
-    keeps 64 - log2(words) >= 40 bits."""
+    keeps 64 - log2(words) bits (47 at 100k words)."""
     bits = max(1, (len(keys) - 1).bit_length())
     low = np.uint64((1 << bits) - 1)
     packed = np.sort((keys & ~low) | np.arange(len(keys), dtype=np.uint64))
