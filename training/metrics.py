@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import time
 import warnings
 from pathlib import Path
 
 import torch
 
+from common.files import write_text_atomically
 from training.config import Config, ModelConfig
 
 # Published dense (no 2:4 sparsity) peak TFLOP/s per GPU: (name fragments, {precision: peak}). "tf32" is
@@ -99,6 +101,14 @@ def scalars(record: dict) -> dict[str, float]:
     return {key: value for key, value in record.items() if key != "step" and isinstance(value, (int, float))}
 
 
+def wandb_run_id(run_dir: Path) -> str:
+    """One W&B run per run directory: a resumed run (a requeued job) goes on logging to the run it started."""
+    path = run_dir / "wandb_run_id"
+    if not path.is_file():
+        write_text_atomically(path, secrets.token_hex(4))  # W&B's own ids: 8 lower-case letters and digits
+    return path.read_text().strip()
+
+
 class MetricsLog:
     """Appends one JSON object per record to metrics.jsonl and mirrors scalars to TensorBoard and W&B."""
 
@@ -114,7 +124,8 @@ class MetricsLog:
             import wandb
 
             self.wandb = wandb.init(project=wandb_project, name=wandb_run_name or None, config=run_config,
-                                    dir=os.environ.get("WANDB_DIR", str(run_dir)))
+                                    dir=os.environ.get("WANDB_DIR", str(run_dir)), id=wandb_run_id(run_dir),
+                                    resume="allow")
             self.wandb.define_metric("*", step_metric="step")  # our step, not W&B's count of log calls
 
     @classmethod

@@ -41,20 +41,23 @@ def history(records) -> list[dict]:
 
 
 def test_offline_run_logs_the_losses_of_metrics_jsonl(tmp_path):
+    """A run of 2 steps, resumed for a third: one W&B run (same id) whose history is metrics.jsonl's."""
     run_dir = tmp_path / "run"
-    run_pretrain(run_dir, overrides=["train.steps=3", "logging.eval_interval=2", "logging.wandb_project=gpt-test",
-                                     "logging.wandb_run_name=tiny-offline"],
-                 env={"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"})
-    [wandb_file] = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
-    records = list(wandb_records(wandb_file))
-    [run] = [r.run for r in records if r.WhichOneof("record_type") == "run"]
-    assert (run.project, run.display_name) == ("gpt-test", "tiny-offline")
+    wandb = ["logging.eval_interval=2", "logging.wandb_project=gpt-test", "logging.wandb_run_name=tiny-offline"]
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
+    for steps in (2, 3):
+        run_pretrain(run_dir, overrides=[f"train.steps={steps}", *wandb], env=env)
+    files = sorted(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+    records = [record for file in files for record in wandb_records(file)]
+    runs = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert len(files) == 2 and {(run.run_id, run.project, run.display_name) for run in runs} == {
+        ((run_dir / "wandb_run_id").read_text(), "gpt-test", "tiny-offline")}
     rows = history(records)
     train, valid = read_metrics(run_dir)
     assert [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r] == [(r["step"], r["loss"]) for r in train]
     assert [(r["step"], r["valid/valid_loss"]) for r in rows if "valid/valid_loss" in r] == [
-        (r["step"], r["valid_loss"]) for r in valid] and len(valid) == 2
-    assert all(r["train/grad_norm"] == m["grad_norm"] for r, m in zip((r for r in rows if "train/loss" in r), train))
+        (r["step"], r["valid_loss"]) for r in valid] and [r["step"] for r in valid] == [2, 3]
+    assert [r["train/grad_norm"] for r in rows if "train/loss" in r] == [r["grad_norm"] for r in train]
 
 
 def test_wandb_is_off_by_default_and_its_absence_is_one_line(monkeypatch):
