@@ -112,18 +112,21 @@ def identity(path: str | os.PathLike) -> dict:
 
 def transient(err: BaseException) -> bool:
     """Whether `err` (or what caused it) is worth retrying: a network failure, a timeout,
-    a server error, a transfer that ended early. fsspec's HTTP `info` re-raises such
-    failures as FileNotFoundError, hence the walk along the cause chain."""
+    a server error or throttling, a transfer that ended early. fsspec's HTTP `info` re-raises
+    such failures as FileNotFoundError and s3fs as OSError, hence the walk along the cause chain."""
     import aiohttp
+    import botocore.exceptions as boto
 
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, aiohttp.ClientResponseError):
             return err.status >= 500 or err.status == 429
-        if isinstance(err, (ConnectionError, TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)):
-            return True
-        if type(err).__name__ in ("FSTimeoutError", "IncompleteRead", "ReadTimeoutError", "EndpointConnectionError"):
+        if isinstance(err, boto.ClientError):
+            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            return status >= 500 or status == 429 or err.response.get("Error", {}).get("Code") == "SlowDown"
+        if isinstance(err, (ConnectionError, TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError,
+                            boto.HTTPClientError, boto.ConnectionError, boto.IncompleteReadError)):
             return True
         err = err.__cause__ or err.__context__
     return False

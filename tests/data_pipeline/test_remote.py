@@ -131,6 +131,31 @@ def test_extract_of_a_url_equals_extract_of_the_local_file(cli, h, tmp_path, sit
         "url": url, "size": len(data), "etag": f'"{hashlib.md5(data).hexdigest()}"'}
 
 
+def test_jsonl_and_parquet_urls_read_like_local_files(cli, h, tmp_path, site, ccnet_sample, local_run):
+    for sample in (ccnet_sample, local_run):
+        site.files[f"/docs/{sample.name}"] = sample.read_bytes()
+        assert cli("extract", "--input", sample, "--output", tmp_path / "local")[0] == 0
+        code, _, err = cli("extract", "--input", f"{site.url}/docs/{sample.name}", "--output", tmp_path / "remote")
+        assert code == 0, err
+        name = sample.name.split(".")[0] + ".parquet"
+        assert (tmp_path / "remote" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+        assert h.read_rows(tmp_path / "remote" / name)
+
+
+def test_throttling_and_server_errors_of_s3_are_retried_access_errors_are_not():
+    """As s3fs raises them after its own retries: an OSError caused by botocore's ClientError."""
+    from botocore.exceptions import ClientError, ReadTimeoutError
+
+    def s3_error(code: str, status: int) -> OSError:
+        err = OSError(f"{code} from S3")
+        err.__cause__ = ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+        return err
+
+    assert remote.transient(s3_error("SlowDown", 503)) and remote.transient(s3_error("InternalError", 500))
+    assert remote.transient(ReadTimeoutError(endpoint_url="http://s3"))
+    assert not remote.transient(s3_error("AccessDenied", 403)) and not remote.transient(s3_error("NoSuchKey", 404))
+
+
 def test_manifest_limit_sample_and_ranks_follow_the_manifest_order(cli, tmp_path, site, monkeypatch):
     manifest = f"{site.url}/crawl-data/warc.paths.gz"
     base = f"{site.url}/crawl-data/"
