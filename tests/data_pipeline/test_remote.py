@@ -286,3 +286,16 @@ def test_commands_that_write_local_files_refuse_a_url_output(cli, capsys, tmp_pa
         cli("tokenize", "--input", ccnet_sample, "--output", "s3://corpus/tokens")
     assert "argument --output: s3://corpus/tokens: this command writes local files only" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_a_failed_shard_leaves_nothing_on_s3(cli, s3, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"body": ["no id or text column"]}), tmp_path / "bad.parquet")
+    s3.put(str(tmp_path / "bad.parquet"), "corpus/bad/bad.parquet")
+    code, _, err = cli("extract", "--input", "s3://corpus/bad", "--output", "s3://corpus/bad-out")
+    assert code == 2 and "no 'id' or 'text' column" in err
+    assert not s3.exists("corpus/bad-out/bad.parquet") and not s3.exists("corpus/bad-out/.done/bad.json")
+    assert not s3.call_s3("list_multipart_uploads", Bucket="corpus").get("Uploads")  # the upload was aborted
+    assert list(json.loads(s3.cat("corpus/bad-out/stats.json"))["failed"]) == ["bad"]
