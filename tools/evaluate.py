@@ -4,10 +4,13 @@
     gpt-eval --hf-dir gpt2-dir --tasks configs/eval/capitals.jsonl --decontamination dedup/decontam/stats.json
     gpt-eval --checkpoint runs/tiny/checkpoints --perplexity tests/data/tokens/wiki_gpt2_text_document
 
-Multiple-choice tasks are scored by the log-likelihood of each answer (`acc`) and by the
-log-likelihood per answer token (`acc_norm`, length-normalised); completion tasks by
-whether greedy decoding (or `--beams N` beam search) reproduces the target (`acc`) and the
-target's perplexity.
+Multiple-choice tasks are scored by the log-likelihood of each answer (`acc`), per answer
+token (`acc_norm`, GPT-3's), per character (`acc_norm_chars`, lm-evaluation-harness's) and,
+where the task declares it, relative to the answer's likelihood after "Answer:"
+(`acc_unconditional`); completion tasks by whether greedy decoding (or `--beams N` beam
+search) reproduces the target (`acc`), the target's perplexity, and where declared by the
+exact match, F1 (SQuAD) or BLEU (sacrebleu) of a generated answer (tools/eval_metrics.py).
+With `--decontamination`, each task is also scored on its clean and its dirty examples.
 Fine-tuning tasks (classification, entailment, similarity, and a multiple-choice task the
 checkpoint was fine-tuned on) are scored by the head of a checkpoint written by `gpt-finetune`.
 Task format: docs/evaluation.md.
@@ -15,20 +18,23 @@ Task format: docs/evaluation.md.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from common.errors import UserError
+from common.files import write_json
 from data_pipeline.indexed import exists as shard_exists, read_tokens
 from data_pipeline.tokenizers import Tokenizer
-from tools.eval_tasks import ANSWER_PREFIX, LANGUAGE_MODEL_KINDS, Task, find_tasks
-from training.generation import Beams, beam_search, forward, left_pad
+from tools.eval_decontamination import decontamination_status, describe_decontamination, read_decontamination
+from tools.eval_metrics import METRIC_DEFINITIONS, Answer, ExampleScores, task_metrics
+from tools.eval_tasks import ANSWER_PREFIX, GENERATIVE_METRICS, LANGUAGE_MODEL_KINDS, Task, find_tasks
+from training.generation import Beams, Sampling, beam_search, forward, generate, left_pad
 from training.model import GPT
 
 Request = tuple[list[int], list[int]]  # (context tokens, continuation tokens)
@@ -60,40 +66,83 @@ def score(model: GPT, requests: Sequence[Request], batch_size: int, progress: st
     return results
 
 
-def evaluate_task(model: GPT, tokenizer: Tokenizer, task: Task, shots: int, seed: int,
-                  batch_size: int = 8, beams: Beams | None = None) -> dict:
-    """Metrics of `task` with `shots` in-context examples (drawn reproducibly from `seed`).
+def score_task(model: GPT, tokenizer: Tokenizer, task: Task, shots: int, seed: int,
+               batch_size: int = 8, beams: Beams | None = None) -> list[ExampleScores]:
+    """Per example: every answer's log-likelihood (and, if the task's metrics need them, its likelihood
+    after the answer context, whether decoding reproduces it, and the generated answer).
 
-    With `beams`, a completion task's `acc` is whether beam search reproduces the target (else greedy decoding)."""
+    With `beams`, completion tasks decode by beam search, else greedily."""
     if task.kind not in LANGUAGE_MODEL_KINDS:
         raise UserError(f"task {task.name} is a {task.kind} task: score it with a checkpoint from gpt-finetune")
-    requests, owner = [], []
-    for index, example in enumerate(task.examples):
-        context = tokenizer.encode(task.prompt(index, shots, seed))
-        for answer in task.answers(example):
-            requests.append((context, tokenizer.encode(ANSWER_PREFIX + answer)))
-            owner.append(index)
+    contexts = [tokenizer.encode(task.prompt(index, shots, seed)) for index in range(len(task.examples))]
+    requests = [(context, tokenizer.encode(ANSWER_PREFIX + answer))
+                for context, example in zip(contexts, task.examples) for answer in task.answers(example)]
     scores = score(model, requests, batch_size, progress=f"{task.name} {shots}-shot")
-    per_example: list[list[tuple[float, bool, int]]] = [[] for _ in task.examples]
-    for (logprob, greedy), index, (_, continuation) in zip(scores, owner, requests):
-        per_example[index].append((logprob, greedy, len(continuation)))
-    result = {"task": task.name, "kind": task.kind, "shots": shots, "examples": len(task.examples)}
-    if task.kind == "multiple_choice":
-        labels = [e["label"] for e in task.examples]
-        pick = [max(range(len(c)), key=lambda i: c[i][0]) for c in per_example]
-        pick_norm = [max(range(len(c)), key=lambda i: c[i][0] / c[i][2]) for c in per_example]
-        result["acc"] = sum(p == label for p, label in zip(pick, labels)) / len(labels)
-        result["acc_norm"] = sum(p == label for p, label in zip(pick_norm, labels)) / len(labels)
-    else:
-        (only,) = zip(*per_example)
+    answers = iter([Answer(logprob, len(continuation), len(text), greedy)
+                    for (logprob, greedy), (_, continuation), text in zip(scores, requests, answer_texts(task))])
+    examples = [ExampleScores([next(answers) for _ in task.answers(e)], e.get("label", 0),
+                              task.references(e) if task.kind == "completion" else [])
+                for e in task.examples]
+    if "acc_unconditional" in task.metrics:
+        answer_context = tokenizer.encode(task.declaration.answer_context)
+        unconditional = iter(score(model, [(answer_context, continuation) for _, continuation in requests],
+                                   batch_size))
+        for example in examples:
+            for answer in example.answers:
+                answer.unconditional = next(unconditional)[0]
+    if task.kind == "completion" and beams is not None and "acc" in task.metrics:
+        seq = model.cfg.seq_length
+        for (context, target), example in zip(requests, examples):
+            found = beam_search(model, [context[-(seq - len(target)):]], len(target), beams, eod_id=tokenizer.eod_id)
+            example.answers[0].reproduced = found[0] == target
+    if set(task.metrics) & set(GENERATIVE_METRICS):
+        for example, text in zip(examples, generate_answers(model, tokenizer, task, contexts, batch_size, beams)):
+            example.generated = text
+    return examples
+
+
+def answer_texts(task: Task) -> list[str]:
+    return [answer for example in task.examples for answer in task.answers(example)]
+
+
+def generate_answers(model: GPT, tokenizer: Tokenizer, task: Task, contexts: list[list[int]], batch_size: int,
+                     beams: Beams | None) -> list[str]:
+    """Each context's answer: decoded greedily (or by beam search) up to the task's stop string or
+    `max_new_tokens`, stripped of surrounding whitespace."""
+    limit, stop = task.declaration.max_new_tokens, task.declaration.stop
+    room = model.cfg.seq_length - limit
+    if room < 1:
+        raise UserError(f"task {task.name}: max_new_tokens {limit} leaves no room for a prompt in a "
+                        f"{model.cfg.seq_length}-token model")
+    answers = []
+    for start in range(0, len(contexts), batch_size):
+        prompts = [context[-room:] for context in contexts[start:start + batch_size]]
         if beams is None:
-            result["acc"] = sum(greedy for _, greedy, _ in only) / len(only)
+            new = generate(model, prompts, limit, Sampling(greedy=True), eod_id=tokenizer.eod_id,
+                           stop=lambda tokens: stop in tokenizer.decode(tokens))
         else:
-            seq = model.cfg.seq_length
-            found = [beam_search(model, [context[-(seq - len(target)):]], len(target), beams,
-                                 eod_id=tokenizer.eod_id)[0] == target for context, target in requests]
-            result["acc"], result["beams"] = sum(found) / len(found), beams.width
-        result["target_ppl"] = math.exp(-sum(lp for lp, _, _ in only) / sum(n for _, _, n in only))
+            new = beam_search(model, prompts, limit, beams, eod_id=tokenizer.eod_id)
+        answers += [tokenizer.decode([t for t in tokens if t != tokenizer.eod_id]).split(stop)[0].strip()
+                    for tokens in new]
+    return answers
+
+
+def evaluate_task(model: GPT, tokenizer: Tokenizer, task: Task, shots: int, seed: int,
+                  batch_size: int = 8, beams: Beams | None = None) -> dict:
+    """The task's metrics with `shots` in-context examples (drawn reproducibly from `seed`)."""
+    return task_result(task, shots, score_task(model, tokenizer, task, shots, seed, batch_size, beams), beams)
+
+
+def subset_metrics(task: Task, examples: list[ExampleScores], indices: Sequence[int]) -> dict[str, float]:
+    return task_metrics(task.kind, task.metrics, [examples[i] for i in indices])
+
+
+def task_result(task: Task, shots: int, examples: list[ExampleScores], beams: Beams | None) -> dict:
+    result = {"task": task.name, "kind": task.kind, "shots": shots, "examples": len(task.examples),
+              **task_metrics(task.kind, task.metrics, examples)}
+    decodes = "acc" in task.metrics or set(task.metrics) & set(GENERATIVE_METRICS)
+    if beams is not None and task.kind == "completion" and decodes:
+        result["beams"] = beams.width
     return result
 
 
@@ -115,57 +164,25 @@ def perplexity(model: GPT, prefix: str, max_tokens: int = 0, batch_size: int = 8
             "nll": nll, "ppl": math.exp(nll)}
 
 
-# --------------------------------------------------------------------------- decontamination
-
-
-def read_decontamination(path: str | None) -> dict | None:
-    """The per-benchmark report of `gpt-data decontaminate` (its stats.json, or the output directory)."""
-    if path is None:
-        return None
-    file = Path(path) / "stats.json" if Path(path).is_dir() else Path(path)
-    if not file.is_file():
-        raise UserError(f"decontamination report not found: {file}")
-    report = json.loads(file.read_text()).get("benchmarks")
-    if not isinstance(report, dict):
-        raise UserError(f"{file} has no 'benchmarks' section: is it the stats.json of gpt-data decontaminate?")
-    return report
-
-
-def decontamination_status(task: Task, report: dict | None) -> dict:
-    """Whether this task's examples were checked against the training data, and what was found."""
-    entry = None if report is None else report.get(task.name)
-    if entry is None:
-        return {"checked": False}
-    status = {"checked": True, "contaminated_examples": entry["contaminated_examples"],
-              "documents_touched": entry["documents"], "documents_dropped": entry["documents_dropped"]}
-    if entry["examples"] != len(task.examples):
-        status["note"] = (f"the report covers {entry['examples']} examples, the task has {len(task.examples)}: "
-                          "it was checked in another version")
-    return status
-
-
-def describe_decontamination(status: dict) -> str:
-    if not status["checked"]:
-        return "not checked"
-    text = f"checked: {status['contaminated_examples']} found"
-    return text + " (other version)" if "note" in status else text
-
-
 # --------------------------------------------------------------------------- command
 
 
+TABLE_METRICS = ("acc", "acc_norm", "acc_norm_chars", "acc_unconditional", "exact_match", "f1", "bleu")
+
+
 def print_table(results: list[dict]) -> None:
+    """One row per task and shot count; a column per metric any row has (keys as in the JSON)."""
     from rich.console import Console
     from rich.table import Table
 
+    metrics = [m for m in TABLE_METRICS if any(m in r for r in results)]
     table = Table(title="gpt-eval")
-    for column in ("task", "kind", "shots", "examples", "acc", "acc_norm", "ppl", "decontamination"):
+    for column in ("task", "kind", "shots", "examples", *metrics, "ppl", "decontamination"):
         table.add_column(column)
     for r in results:
         ppl = r.get("ppl", r.get("target_ppl"))
         table.add_row(r["task"], r["kind"], str(r.get("shots", "")), str(r.get("examples", r.get("tokens", ""))),
-                      f"{r['acc']:.3f}" if "acc" in r else "", f"{r['acc_norm']:.3f}" if "acc_norm" in r else "",
-                      f"{ppl:.2f}" if ppl is not None else "",
+                      *[f"{r[m]:.3f}" if m in r else "" for m in metrics], f"{ppl:.2f}" if ppl is not None else "",
                       describe_decontamination(r["decontamination"]) if "decontamination" in r else "")
     Console(stderr=True).print(table)
 
@@ -199,9 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-tokens", type=int, default=0, help="perplexity on at most this many tokens (0: all)")
     parser.add_argument("--decontamination", metavar="STATS",
                         help="stats.json (or output directory) of `gpt-data decontaminate` run on the training data "
-                             "with these tasks as --benchmarks: reported per task")
+                             "with these tasks as --benchmarks: per task what was found, and the scores on all, "
+                             "clean and dirty examples")
     parser.add_argument("--beams", type=int, default=0,
-                        help="completion tasks: acc by beam search with N beams (GPT-3: 4; default: greedy decoding)")
+                        help="completion tasks: acc and generated answers by beam search with N beams (GPT-3: 4; "
+                             "default: greedy decoding)")
     parser.add_argument("--length-penalty", type=float, default=0.6,
                         help="with --beams: finished beams score sum(log p) / new_tokens ** X (default %(default)s)")
     parser.add_argument("--output", help="write the results as JSON here")
@@ -234,17 +253,19 @@ def run(args: argparse.Namespace) -> list[dict]:
         if scored_by_head(loaded, task):
             if loaded.head is None:
                 raise UserError(f"task {task.name} is a {task.kind} task: score it with a gpt-finetune checkpoint")
-            runs = [evaluate_finetuned(loaded, task, args.batch_size)]
-        else:
-            runs = [evaluate_task(loaded.model, loaded.tokenizer, task, k, args.seed, args.batch_size, beams)
-                    for k in shots]
-        for result in runs:
-            result["decontamination"] = decontamination_status(task, report)
-            results.append(result)
+            result = evaluate_finetuned(loaded, task, args.batch_size)
+            results.append(dict(result, decontamination=decontamination_status(task, report)))
+            continue
+        for k in shots:
+            examples = score_task(loaded.model, loaded.tokenizer, task, k, args.seed, args.batch_size, beams)
+            metrics_of = partial(subset_metrics, task, examples)
+            results.append(dict(task_result(task, k, examples, beams),
+                                decontamination=decontamination_status(task, report, metrics_of)))
     results += [perplexity(loaded.model, prefix, args.max_tokens, args.batch_size) for prefix in args.perplexity]
     print_table(results)
     if args.output:
-        Path(args.output).write_text(json.dumps({"seed": args.seed, "results": results}, indent=2) + "\n")
+        used = {name: METRIC_DEFINITIONS[name] for name in METRIC_DEFINITIONS if any(name in r for r in results)}
+        write_json(args.output, {"seed": args.seed, "metrics": used, "results": results})
     return results
 
 

@@ -3,19 +3,22 @@ import json
 import math
 import re
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import sacrebleu
 import torch
 
 from data_pipeline.cli import main as gpt_data
 from data_pipeline.indexed import read_tokens
 from data_pipeline.tokenizers import load_tokenizer
 from tools.eval_tasks import BUILTIN_TASKS, find_tasks, load_task
-from tools.evaluate import (decontamination_status, evaluate_task, main as gpt_eval, perplexity,
-                            read_decontamination, score)
+from tools.eval_decontamination import decontamination_status, read_decontamination
+from tools.eval_metrics import exact_match, f1
+from tools.evaluate import evaluate_task, main as gpt_eval, perplexity, score
 from training.config import ModelConfig
 from training.generation import Beams, beam_search
 from training.model import GPT, language_model_loss
@@ -142,25 +145,55 @@ def test_scoring_a_trained_model_is_deterministic(trained):
         assert runs[0]["examples"] == len(task.examples) and 0 <= runs[1]["acc"] <= 1
 
 
-def test_decontamination_report_per_task(tmp_path):
-    """gpt-data decontaminate over training text that contains one last_word passage; gpt-eval reports it."""
+def test_decontamination_report_and_clean_and_dirty_scores(recalling, tmp_path, capsys, monkeypatch):
+    """gpt-data decontaminate over training text that contains two last_word passages; gpt-eval reports what was
+    found and scores each task on all, clean and dirty examples, which equal scoring those examples alone."""
+    from tools.model_source import save_trunk
+
     tasks = tmp_path / "tasks"
     shutil.copytree(BUILTIN_TASKS, tasks)
-    leaked = load_task(tasks / "last_word.jsonl").examples[3]
+    last_word = load_task(tasks / "last_word.jsonl")
     filler = " ".join(f"filler{i}" for i in range(120))
     train = tmp_path / "train"
     train.mkdir()
-    texts = [f"{filler} {leaked['context']} {leaked['target']}. {filler}", "An unrelated document. " + filler]
-    pq.write_table(pa.table({"id": ["a", "b"], "source": ["cc", "cc"], "text": texts}), train / "part.parquet")
+    texts = [f"{filler} {last_word.examples[i]['context']} {last_word.examples[i]['target']}. {filler}" for i in (3, 0)]
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "source": ["cc"] * 3,
+                             "text": texts + ["An unrelated document. " + filler]}), train / "part.parquet")
     assert gpt_data(["decontaminate", "--input", str(train), "--output", str(tmp_path / "clean"),
                      "--benchmarks", str(tasks)]) == 0
     report = read_decontamination(str(tmp_path / "clean"))
     by_name = {t.name: decontamination_status(t, report) for t in find_tasks(tasks)}
-    assert by_name["last_word"] == {"checked": True, "contaminated_examples": 1, "documents_touched": 1,
-                                    "documents_dropped": 0}
+    assert by_name["last_word"] == {"checked": True, "contaminated_examples": 2, "documents_touched": 2,
+                                    "documents_dropped": 0, "ngram": 13}
     assert by_name["capitals"]["checked"] and by_name["capitals"]["contaminated_examples"] == 0
     other = write_task(tmp_path / "other", "fresh", [{"context": "a b", "target": "c"}])
     assert decontamination_status(load_task(other), report) == {"checked": False}
+    # gpt-eval --decontamination: the split, against scoring the clean and the dirty examples as tasks of their own
+    save_trunk(recalling, tmp_path / "ckpt")
+    monkeypatch.setenv("COLUMNS", "250")
+    assert gpt_eval(["--checkpoint", str(tmp_path / "ckpt"), "--tasks", str(tasks), "--shots", "0",
+                     "--decontamination", str(tmp_path / "clean"), "--output", str(tmp_path / "results.json")]) == 0
+    rows = {r["task"]: r for r in json.loads((tmp_path / "results.json").read_text())["results"]}
+    split = rows["last_word"]["decontamination"]
+    tokenizer = load_tokenizer("gpt2")
+    for part, indices in (("dirty", [0, 3]), ("clean", [i for i in range(14) if i not in (0, 3)])):
+        alone = load_task(write_task(tmp_path / part, "last_word", [last_word.examples[i] for i in indices]))
+        expected = evaluate_task(recalling, tokenizer, alone, shots=0, seed=0)
+        assert split[part] == pytest.approx({"examples": len(indices), "acc": expected["acc"],
+                                             "target_ppl": expected["target_ppl"]}, rel=1e-6)
+    assert split["all"] == pytest.approx({"examples": 14, "acc": rows["last_word"]["acc"],
+                                          "target_ppl": rows["last_word"]["target_ppl"]})
+    assert split["clean_minus_all"] == pytest.approx({m: split["clean"][m] - split["all"][m] for m in ("acc", "target_ppl")})
+    assert split["dirty"]["acc"] > split["clean"]["acc"]  # example 0 was trained on and is recalled; 3 was not
+    capitals = rows["capitals"]["decontamination"]
+    assert capitals["dirty"] == {"examples": 0} and capitals["clean"]["examples"] == 16
+    assert capitals["clean_minus_all"] == {"acc": 0.0, "acc_norm": 0.0, "acc_norm_chars": 0.0}
+    table = capsys.readouterr().err
+    assert f"checked (13-grams): 2 found, clean-all acc {split['clean_minus_all']['acc']:+.3f}" in table
+    # a report without example ids (an older gpt-data decontaminate): the split is unavailable
+    del report["last_word"]["contaminated_example_ids"]
+    status = decontamination_status(last_word, report, lambda indices: {})
+    assert status["split"].startswith("unavailable: the report lists no contaminated_example_ids")
 
 
 def test_command_line_errors_are_one_line(capsys, tmp_path):
@@ -245,12 +278,18 @@ def memorising(passages: list[dict], steps: int = 20) -> GPT:
     return model.eval()
 
 
-def test_completion_accuracy_is_greedy_decoding_of_the_target():
+@pytest.fixture(scope="module")
+def recalling() -> GPT:
+    """A tiny GPT trained on every other shipped last_word passage (so it recalls some targets)."""
+    return memorising(load_task(BUILTIN_TASKS / "last_word.jsonl").examples[::2])
+
+
+def test_completion_accuracy_is_greedy_decoding_of_the_target(recalling):
     """LAMBADA-style on the shipped passages, with a model trained on every other one (so it recalls some
     targets): acc and target_ppl equal a hand count with an independent no-cache greedy loop."""
     tokenizer = load_tokenizer("gpt2")
     task = load_task(BUILTIN_TASKS / "last_word.jsonl")
-    model = memorising(task.examples[::2])
+    model = recalling
     correct, logprob, count = 0, 0.0, 0
     for example in task.examples:
         context, target = tokenizer.encode(example["context"]), tokenizer.encode(" " + example["target"])
@@ -287,15 +326,81 @@ def test_gpt_eval_runs_the_shipped_tasks_end_to_end(trained, tmp_path, capsys, m
     assert [(r["task"], r["kind"], r["shots"], r["examples"]) for r in report["results"]] == [
         ("capitals", "multiple_choice", 0, 16), ("capitals", "multiple_choice", 2, 16),
         ("last_word", "completion", 0, 14), ("last_word", "completion", 2, 14)]
+    assert set(report["metrics"]) == {"acc", "acc_norm", "acc_norm_chars", "target_ppl"}
+    assert "per token (GPT-3" in report["metrics"]["acc_norm"] and "harness" in report["metrics"]["acc_norm_chars"]
     for row, reference in zip(report["results"], expected):
         assert row["decontamination"] == {"checked": False}
-        metrics = ("acc", "acc_norm") if row["kind"] == "multiple_choice" else ("acc", "target_ppl")
+        metrics = ("acc", "acc_norm", "acc_norm_chars") if row["kind"] == "multiple_choice" else ("acc", "target_ppl")
         assert set(row) == {"task", "kind", "shots", "examples", "decontamination", *metrics}
         for metric in metrics:
             assert row[metric] == pytest.approx(reference[metric], rel=1e-6)
+    header = next(line for line in table.splitlines() if "┃" in line)
+    assert [cell.strip() for cell in header.strip("┃ ").split("┃")] == [
+        "task", "kind", "shots", "examples", "acc", "acc_norm", "acc_norm_chars", "ppl", "decontamination"]
     rows = [[cell.strip() for cell in line.strip("│ ").split("│")] for line in table.splitlines() if "│" in line]
     for row in report["results"]:
         mc = row["kind"] == "multiple_choice"
         assert [row["task"], row["kind"], str(row["shots"]), str(row["examples"]), f"{row['acc']:.3f}",
-                f"{row['acc_norm']:.3f}" if mc else "", "" if mc else f"{row['target_ppl']:.2f}",
-                "not checked"] in rows, table
+                f"{row['acc_norm']:.3f}" if mc else "", f"{row['acc_norm_chars']:.3f}" if mc else "",
+                "" if mc else f"{row['target_ppl']:.2f}", "not checked"] in rows, table
+
+
+# --------------------------------------------------------------------------- the bundled benchmark-style tasks
+
+BUNDLED = "tests/data/eval"
+
+
+def test_arc_style_normalisations_equal_direct_log_likelihoods(trained):
+    """acc (sum), acc_norm (per token), acc_norm_chars (per character of the choice, the harness's acc_norm) and
+    acc_unconditional (minus log p(choice | "Answer:"), GPT-3's for ARC) from log-likelihoods computed directly."""
+    tokenizer = load_tokenizer("gpt2")
+    task = load_task(f"{BUNDLED}/arc_style.jsonl")
+    bare = tokenizer.encode("Answer:")
+    picks = {"acc": [], "acc_norm": [], "acc_norm_chars": [], "acc_unconditional": []}
+    for example in task.examples:
+        context = tokenizer.encode(example["context"])
+        options = [tokenizer.encode(" " + choice) for choice in example["choices"]]
+        conditional = [continuation_log_likelihood(trained, context, option) for option in options]
+        unconditional = [continuation_log_likelihood(trained, bare, option) for option in options]
+        for name, values in (("acc", conditional),
+                             ("acc_norm", [lp / len(o) for lp, o in zip(conditional, options)]),
+                             ("acc_norm_chars", [lp / len(c) for lp, c in zip(conditional, example["choices"])]),
+                             ("acc_unconditional", [c - u for c, u in zip(conditional, unconditional)])):
+            picks[name].append(max(range(len(values)), key=values.__getitem__))
+    # the normalisations must pick differently somewhere, or the comparison below could not tell them apart
+    assert picks["acc_norm_chars"] != picks["acc_norm"] and picks["acc_unconditional"] != picks["acc"], picks
+    result = evaluate_task(trained, tokenizer, task, shots=0, seed=0, batch_size=5)
+    labels = [example["label"] for example in task.examples]
+    assert {name: result[name] for name in picks} == {
+        name: sum(p == label for p, label in zip(chosen, labels)) / len(labels) for name, chosen in picks.items()}
+
+
+@pytest.mark.parametrize("name, beams", [("squad_style", None), ("en_fr", Beams(3, 0.6))])
+def test_generated_answers_scored_by_squad_em_f1_and_sacrebleu(recalling, name, beams):
+    """SQuAD-style QA and translation pairs: gpt-eval's answers are those an independent no-cache greedy loop
+    generates (cut at the newline), or beam search's with --beams, scored by exact match/F1 (hand-checked in
+    test_eval_metrics.py) and by sacrebleu directly. The gold answers are set from the generated ones (exact,
+    with words added, or the last word changed), so that every metric lies strictly between its extremes (the
+    model, trained on last_word passages, answers with words, where one trained on Wikipedia emits newlines)."""
+    tokenizer = load_tokenizer("gpt2")
+    task = load_task(f"{BUNDLED}/{name}.jsonl")
+    limit = task.declaration.max_new_tokens
+    contexts = [tokenizer.encode(e["context"]) for e in task.examples]
+    assert max(len(c) for c in contexts) + limit <= recalling.cfg.seq_length  # no truncation to mirror
+    if beams is None:
+        new_tokens = [greedy_tokens(recalling, context, limit) for context in contexts]
+    else:
+        new_tokens = [beam_search(recalling, [context], limit, beams, eod_id=tokenizer.eod_id)[0] for context in contexts]
+    generated = [tokenizer.decode(tokens).split("\n")[0].strip() for tokens in new_tokens]
+    references = [[g] if i % 3 == 0 else [g + " and more words"] if i % 3 == 1 else [g.rsplit(" ", 1)[0] + " x"]
+                  for i, g in enumerate(generated)]
+    gold = replace(task, examples=[dict(e, target=refs) for e, refs in zip(task.examples, references)])
+    result = evaluate_task(recalling, tokenizer, gold, shots=0, seed=0, batch_size=3, beams=beams)
+    if name == "en_fr":
+        expected = sacrebleu.corpus_bleu(generated, [[refs[0] for refs in references]]).score
+        assert 0 < result["bleu"] < 100 and result["bleu"] == pytest.approx(expected)
+    else:
+        em = [exact_match(g, refs) for g, refs in zip(generated, references)]
+        scores = [f1(g, refs) for g, refs in zip(generated, references)]
+        assert 0 < sum(em) < len(em) and any(0 < s < 1 for s in scores), generated
+        assert (result["exact_match"], result["f1"]) == pytest.approx((sum(em) / len(em), sum(scores) / len(em)))
