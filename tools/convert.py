@@ -163,9 +163,12 @@ def to_hf(input_dir: str, output_dir: str, tokenizer: str | None = None, run_dir
     missing = [m for m in missing if m != "lm_head.weight" and not m.endswith(HF_EXCLUDED)]
     if missing or unexpected:
         raise UserError(f"to-hf: mapping incomplete (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if vocabulary:  # first: a tokenizer without Hugging Face files stops the export before anything is written
+        try:
+            save_hf_tokenizer(vocabulary, output_dir)
+        except UserError as err:
+            raise UserError(f"to-hf: {err} (--tokenizer none exports the model without tokenizer files)") from None
     model.save_pretrained(output_dir, safe_serialization=True)
-    if vocabulary:
-        save_hf_tokenizer(vocabulary, output_dir)
     card = model_card(record, family.model_class, model.num_parameters(), vocabulary, results)
     write_text_atomically(Path(output_dir) / "README.md", card)
     return Path(output_dir)
@@ -368,8 +371,9 @@ def main(argv=None) -> int:
             refuse_existing(Path(args.output))  # before the work, not after it
         if args.command == "to-hf":
             output = to_hf(args.input, args.output, args.tokenizer, args.run_dir, args.eval_results)
-            print(f"wrote {output}" + ("" if (output / "tokenizer.json").is_file() else
-                                       " without tokenizer files (the checkpoint's run names none: --tokenizer SPEC)"))
+            unnamed = args.tokenizer is None and not (output / "tokenizer.json").is_file()
+            print(f"wrote {output}" + (" without tokenizer files (the checkpoint's run names none: --tokenizer SPEC)"
+                                       if unnamed else ""))
         elif args.command == "from-hf":
             print(f"wrote {from_hf(args.input, args.output, args.tp, args.pp, args.vocab_multiple)}")
         elif args.command == "reshard":

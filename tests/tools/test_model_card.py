@@ -3,9 +3,9 @@ card from what the run recorded (and "unknown" for what it did not)."""
 import json
 
 import pytest
-import torch
 from transformers import AutoTokenizer, GPT2LMHeadModel, pipeline
 
+from data_pipeline.tokenizer_train import train_tokenizer
 from data_pipeline.tokenizers import load_tokenizer
 from tests.tools.test_convert import random_gpt2
 from tests.training.launch import REPO, read_metrics, run_pretrain
@@ -85,5 +85,17 @@ def test_what_a_converted_checkpoint_does_not_record_is_unknown(tmp_path, capsys
                         "--tokenizer", "gpt2"]) == 2
     assert capsys.readouterr().err.strip() == ("gpt-convert: error: to-hf: the tokenizer gpt2 has 50257 tokens, "
                                                "the model 1001")
-    with torch.no_grad():
-        assert GPT2LMHeadModel.from_pretrained(tmp_path / "back").config.vocab_size == 1001
+    assert GPT2LMHeadModel.from_pretrained(tmp_path / "back").config.vocab_size == 1001
+
+
+def test_a_tokenizer_without_hugging_face_files_stops_the_export_before_writing(tmp_path, capsys):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "ccnet.jsonl.gz").write_bytes((REPO / "tests" / "data" / "ccnet-head-0091.jsonl.gz").read_bytes())
+    sentencepiece = train_tokenizer(tmp_path / "docs", tmp_path / "sp", vocab_size=600)
+    random_gpt2(tmp_path / "hf", 1001, 48, 2, 4)
+    from_hf(str(tmp_path / "hf"), str(tmp_path / "ours"), 1, 1)
+    capsys.readouterr()
+    assert gpt_convert(["to-hf", "--input", str(tmp_path / "ours"), "--output", str(tmp_path / "out"),
+                        "--tokenizer", f"sentencepiece:{sentencepiece.path}"]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "(--tokenizer none exports the model without tokenizer files)") and not (tmp_path / "out").exists()
