@@ -106,8 +106,8 @@ METRIC_FUNCTIONS: dict[tuple[str, str], Callable[[list[ExampleScores]], float]] 
     ("completion", "bleu"): lambda examples: bleu([e.generated for e in examples], [e.references for e in examples]),
 }
 METRIC_DEFINITIONS = {  # written into gpt-eval's JSON, so that each number says what it is
-    "acc": "multiple choice: the answer of highest log-likelihood; completion: greedy decoding "
-           "(or beam search) reproduces the first target",
+    "acc": "multiple choice: the answer of highest log-likelihood (a fine-tuned head: its predicted label); "
+           "completion: greedy decoding (or beam search) reproduces the first target",
     "acc_norm": "the answer of highest log-likelihood per token (GPT-3's length normalisation)",
     "acc_norm_chars": "the answer of highest log-likelihood per character (lm-evaluation-harness's acc_norm)",
     "acc_unconditional": "the answer of highest log p(answer | context) - log p(answer | answer context) "

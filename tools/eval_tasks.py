@@ -132,6 +132,10 @@ def check_example(task: Task, example: dict, where: str) -> None:
         if not (isinstance(target, str) or (isinstance(target, list) and target
                                             and all(isinstance(t, str) for t in target))):
             raise UserError(f"{where}: target must be a string or a non-empty list of strings")
+    if task.kind == "multiple_choice":
+        choices = example["choices"]
+        if not isinstance(choices, list) or not choices or not all(isinstance(c, str) and c for c in choices):
+            raise UserError(f"{where}: choices must be a non-empty list of non-empty strings")
     if "label" in KINDS[task.kind]:
         label, count = example["label"], len(example["choices"]) if task.kind == "multiple_choice" else None
         if not isinstance(label, int) or label < 0 or (count is not None and label >= count):

@@ -72,6 +72,10 @@ def test_task_kinds_and_bad_files(tmp_path):
     bad = write_task(tmp_path, "bad", [{"context": "a", "choices": ["x", "y"], "label": 2}])
     with pytest.raises(Exception, match="label must be an index below 2"):
         load_task(bad)
+    with pytest.raises(Exception, match="choices must be a non-empty list of non-empty strings"):
+        load_task(write_task(tmp_path, "blank", [{"context": "a", "choices": ["x", ""], "label": 0}]))
+    with pytest.raises(Exception, match="target must be a string or a non-empty list of strings"):
+        load_task(write_task(tmp_path, "none", [{"context": "a", "target": []}]))
     (tmp_path / "broken.jsonl").write_text('{"context": "a", "target": "b"}\nnot json\n')
     with pytest.raises(Exception, match="broken.jsonl:2: not a JSON line"):
         load_task(tmp_path / "broken.jsonl")
