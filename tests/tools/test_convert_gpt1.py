@@ -78,7 +78,7 @@ def test_gpt1_refusals(tmp_path):
 def test_gpt1_initialises_without_residual_scaling():
     """GPT-1's paper: every weight N(0, 0.02). GPT-2 (same draws) divides the residual projections by sqrt(2 L)."""
     layers = 4
-    shape = dict(n_layers=layers, d_model=64, n_heads=4, seq_length=16, vocab_size=VOCAB)
+    shape = {"n_layers": layers, "d_model": 64, "n_heads": 4, "seq_length": 16, "vocab_size": VOCAB}
     gpt1, gpt2 = (dict(GPT(ModelConfig(arch=arch, **shape), seed=3).named_parameters()) for arch in ("gpt1", "gpt2"))
     for layer in range(layers):
         for name in (f"blocks.{layer}.attention.proj.weight", f"blocks.{layer}.mlp.proj.weight"):

@@ -1,6 +1,7 @@
 """gpt-convert to-hf of a trained run: tokenizer files that transformers' own pipeline uses offline, and a model
 card from what the run recorded (and "unknown" for what it did not)."""
 import json
+import shutil
 
 import pytest
 from transformers import AutoTokenizer, GPT2LMHeadModel, pipeline
@@ -9,7 +10,8 @@ from data_pipeline.tokenizer_train import train_tokenizer
 from data_pipeline.tokenizers import load_tokenizer
 from tests.tools.test_convert import random_gpt2
 from tests.training.launch import REPO, read_metrics, run_pretrain
-from tools.convert import from_hf, main as gpt_convert
+from tools.convert import from_hf
+from tools.convert import main as gpt_convert
 from tools.evaluate import main as gpt_eval
 from training.consolidated import load_gpt
 from training.generation import Sampling, generate
@@ -64,7 +66,8 @@ def test_model_card_holds_what_the_run_recorded(trained, exported):
                  "| ccnet | 0.7 | 21,814 | unknown |", "| wiki | 0.3 | 20,676 | unknown |",
                  f"Final validation loss: {valid[-1]['valid_loss']:.4f} (perplexity {valid[-1]['valid_ppl']:.2f}) "
                  "at step 4",
-                 f"| capitals | multiple_choice | 0 | 16 | {results[0]['acc']:.3f} | {results[0]['acc_norm']:.3f} |  |"]:
+                 f"| capitals | multiple_choice | 0 | 16 | {results[0]['acc']:.3f} | "
+                 f"{results[0]['acc_norm']:.3f} |  |"]:
         assert line in card.splitlines(), line
     assert "transformers' `GPT2LMHeadModel`" in card and [r["step"] for r in valid] == [2, 4]
 
@@ -90,7 +93,7 @@ def test_what_a_converted_checkpoint_does_not_record_is_unknown(tmp_path, capsys
 
 def test_a_tokenizer_without_hugging_face_files_stops_the_export_before_writing(tmp_path, capsys):
     (tmp_path / "docs").mkdir()
-    (tmp_path / "docs" / "ccnet.jsonl.gz").write_bytes((REPO / "tests" / "data" / "ccnet-head-0091.jsonl.gz").read_bytes())
+    shutil.copy(REPO / "tests" / "data" / "ccnet-head-0091.jsonl.gz", tmp_path / "docs" / "ccnet.jsonl.gz")
     sentencepiece = train_tokenizer(tmp_path / "docs", tmp_path / "sp", vocab_size=600)
     random_gpt2(tmp_path / "hf", 1001, 48, 2, 4)
     from_hf(str(tmp_path / "hf"), str(tmp_path / "ours"), 1, 1)
