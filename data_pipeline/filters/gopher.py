@@ -180,14 +180,15 @@ def top_ngram_chars(keys: np.ndarray, lengths: np.ndarray, n: int) -> int:
     Ties go to the longest n-gram, so the answer does not depend on hash order; an
     n-gram seen only once is not repetition (0)."""
     order, starts = _sorted_groups(keys)
-    group_starts = np.flatnonzero(starts)
-    counts = np.diff(np.append(group_starts, len(keys)))
+    group_starts = starts.nonzero()[0]
+    counts = np.empty_like(group_starts)
+    np.subtract(group_starts[1:], group_starts[:-1], out=counts[:-1])
+    counts[-1] = len(keys) - group_starts[-1]
     top = counts.max()
     if top < 2:
         return 0
     firsts = order[group_starts[counts == top]]
-    ends = np.concatenate([[0], np.cumsum(lengths)])
-    longest = int((ends[firsts + n] - ends[firsts]).max())
+    longest = int(lengths[firsts[:, None] + np.arange(n)].sum(axis=1).max())
     return (longest + n - 1) * int(top)
 
 
