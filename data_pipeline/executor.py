@@ -15,10 +15,10 @@ executor=args.executor, stage="filter")``. `process` must be a module-level func
 What `run_shards` does:
 
 1. Names every input (`shards.shard_name`) and sorts the list (a path manifest's inputs
-   keep its order); rank r of w takes every w-th shard starting at r. The rank comes from `detect_rank`: a Slurm array
-   task (``SLURM_ARRAY_TASK_ID``/``_COUNT``), a Slurm step task (``SLURM_PROCID``/
-   ``SLURM_NTASKS``), an MPI rank (mpi4py, when started by ``mpiexec``) or a lone
-   local run.
+   keep its order); rank r of w takes every w-th shard starting at r. The rank comes from
+   `detect_rank`: a Slurm array task (``SLURM_ARRAY_TASK_ID``/``_COUNT``), a Slurm step
+   task (``SLURM_PROCID``/``SLURM_NTASKS``), an MPI rank (mpi4py, when started by
+   ``mpiexec``) or a lone local run.
 2. Locks this rank's shards (`claim`): a second run over the same shards of the same
    output directory is refused in one line, while MPI ranks and Slurm array tasks, which
    take disjoint shards, run side by side.
@@ -442,7 +442,7 @@ def write_stage_stats(output_dir: Path, tasks: Sequence[ShardTask], stage: str, 
     ranks); a marker of other inputs, options or code does not count as done. A remote
     input is not looked up again (one request per shard of every rank): the rank that
     ran or skipped its shard checked it. ``failed`` maps the shards that failed (in this
-    run, or earlier and not done since) to their errors."""
+    run, or earlier and without a marker since) to their errors."""
     with open(lock_directory(output_dir) / ".stats.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         markers = [m for t in tasks if (m := read_marker(output_dir, t.name)) is not None
@@ -451,7 +451,8 @@ def write_stage_stats(output_dir: Path, tasks: Sequence[ShardTask], stage: str, 
         for marker in markers:
             merged.merge(marker.get("stats", {}))
         done = {m.get("shard") for m in markers if not incomplete(m)}
-        failed = {name: error for name, error in _read_stats(output_dir).get("failed", {}).items() if name not in done}
+        unmarked = {t.name for t in tasks} - {m.get("shard") for m in markers}
+        failed = {name: error for name, error in _read_stats(output_dir).get("failed", {}).items() if name in unmarked}
         failed.update(failures)
         merged.data.update(stage=stage, shards_total=len(tasks), shards_done=len(done))
         if failed:

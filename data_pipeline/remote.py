@@ -11,7 +11,7 @@ closed. Credentials, endpoints and other storage options come from fsspec's own 
 Transient failures (connection reset or refused, timeouts, HTTP 5xx/429, a transfer that
 ends early) are retried by `retrying` with exponential backoff; s3fs and botocore retry S3's
 ``SlowDown`` and 5xx themselves first. Every HTTP read has a socket timeout
-(`HTTP_TIMEOUT`); s3fs's botocore client has its own (60 s connect and read).
+(`HTTP_SOCKET_TIMEOUT_S`); s3fs's botocore client has its own (60 s connect and read).
 """
 from __future__ import annotations
 
@@ -50,9 +50,9 @@ def is_url(location: object) -> bool:
 
 
 def location(path: str | os.PathLike) -> Path:
-    """A `Path` for a local path, a `UPath` (same API, through fsspec) for a URL."""
+    """A `Path` for a local path (``file://`` URLs too), a `UPath` (same API, through fsspec) for a URL."""
     if not is_url(path):
-        return Path(path)
+        return Path(str(path).removeprefix("file://") if isinstance(path, str) else path)
     from upath import UPath
 
     if isinstance(path, UPath):
