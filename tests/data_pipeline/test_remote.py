@@ -142,6 +142,16 @@ def test_jsonl_and_parquet_urls_read_like_local_files(cli, h, tmp_path, site, cc
         assert h.read_rows(tmp_path / "remote" / name)
 
 
+def test_tokenize_of_a_url_writes_the_bytes_of_the_local_run(cli, tmp_path, site, ccnet_sample):
+    site.files[f"/docs/{ccnet_sample.name}"] = ccnet_sample.read_bytes()
+    assert cli("tokenize", "--input", ccnet_sample, "--output", tmp_path / "local" / "cc", "--tokenizer", "gpt2")[0] == 0
+    code, _, err = cli("tokenize", "--input", f"{site.url}/docs/{ccnet_sample.name}",
+                       "--output", tmp_path / "remote" / "cc", "--tokenizer", "gpt2")
+    assert code == 0, err
+    for suffix in (".bin", ".idx"):
+        assert (tmp_path / "remote" / f"cc{suffix}").read_bytes() == (tmp_path / "local" / f"cc{suffix}").read_bytes()
+
+
 def test_throttling_and_server_errors_of_s3_are_retried_access_errors_are_not():
     """As s3fs raises them after its own retries: an OSError caused by botocore's ClientError."""
     from botocore.exceptions import ClientError, ReadTimeoutError
