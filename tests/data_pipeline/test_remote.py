@@ -111,8 +111,9 @@ def local_run(warc_sample, tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def quick_backoff(monkeypatch):
+def quick_backoff_and_private_locks(monkeypatch, tmp_path):
     monkeypatch.setattr(remote, "BACKOFF_S", 0.01)
+    monkeypatch.setattr(remote, "LOCK_ROOT", tmp_path / "locks")  # a remote output's local lock files
 
 
 def marker(out: Path, name: str) -> dict | None:
