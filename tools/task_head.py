@@ -13,9 +13,10 @@ from torch import nn
 
 from training.model import GPT
 
-HEAD_FILE = "head.pt"  # inside the checkpoint, listed and verified with its files
+HEAD_PREFIX = "loss_fn.head."  # the head's parameters in a checkpoint (the engine's loss module holds it)
 INFO_KEY = "finetune"  # the manifest's FinetuneInfo
-LEGACY_INFO_FILE = "finetune.json"  # gpt-finetune once wrote it and HEAD_FILE next to `latest`
+HEAD_FILE = "head.pt"  # earlier outputs: the head in a file of the (weights-only) checkpoint
+LEGACY_INFO_FILE = "finetune.json"  # before that: it and HEAD_FILE next to `latest`
 
 
 @dataclass
@@ -45,22 +46,37 @@ class TaskHead(nn.Module):
         return self.linear(self.dropout(state))
 
 
+def task_scores(head: TaskHead, kind: str, extract_states: torch.Tensor, examples: int) -> torch.Tensor:
+    """[examples, classes or answers] from the extract tokens' final states, in `sequences` order (GPT-1):
+    similarity sums the states of both orders, multiple choice scores each answer."""
+    if kind == "similarity":
+        return head(extract_states[0::2] + extract_states[1::2])
+    if kind == "multiple_choice":
+        return head(extract_states).view(examples, -1)
+    return head(extract_states)
+
+
 def load_head(checkpoint: Path, model: GPT) -> tuple[TaskHead | None, FinetuneInfo | None]:
     """The task head of a fine-tuned checkpoint, if any, verified like its other files."""
-    from training.checkpoint_files import CheckpointError, check_files, load_plain, read_manifest
+    from training.checkpoint_files import CheckpointError, ShardReader, check_files, load_plain, read_manifest
 
     manifest = read_manifest(checkpoint)
     legacy = Path(checkpoint) / LEGACY_INFO_FILE
-    if INFO_KEY in manifest:
-        root, record = Path(manifest["path"]), manifest[INFO_KEY]
-        problems = check_files(manifest, [HEAD_FILE])
-        if problems:
-            raise CheckpointError(problems[0])
-    elif legacy.is_file():
-        root, record = legacy.parent, json.loads(legacy.read_text())
+    root = Path(manifest["path"])
+    if INFO_KEY in manifest and HEAD_FILE not in manifest["files"]:
+        record, reader = manifest[INFO_KEY], ShardReader(manifest)
+        state = {name[len(HEAD_PREFIX):]: reader.full(name) for name in reader.names() if name.startswith(HEAD_PREFIX)}
     else:
-        return None, None
-    state = load_plain(root / HEAD_FILE, f"fine-tuned head {root / HEAD_FILE}")
+        if INFO_KEY in manifest:
+            record = manifest[INFO_KEY]
+            problems = check_files(manifest, [HEAD_FILE])
+            if problems:
+                raise CheckpointError(problems[0])
+        elif legacy.is_file():
+            root, record = legacy.parent, json.loads(legacy.read_text())
+        else:
+            return None, None
+        state = load_plain(root / HEAD_FILE, f"fine-tuned head {root / HEAD_FILE}")
     try:
         info = FinetuneInfo(**record)
         head = TaskHead(model.cfg.d_model, info.num_labels)

@@ -324,11 +324,11 @@ def _agree(layout: Layout, problems: list[str]) -> None:
         raise CheckpointError(found[0] + more)
 
 
-def load(engine, cfg: Config, layout: Layout, manifest: dict, new_prefix: str | None = None) -> dict:
+def load(engine, cfg: Config, layout: Layout, manifest: dict, fresh_prefix: str | None = None) -> dict:
     """Load a checkpoint into the engine on every rank; returns the trainer state ({} for weights-only).
 
-    Parameters named `new_prefix...` that a weights-only checkpoint lacks keep their initial values
-    (a task head on a pretrained trunk). RNG streams are restored separately (`restore_rng`), just
+    From a weights-only checkpoint, parameters named `fresh_prefix...` keep their initial values
+    (a new task head on a pretrained trunk). RNG streams are restored separately (`restore_rng`), just
     before training goes on: building datasets and the like in between may draw from them."""
     deepspeed_engine = engine.engine
     files = sorted(manifest["files"])
@@ -336,8 +336,8 @@ def load(engine, cfg: Config, layout: Layout, manifest: dict, new_prefix: str | 
 
     reader = ShardReader(manifest, cfg.model.padded_vocab_size(layout.tp))  # rows (and Adam moments) cut or added
     params = canonical_parameters(engine.module, cfg.model)
-    if new_prefix and manifest["trainer"] is None:
-        params = [(n, p) for n, p in params if not n.startswith(new_prefix) or n in manifest["params"]]
+    if fresh_prefix and manifest["trainer"] is None:
+        params = [(name, param) for name, param in params if not name.startswith(fresh_prefix)]
     keys = ["param", *OPTIMIZER_KEYS] if manifest["optimizer"] else ["param"]
     staged, problems = [], []
     for name, param in params:

@@ -48,17 +48,17 @@ def uses_tf32(cfg: Config, layout: Layout) -> bool:
 
 
 def train(engine: ParallelEngine, recipe: Recipe, cfg: Config, layout: Layout, run_dir: Path,
-          resume_from: dict | None, manifest_extra: dict | None = None, new_prefix: str | None = None) -> Progress:
+          resume_from: dict | None, manifest_extra: dict | None = None, fresh_prefix: str | None = None) -> Progress:
     """Train for `cfg.train.steps` steps from `resume_from` (a checkpoint manifest, or None); returns where it ended.
 
-    `manifest_extra` joins every checkpoint's manifest; parameters named `new_prefix...` may be
-    missing from a weights-only `resume_from` (`checkpoint.load`)."""
+    `manifest_extra` joins every checkpoint's manifest; parameters named `fresh_prefix...` are not
+    taken from a weights-only `resume_from` (`checkpoint.load`)."""
     is_logger = layout.rank == 0
     guard = BadStepGuard(engine, cfg.train.spike_threshold, cfg.train.spike_window, layout.device)
     stop = StopRequest(layout.device)
     progress = Progress()
     if resume_from:
-        progress.restore(checkpoint.load(engine, cfg, layout, resume_from, new_prefix), guard)
+        progress.restore(checkpoint.load(engine, cfg, layout, resume_from, fresh_prefix), guard)
         if is_logger:
             print(f"[{recipe.name}] resumed from {resume_from['path']} at step {progress.step}", flush=True)
     recipe.start(progress)

@@ -4,6 +4,7 @@ save, NaN steps, loss spikes and the stop policy; checkpoints that are damaged, 
 Every interrupted run must reproduce the uninterrupted run's per-step losses bit for bit
 (fp32, dropout on, so the RNG streams are part of what is restored).
 """
+import dataclasses
 import json
 import os
 import shutil
@@ -20,10 +21,10 @@ from tests.tools.real_text_task import same_source
 from tests.training.crafted import CreatesFile, craft
 from tests.training.launch import REPO, TINY, losses, read_metrics, run_pretrain
 from tools.convert import main as gpt_convert
-from tools.finetune import main as gpt_finetune, save as save_finetuned
-from tools.task_head import FinetuneInfo, TaskHead, load_head
+from tools.finetune import main as gpt_finetune
+from tools.task_head import HEAD_FILE, INFO_KEY, FinetuneInfo, TaskHead, load_head
 from tools.generate import main as gpt_generate
-from training.checkpoint_files import CheckpointError, ShardReader, check_files, read_manifest
+from training.checkpoint_files import CheckpointError, ShardReader, check_files, read_manifest, write_weights
 from training.consolidated import ensure_single_process_groups, load_gpt
 from training.distributed import shutdown
 
@@ -210,6 +211,13 @@ def refusals(checkpoint: Path, tmp_path: Path, capsys) -> list[str]:
         assert len(err.splitlines()) == 1, err
         lines.append(err)
     return lines
+
+
+def save_finetuned(directory: Path, weights: dict, model, head: TaskHead, info: FinetuneInfo) -> None:
+    """A fine-tuned checkpoint as gpt-finetune wrote them before it trained on the engine: head.pt inside."""
+    write_weights(directory, weights, dict.fromkeys(weights), {"model": dataclasses.asdict(model.cfg)}, 1, 1,
+                  dict.fromkeys(weights, 0), model.cfg.padded_vocab_size(1), extra_files={HEAD_FILE: head.state_dict()},
+                  extra={INFO_KEY: dataclasses.asdict(info)})
 
 
 def test_a_pickle_in_a_checkpoint_is_never_unpickled(straight_run, tmp_path, capsys, process_group):
