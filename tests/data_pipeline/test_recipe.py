@@ -165,7 +165,7 @@ def test_typed_steps_options_are_their_subcommands_flags():
               ExtractOptions(main_content=False, min_text_chars=20)),
              (["classifier", "score", *paths, "--model", "m.npz"], ScoreOptions(model="m.npz"))]
     shared = {"command", "classifier_command", "method", "func", "input", "output", "workers", "executor",
-              "overwrite"}
+              "overwrite", "base_url", "limit", "sample"}  # the last three: how extract reads a --input path manifest
     for argv, expected in cases:
         args = build_parser().parse_args(argv)
         assert from_arguments(type(expected), args) == expected, argv
