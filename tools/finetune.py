@@ -201,10 +201,13 @@ def special_tokens(cfg: Config) -> tuple[int, int, int]:
 
 def finetune(cfg: Config, task: Task, tokenizer: Tokenizer, args: argparse.Namespace, base: dict) -> dict:
     """Train on the engine in the trainer's loop; returns the summary (on every rank)."""
-    from training.distributed import init_distributed
+    from training.distributed import init_distributed, resolve_device
     from training.rng import seed_everything
 
     layout = init_distributed(cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.timeout_minutes)
+    if resolve_device(args.device).type != layout.device.type:
+        raise UserError(f"--device {args.device}: gpt-finetune trains where the trainer does, on "
+                        f"{layout.device.type} here (each rank its own GPU when there are GPUs)")
     info = FinetuneInfo(task.name, task.kind, num_labels(task), *special_tokens(cfg),
                         max_length=min(args.max_length or cfg.model.seq_length, cfg.model.seq_length))
     torch.manual_seed(cfg.train.seed)  # the head's initialisation, the same on every rank and layout
