@@ -13,7 +13,7 @@ meaningful on a shared machine. Variants:
 - ``ours_full``: ``gpt-data filter`` straight on the WARC: extract + LID + Gopher
   repetition + Gopher quality + C4, kept and removed/ parquet output.
 - ``ours_full_lid_whole``: the same with language ID on the whole text (``prefix_chars: 0``)
-  instead of its first 1000 characters.
+  instead of its first 500 characters.
 - ``dt_extract``: datatrove WarcReader + a Resiliparse extractor (datatrove 0.10 has none;
   a 10-line step with the same resiliparse options as ours) + ParquetWriter.
 - ``dt_full``: the same plus datatrove's LanguageFilter (given the same offline lid.176.ftz

@@ -43,7 +43,7 @@ class LanguageOptions:
     languages: tuple[str, ...] = ("en",)  # empty: keep every language, only annotate
     min_score: float = 0.65
     model_path: str | None = None
-    prefix_chars: int = 1000  # classify at most this many leading characters; 0: the whole text
+    prefix_chars: int = 500  # classify at most this many leading characters; 0: the whole text
 
 
 class LanguageFilter(Filter):
