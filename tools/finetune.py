@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from tools.eval_tasks import Task, load_task
 from tools.finetune_batches import IGNORED, FinetuneLoss, lm_targets, micro_batch, sequences
 from tools.task_head import HEAD_PREFIX, INFO_KEY, FinetuneInfo, TaskHead, task_scores
 from training import checkpoint, loop
-from training.config import Config, ModelConfig, load_config
+from training.config import Config, load_config
 from training.distributed import Layout
 from training.parallel import GPTWithStates, MicroBatch, ParallelEngine
 from training.progress import Progress
@@ -94,6 +93,7 @@ class Finetuning:
         self.seq_length = max(len(s) for example in self.train_examples + self.test_examples for s in example)
         self.per_epoch = len(task.train) // cfg.train.global_batch_size * cfg.train.global_batch_size
         self.warmup_steps = max(1, math.ceil(warmup * cfg.train.steps))
+        self.orders: dict[int, list[int]] = {}  # epoch -> its order of the training examples
         self.test_acc = float("nan")
 
     def start(self, progress: Progress) -> None:
@@ -107,9 +107,10 @@ class Finetuning:
 
     def example_index(self, sample: int) -> int:
         epoch, position = divmod(sample, self.per_epoch)
-        order = list(range(len(self.task.train)))
-        random.Random(f"{self.cfg.train.seed}/{epoch}").shuffle(order)
-        return order[position]
+        if epoch not in self.orders:
+            self.orders[epoch] = list(range(len(self.task.train)))
+            random.Random(f"{self.cfg.train.seed}/{epoch}").shuffle(self.orders[epoch])
+        return self.orders[epoch][position]
 
     def micro_batches(self, progress: Progress, batch: int) -> list[MicroBatch]:
         chosen = [self.example_index(i) for i in range(progress.consumed, progress.consumed + batch)]
@@ -163,9 +164,10 @@ def run_config(args: argparse.Namespace, base: dict, task: Task, world: int) -> 
     """The trainer's config: the base model, the layout and any `--set` keys, GPT-1's recipe from the flags."""
     from training.checkpoint_files import vocab_multiple_for
     from training.config import check_layout, check_values
+    from training.consolidated import checkpoint_config
 
     cfg = load_config(None, args.set)
-    cfg.model = checkpoint_model(base)
+    cfg.model = checkpoint_config(base).model
     cfg.parallel.tp, cfg.parallel.pp = args.tp or cfg.parallel.tp, args.pp or cfg.parallel.pp
     cfg.model.make_vocab_size_divisible_by = vocab_multiple_for(base, cfg.parallel.tp)  # keep the base's padding
     check_values(cfg)
@@ -184,12 +186,6 @@ def run_config(args: argparse.Namespace, base: dict, task: Task, world: int) -> 
     return cfg
 
 
-def checkpoint_model(manifest: dict) -> ModelConfig:
-    from training.consolidated import checkpoint_config
-
-    return checkpoint_config(manifest).model
-
-
 def special_tokens(cfg: Config) -> tuple[int, int, int]:
     """Start, delimiter and extract ids: rows of the padded vocabulary no tokenizer emits."""
     vocab, padded = cfg.model.vocab_size, cfg.model.padded_vocab_size(cfg.parallel.tp)
@@ -200,19 +196,21 @@ def special_tokens(cfg: Config) -> tuple[int, int, int]:
 
 
 def finetune(cfg: Config, task: Task, tokenizer: Tokenizer, args: argparse.Namespace, base: dict) -> dict:
-    """Train on the engine in the trainer's loop; returns the summary (on every rank)."""
-    from training.distributed import init_distributed, resolve_device
-    from training.rng import seed_everything
+    """Train on the engine in the trainer's loop; returns the summary (the losses on rank 0, which writes it)."""
+    from training.distributed import resolve_device
 
-    layout = init_distributed(cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.timeout_minutes)
+    if parallel_state.model_parallel_is_initialized():  # a caller's single-process groups: now the run's layout
+        parallel_state.destroy_model_parallel()
+    layout = loop.start_processes(cfg)
     if resolve_device(args.device).type != layout.device.type:
         raise UserError(f"--device {args.device}: gpt-finetune trains where the trainer does, on "
                         f"{layout.device.type} here (each rank its own GPU when there are GPUs)")
     info = FinetuneInfo(task.name, task.kind, num_labels(task), *special_tokens(cfg),
                         max_length=min(args.max_length or cfg.model.seq_length, cfg.model.seq_length))
-    torch.manual_seed(cfg.train.seed)  # the head's initialisation, the same on every rank and layout
-    loss = FinetuneLoss(TaskHead(cfg.model.d_model, info.num_labels, args.head_dropout), task.kind, args.lm_weight)
-    seed_everything(cfg.train.seed, layout.pp_rank, layout.dp_rank, layout.tp_rank, layout.device)
+    with torch.random.fork_rng(devices=[]):  # the head's initialisation, the same on every rank and layout
+        torch.manual_seed(cfg.train.seed)
+        head = TaskHead(cfg.model.d_model, info.num_labels, args.head_dropout)
+    loss = FinetuneLoss(head, task.kind, args.lm_weight)
     output = Path(args.output)
     resume_from = checkpoint.find_resume_point(cfg, output) or base
     checkpoint.fit_config(cfg, resume_from)
@@ -221,7 +219,7 @@ def finetune(cfg: Config, task: Task, tokenizer: Tokenizer, args: argparse.Names
     if layout.rank == 0:
         output.mkdir(parents=True, exist_ok=True)
         print(f"[finetune] {task.name}: {layout.describe()}, {cfg.train.steps} steps", flush=True)
-    progress = loop.train(engine, recipe, cfg, layout, output, resume_from, {INFO_KEY: asdict(info)}, "loss_fn.")
+    progress = loop.train(engine, recipe, cfg, layout, output, resume_from, {INFO_KEY: asdict(info)}, HEAD_PREFIX)
     records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()] \
         if layout.rank == 0 else []
     steps = [r for r in records if "loss" in r]
@@ -308,8 +306,6 @@ def run(args: argparse.Namespace) -> dict:
     check_flags(args)
     task = load_task(args.task)
     world = world_from_environment()[1]
-    if parallel_state.model_parallel_is_initialized():  # e.g. a notebook or test's single-process groups
-        parallel_state.destroy_model_parallel()
     with tempfile.TemporaryDirectory(prefix="gpt-hf-") as workdir:
         base = base_manifest(args, workdir)
         cfg = run_config(args, base, task, world)
@@ -327,13 +323,15 @@ def main(argv=None) -> int:
     from training.distributed import shutdown
 
     args = build_parser().parse_args(argv)
+    started_here = not dist.is_initialized()  # else a caller's (a test's, a notebook's) groups: they stay
     try:
         run(args)
     except UserError as err:
         print(f"gpt-finetune: error: {err}", file=sys.stderr)
         return 2
     finally:
-        shutdown()
+        if started_here:
+            shutdown()
     return 0
 
 

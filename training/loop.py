@@ -11,13 +11,16 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+import torch
+
 from training import checkpoint
 from training.config import Config
-from training.distributed import Layout
+from training.distributed import Layout, init_distributed
 from training.faults import BadStepGuard, StopRequest
 from training.metrics import MetricsLog, device_peak_tflops, training_flops_per_token
 from training.parallel import MicroBatch, ParallelEngine
 from training.progress import Progress, roll_back
+from training.rng import seed_everything
 
 
 class Recipe(Protocol):
@@ -47,6 +50,15 @@ def uses_tf32(cfg: Config, layout: Layout) -> bool:
     return cfg.tf32 and layout.device.type == "cuda"
 
 
+def start_processes(cfg: Config) -> Layout:
+    """This process's groups (the layout), its device's matmul precision and its random streams."""
+    layout = init_distributed(cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.timeout_minutes)
+    if layout.device.type == "cuda":  # fp32 matmuls (and fp32 parts of mixed precision) on TF32 tensor cores
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
+    seed_everything(cfg.train.seed, layout.pp_rank, layout.dp_rank, layout.tp_rank, layout.device)
+    return layout
+
+
 def train(engine: ParallelEngine, recipe: Recipe, cfg: Config, layout: Layout, run_dir: Path,
           resume_from: dict | None, manifest_extra: dict | None = None, fresh_prefix: str | None = None) -> Progress:
     """Train for `cfg.train.steps` steps from `resume_from` (a checkpoint manifest, or None); returns where it ended.
@@ -60,7 +72,8 @@ def train(engine: ParallelEngine, recipe: Recipe, cfg: Config, layout: Layout, r
     if resume_from:
         progress.restore(checkpoint.load(engine, cfg, layout, resume_from, fresh_prefix), guard)
         if is_logger:
-            print(f"[{recipe.name}] resumed from {resume_from['path']} at step {progress.step}", flush=True)
+            print(f"[{recipe.name}] resumed from {resume_from['path']} at step {progress.step}" if resume_from["trainer"]
+                  else f"[{recipe.name}] starting from the weights of {resume_from['path']}", flush=True)
     recipe.start(progress)
     log = MetricsLog.for_run(cfg, run_dir, enabled=is_logger)
     peak = device_peak_tflops(layout.device, cfg.precision, cfg.logging.peak_tflops, tf32=uses_tf32(cfg, layout))

@@ -25,10 +25,9 @@ from training.config import Config, ConfigError, check_layout, load_config
 from training.deepspeed_compat import check_version
 from training.data import Blend, build_datasets, micro_batches, read_blend
 from training.memory import check_fits, check_stages
-from training.distributed import Layout, init_distributed, shutdown, world_from_environment
+from training.distributed import Layout, shutdown, world_from_environment
 from training.parallel import MicroBatch, ParallelEngine
 from training.progress import Progress
-from training.rng import seed_everything
 from training.schedule import batch_size, learning_rate
 
 
@@ -132,10 +131,7 @@ class Pretraining:
 
 
 def train(cfg: Config, blend: Blend, run_dir: Path) -> None:
-    layout = init_distributed(cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.timeout_minutes)
-    if layout.device.type == "cuda":  # fp32 matmuls (and fp32 parts of mixed precision) on TF32 tensor cores
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
-    seed_everything(cfg.train.seed, layout.pp_rank, layout.dp_rank, layout.tp_rank, layout.device)
+    layout = loop.start_processes(cfg)
     resume_from = checkpoint.find_resume_point(cfg, run_dir)
     if resume_from:
         checkpoint.fit_config(cfg, resume_from)
