@@ -140,7 +140,7 @@ class Finetuning:
         self.loss.take_records(self.layout.device)  # (nothing is pending after a step's metrics)
         engine.eval_loss(self._share(examples, labels, lm_scale=0.0))
         _, _, correct, scored, _ = self.loss.take_records(self.layout.device).tolist()
-        self.test_acc = correct / scored
+        self.test_acc = correct / scored if scored else float("nan")
         return {"test_acc": self.test_acc, "test_examples": len(self.task.examples)}
 
 
