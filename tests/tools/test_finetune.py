@@ -287,3 +287,21 @@ def test_heads_are_part_of_the_checkpoint_and_older_outputs_still_load(parallel_
         assert old_info == info
         for name, value in head.state_dict().items():
             assert torch.equal(value, old_head.state_dict()[name])
+
+
+@pytest.mark.parametrize("keys, closeness", [
+    (["parallel.zero_stage=3", "parallel.activation_checkpointing=true"], (0.0, 1e-6)),
+    (["precision=bf16"], (1e-6, 1e-2)),  # measured: 1.2e-5 from the fp32 run
+], ids=["zero3-recompute", "bf16"])
+def test_the_run_config_reaches_the_engine(parallel_reference, tmp_path, keys, closeness):
+    """ZeRO-3 with recomputation takes the one-process fp32 run's steps; bf16 takes them to bf16's precision,
+    not exactly (the manifest records the layout and precision it ran at)."""
+    root, args, _ = parallel_reference
+    out = tmp_path / "run"
+    assert gpt_finetune([*args, "--output", str(out), "--set", "logging.tensorboard=false", *keys]) == 0
+    ours, reference = read_metrics(out)[0], read_metrics(root / "one")[0]
+    difference = max(max_relative_difference([r[key] for r in reference], [r[key] for r in ours])
+                     for key in ("loss", "task_loss", "lm_loss"))
+    assert closeness[0] <= difference < closeness[1]
+    layout = read_manifest(out)["layout"]
+    assert (layout["zero_stage"], layout["precision"]) == ((3, "fp32") if "precision=bf16" not in keys else (1, "bf16"))
