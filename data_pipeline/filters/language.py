@@ -72,7 +72,8 @@ class LanguageFilter(Filter):
 
 
 def leading_words(text: str, max_chars: int) -> str:
-    """The start of `text`, at most `max_chars` characters, not ending inside a word (0: all)."""
+    """The start of `text`: at most `max_chars` characters, cut back to the last space or
+    newline (a hard cut if there is none); all of it if `max_chars` is 0."""
     if not max_chars or len(text) <= max_chars:
         return text
     cut = max(text.rfind(" ", 0, max_chars + 1), text.rfind("\n", 0, max_chars + 1))
