@@ -3,9 +3,10 @@
 Every trainer and tool run printed megatron-core's four "Transformer Engine and Apex are not
 installed" warnings (it falls back to torch, which is what this repository uses anyway),
 DeepSpeed's "Setting accelerator to CPU" (a CPU run is deliberate here), megatron-core's
-"Building a BlendedDataset for a single MegatronDataset" (said for every split) and, per
-data-parallel rank, torch's deprecation of the all-gather DeepSpeed's ZeRO calls. Only these
-exact messages are dropped; every other warning and log record passes.
+"Building a BlendedDataset for a single MegatronDataset" (said for every split), torch's "No
+CUDA runtime is found" (a CPU machine with a CUDA toolkit installed) and, per data-parallel
+rank, torch's deprecation of the all-gather DeepSpeed's ZeRO calls. Only these exact
+messages are dropped; every other warning and log record passes.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ NOISE_WARNINGS = (  # (message prefix, category)
 NOISE_LOGS = {  # logger name -> messages it drops (prefixes)
     "DeepSpeed": ("Setting accelerator to CPU",),
     "megatron.core.datasets.blended_dataset": ("Building a BlendedDataset for a single MegatronDataset",),
+    "torch.utils.cpp_extension": ("No CUDA runtime is found",),  # a CUDA toolkit on a machine without a GPU
 }
 
 
