@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 . .venv/bin/activate
 python -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2.13.0")' 2>/dev/null \
     || pip install -q torch==2.13.0
-pip install -q -e '.[dev]'
+pip install -q -e '.[dev]' -c tools/constraints.txt
