@@ -9,6 +9,10 @@ them in a Python loop; here each batch of documents is one numpy write.
 ``<Q`` sequence count, ``<Q`` document count (sequences + 1), int32 sequence lengths,
 int64 byte pointers, int64 document indices. We store one sequence per document,
 ending with the EOD token, so document indices are ``0..n``.
+
+A prefix may be a URL (``s3://...``, see `remote`): the ``.bin`` streams into a multipart
+upload, the ``.idx`` is one object written after it, and `read_index`/`merge` read them
+through fsspec; `read_tokens` (memory-mapped) is for local files only.
 """
 from __future__ import annotations
 
@@ -19,11 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from common.errors import UserError
 from common.files import AtomicOutput
+from data_pipeline.remote import is_url, location, open_input, open_upload
 
 INDEX_MAGIC = b"MMIDIDX\x00\x00"
 INDEX_VERSION = 1
@@ -36,11 +42,11 @@ _HEADER = struct.Struct("<9sQB")
 
 
 def bin_path(prefix: str | os.PathLike) -> Path:
-    return Path(f"{os.fspath(prefix)}.bin")
+    return location(f"{prefix}.bin")
 
 
 def idx_path(prefix: str | os.PathLike) -> Path:
-    return Path(f"{os.fspath(prefix)}.idx")
+    return location(f"{prefix}.idx")
 
 
 def exists(prefix: str | os.PathLike) -> bool:
@@ -51,17 +57,22 @@ class TokenShardWriter(AtomicOutput):
     """Appends documents to ``PREFIX.bin`` and writes ``PREFIX.idx`` on `close`.
 
     Both files are written under temporary names and renamed (``.bin`` first, ``.idx``
-    last), so a prefix whose ``.idx`` exists is always complete.
+    last), so a prefix whose ``.idx`` exists is always complete. At a URL the ``.bin`` is
+    an upload committed at `close` (discarded by `abort`), then the ``.idx`` is written.
     """
 
     def __init__(self, prefix: str | os.PathLike, dtype: np.dtype | type):
-        self.prefix = os.fspath(prefix)
+        self.prefix = str(prefix)
         self.dtype = np.dtype(dtype)
         if self.dtype not in DTYPE_CODES:
             raise ValueError(f"dtype {self.dtype} has no Megatron code")
-        Path(self.prefix).parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = f".tmp-{os.getpid()}"
-        self._bin = open(f"{bin_path(self.prefix)}{self._tmp}", "wb")
+        if is_url(self.prefix):
+            self._tmp = None
+            self._bin = open_upload(bin_path(self.prefix))
+        else:
+            Path(self.prefix).parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = f".tmp-{os.getpid()}"
+            self._bin = open(f"{bin_path(self.prefix)}{self._tmp}", "wb")
         self._lengths: list[np.ndarray] = []
         self.documents = 0
         self.tokens = 0
@@ -91,7 +102,7 @@ class TokenShardWriter(AtomicOutput):
         index = read_index(prefix)
         if index.dtype != self.dtype:
             raise UserError(f"cannot merge {prefix}: dtype {index.dtype} differs from {self.dtype}")
-        with open(bin_path(prefix), "rb") as src:
+        with open_input(bin_path(prefix)) as src:
             shutil.copyfileobj(src, self._bin, 16 << 20)
         self._lengths.append(index.lengths.astype(np.int64))
         self.documents += index.documents
@@ -102,28 +113,36 @@ class TokenShardWriter(AtomicOutput):
         lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int64)
         if lengths.size and lengths.max() > np.iinfo(np.int32).max:
             raise ValueError("a document longer than 2^31 tokens cannot be indexed")
-        write_index(f"{idx_path(self.prefix)}{self._tmp}", self.dtype, lengths)
+        if self._tmp is None:
+            self._bin.commit()
+            with idx_path(self.prefix).open("wb") as out:
+                write_index(out, self.dtype, lengths)
+            return
+        with open(f"{idx_path(self.prefix)}{self._tmp}", "wb") as out:
+            write_index(out, self.dtype, lengths)
         os.replace(f"{bin_path(self.prefix)}{self._tmp}", bin_path(self.prefix))
         os.replace(f"{idx_path(self.prefix)}{self._tmp}", idx_path(self.prefix))
 
     def abort(self) -> None:
         self._bin.close()
+        if self._tmp is None:
+            self._bin.discard()
+            return
         for path in (f"{bin_path(self.prefix)}{self._tmp}", f"{idx_path(self.prefix)}{self._tmp}"):
             Path(path).unlink(missing_ok=True)
 
 
-def write_index(path: str | os.PathLike, dtype: np.dtype, lengths: np.ndarray) -> None:
-    """Write a ``.idx`` for one sequence per document with the given lengths."""
+def write_index(out: BinaryIO, dtype: np.dtype, lengths: np.ndarray) -> None:
+    """Write a ``.idx`` for one sequence per document with the given lengths to `out`."""
     dtype = np.dtype(dtype)
     n = len(lengths)
     pointers = np.zeros(n, dtype=np.int64)
     np.cumsum(lengths[:-1] * dtype.itemsize, out=pointers[1:])
-    with open(path, "wb") as out:
-        out.write(_HEADER.pack(INDEX_MAGIC, INDEX_VERSION, DTYPE_CODES[dtype]))
-        out.write(struct.pack("<QQ", n, n + 1))
-        out.write(np.asarray(lengths, dtype=np.int32).tobytes())
-        out.write(pointers.tobytes())
-        out.write(np.arange(n + 1, dtype=np.int64).tobytes())
+    out.write(_HEADER.pack(INDEX_MAGIC, INDEX_VERSION, DTYPE_CODES[dtype]))
+    out.write(struct.pack("<QQ", n, n + 1))
+    out.write(np.asarray(lengths, dtype=np.int32).tobytes())
+    out.write(pointers.tobytes())
+    out.write(np.arange(n + 1, dtype=np.int64).tobytes())
 
 
 @dataclass(frozen=True)
@@ -145,11 +164,12 @@ class Index:
 
 
 def read_index(prefix: str | os.PathLike) -> Index:
-    """Parse ``PREFIX.idx`` (memory-mapped); a clear error if it is missing or not Megatron's format."""
+    """Parse ``PREFIX.idx`` (memory-mapped; a URL's is read whole); a clear error if it is
+    missing or not Megatron's format."""
     path = idx_path(prefix)
-    if not path.is_file() or not bin_path(prefix).is_file():
+    if not exists(prefix):
         raise UserError(f"token shard not found: {prefix}(.bin/.idx)")
-    raw = np.memmap(path, dtype=np.uint8, mode="r")
+    raw = np.frombuffer(path.read_bytes(), np.uint8) if is_url(path) else np.memmap(path, dtype=np.uint8, mode="r")
     magic, version, code = _HEADER.unpack_from(raw, 0)
     if magic != INDEX_MAGIC or version != INDEX_VERSION or code not in CODE_DTYPES:
         raise UserError(f"not a Megatron index file (magic/version/dtype): {path}")

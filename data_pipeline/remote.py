@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -158,6 +159,29 @@ def write_json_at(path: str | os.PathLike, obj: object) -> None:
         write_json(path, obj)
         return
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_bytes_at(path: str | os.PathLike, data: bytes) -> None:
+    """`data` as a whole file: a tmp file renamed into place locally, one PUT for a URL."""
+    path = location(path)
+    if is_url(path):
+        path.write_bytes(data)
+        return
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def remove_tree(path: str | os.PathLike) -> None:
+    """Delete a directory (a URL: every object under the prefix), if it exists."""
+    path = location(path)
+    if not is_url(path):
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    try:
+        path.fs.rm(path.path, recursive=True)
+    except FileNotFoundError:
+        pass
 
 
 def lock_directory(output_dir: str | os.PathLike) -> Path:

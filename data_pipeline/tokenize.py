@@ -7,16 +7,17 @@ When every shard is done the parts are concatenated in sorted input order into
 ``PREFIX.bin/.idx``, so the output does not depend on ``--workers`` or on which rank
 ran which shard. Empty documents are skipped (counted in stats). ``PREFIX.stats.json``
 records what the shard was made from (inputs, options, code): a rerun with anything
-else is refused, or with ``--overwrite`` redone.
+else is refused, or with ``--overwrite`` redone. PREFIX may be a URL (``s3://...``):
+the parts, their markers and the merged shard are then objects there.
 """
 from __future__ import annotations
 
 import argparse
 import fcntl
 import functools
+import io
 import json
 import os
-import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,12 +28,14 @@ import numpy as np
 
 from data_pipeline import indexed
 from common.errors import UserError
-from common.files import output_directory, write_json
+from common.files import output_directory
 from common.options import add_arguments, from_arguments
 from data_pipeline.executor import (ShardTask, add_executor_args, changes, detect_rank, inputs_digest, make_tasks,
                                     normalised, run_shards)
+from data_pipeline.remote import (is_url, location, lock_directory, open_input, remove_tree, write_bytes_at,
+                                  write_json_at)
 from data_pipeline.shards import (DONE_DIR, PARQUET_SUFFIXES, code_version, discover_shards, read_batches,
-                                  read_documents)
+                                  read_documents, read_schema)
 from data_pipeline.stats import Stats
 from data_pipeline.tokenizers import Tokenizer, load_tokenizer
 
@@ -65,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="example: gpt-data tokenize --input dedup/ --output tokens/cc_gpt2_text_document "
                "--tokenizer gpt2 --workers 8")
     add_executor_args(parser, output_help="output prefix: writes PREFIX.bin, PREFIX.idx, PREFIX.stats.json "
-                                          "(work dir PREFIX.parts/)")
+                                          "(work dir PREFIX.parts/)", remote_output=True)
     add_arguments(parser, TokenizeOptions)
     parser.set_defaults(func=main)
 
@@ -92,11 +95,13 @@ def tokenize(input_path: str | Path, prefix: str | Path, tokenizer: str | dict |
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     tok = load_tokenizer(tokenizer)
-    prefix = Path(prefix).resolve()
+    prefix = location(prefix)
+    prefix = prefix if is_url(prefix) else prefix.resolve()
     if prefix.is_dir():
         raise UserError(f"--output is a prefix, not a directory: {prefix} (try {prefix}/NAME_text_document)")
-    output_directory(prefix.parent)
-    parts = Path(f"{prefix}.parts")
+    if not is_url(prefix):
+        output_directory(prefix.parent)
+    parts = location(f"{prefix}.parts")
     inputs = discover_shards(input_path)
     tasks = make_tasks(inputs, parts, input_path)
     names = [t.name for t in tasks]
@@ -136,7 +141,7 @@ def tokenize_shard(task: ShardTask, stats: Stats, *, tokenizer: dict, text_colum
             stats.add("characters_in", n=sum(map(len, texts)))
             scores.extend(quality)
         if any(q is not None for q in scores):
-            np.save(quality_path(part), np.array(scores, dtype=np.float32))  # None -> nan
+            _save_npy(quality_path(part), np.array(scores, dtype=np.float32))  # None -> nan
     stats.add("documents_out", n=writer.documents)
     stats.add("tokens_out", n=writer.tokens)
     stats.add("bytes_out", n=writer.tokens * tok.dtype().itemsize)
@@ -144,7 +149,18 @@ def tokenize_shard(task: ShardTask, stats: Stats, *, tokenizer: dict, text_colum
 
 def quality_path(prefix: str | Path) -> Path:
     """Per-document quality scores of a token shard, aligned with its documents."""
-    return Path(f"{prefix}.quality.npy")
+    return location(f"{prefix}.quality.npy")
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    write_bytes_at(path, buffer.getvalue())
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    with open_input(path) as raw:
+        return np.load(raw)
 
 
 @functools.lru_cache(maxsize=4)
@@ -172,9 +188,7 @@ def _text_batches(path: Path, text_column: str, quality_column: str, batch_size:
 
 def _parquet_batches(path: Path, text_column: str, quality_column: str,
                      batch_size: int) -> Iterator[list[tuple[str | None, float | None]]]:
-    import pyarrow.parquet as pq
-
-    names = pq.read_schema(path).names
+    names = read_schema(path).names
     if text_column not in names:
         raise UserError(f"{path}: no column {text_column!r} (use --text-column)")
     has_quality = quality_column in names
@@ -206,7 +220,7 @@ def _forget_missing_parts(parts: Path, names: list[str]) -> None:
 
 def _merged_summary(prefix: Path) -> dict | None:
     """The summary of the merged token shard at `prefix`, None if there is none."""
-    record = Path(f"{prefix}.stats.json")
+    record = location(f"{prefix}.stats.json")
     if not (record.is_file() and indexed.exists(prefix)):
         return None
     return json.loads(record.read_text()).get("summary", {})
@@ -217,7 +231,7 @@ def _merge(prefix: Path, parts: Path, tasks: list[ShardTask], tok: Tokenizer, re
     """Concatenate the parts in task order into ``prefix`` (made from `record`), once even
     if ranks race here, then remove the work `dir`, only the `parts` files, or `none`."""
     names = [t.name for t in tasks]
-    lock = os.open(prefix.parent, os.O_RDONLY)  # a lock that outlives the work dir
+    lock = os.open(lock_directory(prefix.parent), os.O_RDONLY)  # a lock that outlives the work dir
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         merged = _merged_summary(prefix)
@@ -228,9 +242,9 @@ def _merge(prefix: Path, parts: Path, tasks: list[ShardTask], tok: Tokenizer, re
                 "prefix": prefix.name, "tokens": index.tokens, "documents": index.documents,
                 "dtype": index.dtype.name, "tokenizer": tok.spec(), "shard_names": names, "made_from": record,
             }
-            write_json(f"{prefix}.stats.json", {"summary": summary, "stats": stats.to_dict()})
+            write_json_at(f"{prefix}.stats.json", {"summary": summary, "stats": stats.to_dict()})
             if cleanup == "dir":
-                shutil.rmtree(parts, ignore_errors=True)
+                remove_tree(parts)
             elif cleanup == "parts":
                 for name in names:
                     for path in (indexed.bin_path(parts / name), indexed.idx_path(parts / name),
@@ -250,9 +264,7 @@ def _merge_quality(parts: Path, names: list[str], prefix: Path) -> None:
     arrays = []
     for name in names:
         path = quality_path(parts / name)
-        arrays.append(np.load(path) if path.exists() else
+        arrays.append(_load_npy(path) if path.exists() else
                       np.full(indexed.read_index(parts / name).documents, np.nan, np.float32))
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}.npy")
-    np.save(tmp, np.concatenate(arrays))
-    os.replace(tmp, target)
+    _save_npy(target, np.concatenate(arrays))
 

@@ -11,10 +11,12 @@ import threading
 from pathlib import Path
 
 import fsspec.config
+import numpy as np
+import pyarrow as pa
 import pytest
 import xxhash
 
-from data_pipeline import remote
+from data_pipeline import indexed, remote
 
 
 class Site:
@@ -294,9 +296,75 @@ def test_filter_reads_and_writes_s3_like_local_files(cli, s3, tmp_path, local_ru
 def test_commands_that_write_local_files_refuse_a_url_output(cli, capsys, tmp_path, ccnet_sample, monkeypatch):
     monkeypatch.chdir(tmp_path)  # where pathlib's folding of s3://corpus would have put a local "s3:/corpus"
     with pytest.raises(SystemExit):
-        cli("tokenize", "--input", ccnet_sample, "--output", "s3://corpus/tokens")
-    assert "argument --output: s3://corpus/tokens: this command writes local files only" in capsys.readouterr().err
+        cli("decontaminate", "--input", ccnet_sample, "--output", "s3://corpus/clean")
+    assert "argument --output: s3://corpus/clean: this command writes local files only" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def tokenize_inputs(directory: Path, ccnet_sample: Path, local_run: Path) -> Path:
+    """Two shards: CCNet JSONL, and the extracted parquet with a quality score per document."""
+    import pyarrow.parquet as pq
+
+    directory.mkdir()
+    (directory / ccnet_sample.name).write_bytes(ccnet_sample.read_bytes())
+    table = pq.read_table(local_run)
+    pq.write_table(table.append_column("quality", pa.array([i / 32 for i in range(table.num_rows)], pa.float32())),
+                   directory / "scored.parquet")
+    return directory
+
+
+def test_tokenize_writes_to_s3_the_bytes_of_the_local_run(cli, s3, tmp_path, ccnet_sample, local_run):
+    inputs = tokenize_inputs(tmp_path / "in", ccnet_sample, local_run)
+    assert cli("tokenize", "--input", inputs, "--output", tmp_path / "cc")[0] == 0
+    code, _, err = cli("tokenize", "--input", inputs, "--output", "s3://corpus/tokens/cc")
+    assert code == 0, err
+    for suffix in (".bin", ".idx", ".quality.npy"):
+        assert s3.cat(f"corpus/tokens/cc{suffix}") == (tmp_path / f"cc{suffix}").read_bytes(), suffix
+    summary = json.loads(s3.cat("corpus/tokens/cc.stats.json"))["summary"]
+    assert summary == json.loads((tmp_path / "cc.stats.json").read_text())["summary"]
+    assert summary["shard_names"] == ["ccnet-head-0091", "scored"] and summary["documents"] > 22
+    assert not s3.exists("corpus/tokens/cc.parts")  # the work dir is removed after the merge, as locally
+
+    code, _, err = cli("tokenize", "--input", inputs, "--output", "s3://corpus/tokens/cc")
+    assert code == 0 and "already complete for these 2 shard(s)" in err
+
+
+def test_a_failed_tokenize_shard_leaves_no_object_and_no_marker_on_s3(cli, s3, tmp_path, ccnet_sample, local_run):
+    import pyarrow.parquet as pq
+
+    inputs = tokenize_inputs(tmp_path / "in", ccnet_sample, local_run)
+    pq.write_table(pa.table({"body": ["no text column"]}), inputs / "broken.parquet")
+    code, _, err = cli("tokenize", "--input", inputs, "--output", "s3://corpus/failing/cc")
+    assert code == 2 and "broken: " in err and "no column 'text'" in err
+    parts = "corpus/failing/cc.parts"
+    assert sorted(p.rsplit("/", 1)[-1] for p in s3.find(parts)) == [
+        "ccnet-head-0091.bin", "ccnet-head-0091.idx", "ccnet-head-0091.json",
+        "scored.bin", "scored.idx", "scored.json", "scored.quality.npy", "stats.json"]
+    assert not s3.exists("corpus/failing/cc.bin") and not s3.exists("corpus/failing/cc.idx")
+    assert not s3.call_s3("list_multipart_uploads", Bucket="corpus").get("Uploads")  # the .bin upload was aborted
+
+
+def test_a_token_shard_streams_to_s3_in_parts(s3, tmp_path, monkeypatch):
+    """A .bin larger than the upload block goes out while it is written (memory stays at one
+    block), and is visible only once the .idx follows."""
+    monkeypatch.setitem(fsspec.config.conf["s3"], "default_block_size", 5 << 20)  # S3's smallest part
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 4000, size=2000)
+    tokens = rng.integers(0, 50257, size=int(lengths.sum()) * 2, dtype=np.uint16)  # 2 x 8 MB
+    halves = (tokens[:tokens.size // 2], tokens[tokens.size // 2:])
+    with indexed.TokenShardWriter(tmp_path / "local", np.uint16) as writer:
+        for half in halves:
+            writer.add_array(half, lengths)
+    with indexed.TokenShardWriter("s3://corpus/streamed/t", np.uint16) as writer:
+        writer.add_array(halves[0], lengths)
+        uploads = s3.call_s3("list_multipart_uploads", Bucket="corpus").get("Uploads", [])
+        assert [u["Key"] for u in uploads] == ["streamed/t.bin"]
+        parts = s3.call_s3("list_parts", Bucket="corpus", Key="streamed/t.bin", UploadId=uploads[0]["UploadId"])
+        assert len(parts["Parts"]) >= 1 and not s3.exists("corpus/streamed/t.bin")
+        writer.add_array(halves[1], lengths)
+    for suffix in (".bin", ".idx"):
+        assert s3.cat(f"corpus/streamed/t{suffix}") == (tmp_path / f"local{suffix}").read_bytes()
+    assert indexed.read_index("s3://corpus/streamed/t").tokens == tokens.size
 
 
 def test_a_failed_shard_leaves_nothing_on_s3(cli, s3, tmp_path):
