@@ -31,13 +31,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from data_pipeline.dedup.layout import WORK_DIR
+from data_pipeline.dedup.layout import work_dir
 from data_pipeline.dedup.text import ngrams, words
 from data_pipeline.document import Document, extend_schema
 from common.errors import UserError
 from common.options import add_arguments
 from data_pipeline.dedup.stages import StageRunner, add_to_stats
 from data_pipeline.executor import ShardTask, add_executor_args
+from data_pipeline.remote import location, open_input
 from data_pipeline.shards import ShardWriter, discover_shards, read_documents, read_schema
 from data_pipeline.stats import Stats
 
@@ -275,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
     table, sizes = build_index(benchmarks, args.ngram)
     settings = dict(vars(rules), benchmarks={name: size["ngram"] for name, size in sizes.items()},
                     index=xxhash.xxh3_64_hexdigest(table["hash"].to_numpy().tobytes()))
-    work = Path(args.output) / WORK_DIR / "decontaminate"
+    work = work_dir(args.output, "decontaminate")
     with StageRunner(args, discover_shards(args.input), work, settings) as runner:
         run_passes(args, runner, work, rules, table, sizes)
     return 0
@@ -283,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_passes(args: argparse.Namespace, runner: StageRunner, work: Path, rules: Rules, table: pa.Table,
                sizes: dict) -> None:
-    out = Path(args.output)
+    out = location(args.output)
     count_dir = work / "counts"
     names = sorted(sizes)
     ngram_sizes = sorted({size["ngram"] for size in sizes.values()})
@@ -313,7 +314,7 @@ def contamination_report(out: Path, shards: list[str], names: list[str], sizes: 
     """Per benchmark: n, size, examples found in training data (0-based, in the benchmark file's
     order), documents touched and dropped."""
     hit_files = [out / ".hits" / f"{shard}.parquet" for shard in shards]
-    hits = pa.concat_tables([pq.read_table(p) for p in hit_files if p.exists()] or [HIT_SCHEMA.empty_table()])
+    hits = pa.concat_tables([_read_table(p) for p in hit_files if p.exists()] or [HIT_SCHEMA.empty_table()])
     unique = set(zip(hits["benchmark"].to_pylist(), hits["example"].to_pylist()))
     report = {}
     for b, name in enumerate(names):
@@ -322,6 +323,11 @@ def contamination_report(out: Path, shards: list[str], names: list[str], sizes: 
                             documents=int(stats.get("contamination", name, "documents")),
                             documents_dropped=int(stats.get("contamination", name, "documents_dropped")))
     return report
+
+
+def _read_table(path: Path) -> pa.Table:
+    with open_input(path) as raw:
+        return pq.read_table(raw)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -350,7 +356,9 @@ class DecontaminateOptions:
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "decontaminate", help="remove benchmark n-gram overlaps from training documents (GPT-3 rules)",
-        description=__doc__.split("\n\n")[1])
-    add_executor_args(parser)
+        description=__doc__.split("\n\n")[1],
+        epilog="Intermediate files go to OUTPUT/.dedup/decontaminate/; with a URL --output to a local directory "
+               "named after it under ~/.cache/gpt-data/work/ ($XDG_CACHE_HOME: shared by ranks on several machines).")
+    add_executor_args(parser, remote_output=True)
     add_arguments(parser, DecontaminateOptions)
     parser.set_defaults(func=run)

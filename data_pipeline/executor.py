@@ -117,8 +117,7 @@ def add_executor_args(parser: argparse.ArgumentParser, default_workers: int = 1,
 
 def _local_output(value: str) -> str:
     if is_url(value):
-        raise argparse.ArgumentTypeError(f"{value}: this command writes local files only "
-                                         "(extract, filter, classifier score and tokenize write to URLs too)")
+        raise argparse.ArgumentTypeError(f"{value}: this command writes local files only")
     return value
 
 

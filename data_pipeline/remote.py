@@ -39,7 +39,9 @@ HTTP_PROTOCOLS = ("http", "https")
 HTTP_SOCKET_TIMEOUT_S = 60.0
 ATTEMPTS = 4
 BACKOFF_S = 0.5  # doubled after each failed attempt
-LOCK_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpt-data" / "locks"
+CACHE_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpt-data"
+LOCK_ROOT = CACHE_ROOT / "locks"
+WORK_ROOT = CACHE_ROOT / "work"
 
 T = TypeVar("T")
 
@@ -192,7 +194,20 @@ def lock_directory(output_dir: str | os.PathLike) -> Path:
         from common.files import output_directory
 
         return output_directory(output_dir)
-    directory = LOCK_ROOT / xxhash.xxh64(str(output_dir).rstrip("/").encode()).hexdigest()
+    return _local_directory(LOCK_ROOT, output_dir)
+
+
+def work_root(output_dir: str | os.PathLike) -> Path:
+    """Where a command keeps its intermediate files (dedup's and decontaminate's ``.dedup/``):
+    in the output directory, or for a remote output in a local directory named after its URL
+    (under ``$XDG_CACHE_HOME``, which must be a shared filesystem when ranks on several
+    machines write one remote output): those files are rewritten in place, which object
+    stores cannot do."""
+    return _local_directory(WORK_ROOT, output_dir) if is_url(output_dir) else Path(output_dir)
+
+
+def _local_directory(root: Path, url: str | os.PathLike) -> Path:
+    directory = root / xxhash.xxh64(str(url).rstrip("/").encode()).hexdigest()
     directory.mkdir(parents=True, exist_ok=True)
     return directory
 

@@ -10,7 +10,9 @@ from data_pipeline.executor import add_executor_args
 
 EPILOG = """Stages run in order and resume after a kill (finished shards and partitions are kept).
 Under mpiexec the same command runs on every rank; with a Slurm array run one --stage per job
-(minhash's clusters stage as a single task: its rounds need a barrier, use --workers there)."""
+(minhash's clusters stage as a single task: its rounds need a barrier, use --workers there).
+Intermediate files go to OUTPUT/.dedup/; with a URL --output to a local directory named after it
+under ~/.cache/gpt-data/work/ ($XDG_CACHE_HOME: shared by ranks on several machines)."""
 
 
 def _stage(stages: tuple[str, ...]):
@@ -67,13 +69,13 @@ def register(subparsers) -> None:
     ex = methods.add_parser("exact", help="same normalised text (128-bit xxhash)", epilog=EPILOG,
                             description="Exact dedup on normalised text (lower case, punctuation and "
                                         "whitespace folded) with a 128-bit xxh3 hash.")
-    add_executor_args(ex)
+    add_executor_args(ex, remote_output=True)
     add_arguments(ex, ExactOptions)
     ex.set_defaults(func=exact.run)
 
     mh = methods.add_parser("minhash", help="near-duplicates by MinHash LSH on word n-grams", epilog=EPILOG,
                             description="Fuzzy dedup: MinHash over word n-gram shingles, LSH bands, candidate "
                                         "pairs verified by exact Jaccard, connected components as clusters.")
-    add_executor_args(mh)
+    add_executor_args(mh, remote_output=True)
     add_arguments(mh, MinhashOptions)
     mh.set_defaults(func=fuzzy.run)

@@ -27,6 +27,7 @@ from data_pipeline.dedup.removal import (RECORD_FIELDS, cluster_summary, decide,
 from data_pipeline.dedup.stages import KEYS_PER_PARTITION, StageRunner, partition_index, row_count
 from data_pipeline.dedup.text import exact_hash
 from data_pipeline.executor import ShardTask
+from data_pipeline.remote import location
 from data_pipeline.shards import ShardWriter, discover_shards, read_documents
 from data_pipeline.stats import Stats
 
@@ -101,6 +102,6 @@ def run_stages(args, runner: StageRunner, work: Path) -> None:
     if "remove" in stages:
         runner.partitions_complete(group_dir, partitions, "groups")
         runner.per_shard(partial(remove_duplicates, decision_files=decision_files, method="exact"),
-                         Path(args.output), "dedup exact: remove")
+                         location(args.output), "dedup exact: remove")
         groups = Stats().merge(json.loads((group_dir / "stats.json").read_text()))
-        report(Path(args.output), "exact", cluster_summary(groups), show=runner.rank.rank == 0)
+        report(location(args.output), "exact", cluster_summary(groups), show=runner.rank.rank == 0)

@@ -1,8 +1,9 @@
 """Fuzzy dedup with MinHash LSH: signatures -> buckets -> clusters -> removal.
 
-Every stage writes parquet under ``<output>/.dedup/minhash/`` and marks what it
-finished, so memory is bounded by one shard (signatures, removal) or one hash
-partition (buckets, clusters), and a killed run resumes where it stopped:
+Every stage writes parquet under ``<output>/.dedup/minhash/`` (local for a URL output, see
+`remote.work_root`) and marks what it finished, so memory is bounded by one shard
+(signatures, removal) or one hash partition (buckets, clusters), and a killed run resumes
+where it stopped:
 
 - signatures (per input shard): band keys and the shingle set of every document;
 - buckets (per hash partition of the band keys; under MPI one partition per rank,
@@ -37,6 +38,7 @@ from data_pipeline.dedup.stages import KEYS_PER_PARTITION, StageRunner, partitio
 from data_pipeline.dedup.text import ngrams, words
 from common.errors import UserError
 from data_pipeline.executor import ShardTask, finish, make_tasks
+from data_pipeline.remote import location
 from data_pipeline.shards import ShardWriter, discover_shards, read_documents, read_marker
 from data_pipeline.stats import Stats
 
@@ -228,6 +230,6 @@ def run_stages(args, runner: StageRunner, cfg: MinhashConfig, work: Path) -> Non
         runner.require_complete(make_tasks([Path("clusters")], work), runner.settings, "clusters")
         decision_files = sorted((work / "clusters").glob("part-*.parquet"))
         runner.per_shard(partial(remove_duplicates, decision_files=decision_files, method="minhash"),
-                         Path(args.output), "dedup minhash: remove")
+                         location(args.output), "dedup minhash: remove")
         summary = read_marker(work, "clusters")["stats"]
-        report(Path(args.output), "minhash", summary, show=runner.rank.rank == 0)
+        report(location(args.output), "minhash", summary, show=runner.rank.rank == 0)

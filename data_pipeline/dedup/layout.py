@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data_pipeline.remote import work_root
+
 WORK_DIR = ".dedup"  # hidden, so the output directory is still a clean next input
 ROW_BITS = 32
 
@@ -27,7 +29,8 @@ def row_of(ids: np.ndarray) -> np.ndarray:
 
 
 def work_dir(output: str | Path, method: str) -> Path:
-    return Path(output) / WORK_DIR / method
+    """A method's intermediate files: local even when `output` is a URL (`remote.work_root`)."""
+    return work_root(output) / WORK_DIR / method
 
 
 def parse_priority(spec: str | None) -> list[str]:

@@ -26,9 +26,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from common.errors import UserError
-from common.files import write_json
 from data_pipeline.executor import (Rank, ShardTask, agree, claim, detect_rank, inputs_digest, make_tasks, normalised,
                                     run_shards, unfinished)
+from data_pipeline.remote import lock_directory, write_json_at
 from data_pipeline.shards import DONE_DIR, unmark
 from data_pipeline.stats import Stats
 
@@ -58,7 +58,7 @@ class StageRunner:
         self.args = args
         self.inputs = list(inputs)
         self.rank: Rank = detect_rank(args.executor)
-        self.tasks = make_tasks(self.inputs, Path(args.output), args.input)
+        self.tasks = make_tasks(self.inputs, args.output, args.input)
         self.work = work
         self.settings = normalised(settings)
         self.depends = inputs_digest(self.tasks)
@@ -148,8 +148,8 @@ class StageRunner:
 
 def add_to_stats(output: Path, key: str, value) -> None:
     """Add a section to a stage's stats.json, under the executor's lock (ranks finish in any order)."""
-    with open(output / ".stats.lock", "w") as lock:
+    with open(lock_directory(output) / ".stats.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         stats = json.loads((output / "stats.json").read_text())
         stats[key] = value
-        write_json(output / "stats.json", stats)
+        write_json_at(output / "stats.json", stats)

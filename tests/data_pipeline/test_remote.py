@@ -2,6 +2,7 @@
 inject faults, moto's S3 server) read and written through fsspec, compared with local runs."""
 from __future__ import annotations
 
+import argparse
 import gzip
 import hashlib
 import http.server
@@ -16,7 +17,9 @@ import pyarrow as pa
 import pytest
 import xxhash
 
+import dedup_corpus as dc
 from data_pipeline import indexed, remote
+from data_pipeline.executor import add_executor_args
 
 
 class Site:
@@ -116,6 +119,7 @@ def local_run(warc_sample, tmp_path_factory):
 def quick_backoff_and_private_locks(monkeypatch, tmp_path):
     monkeypatch.setattr(remote, "BACKOFF_S", 0.01)
     monkeypatch.setattr(remote, "LOCK_ROOT", tmp_path / "locks")  # a remote output's local lock files
+    monkeypatch.setattr(remote, "WORK_ROOT", tmp_path / "work")  # and its local work directories
 
 
 def marker(out: Path, name: str) -> dict | None:
@@ -293,12 +297,12 @@ def test_filter_reads_and_writes_s3_like_local_files(cli, s3, tmp_path, local_ru
         assert s3.cat(f"corpus/kept/{name}") == (tmp_path / name).read_bytes()
 
 
-def test_commands_that_write_local_files_refuse_a_url_output(cli, capsys, tmp_path, ccnet_sample, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # where pathlib's folding of s3://corpus would have put a local "s3:/corpus"
+def test_a_stage_that_writes_local_files_only_refuses_a_url_output(capsys):
+    parser = argparse.ArgumentParser()
+    add_executor_args(parser)
     with pytest.raises(SystemExit):
-        cli("decontaminate", "--input", ccnet_sample, "--output", "s3://corpus/clean")
-    assert "argument --output: s3://corpus/clean: this command writes local files only" in capsys.readouterr().err
-    assert not list(tmp_path.iterdir())
+        parser.parse_args(["--input", "in", "--output", "s3://corpus/out"])
+    assert "argument --output: s3://corpus/out: this command writes local files only" in capsys.readouterr().err
 
 
 def tokenize_inputs(directory: Path, ccnet_sample: Path, local_run: Path) -> Path:
@@ -378,3 +382,47 @@ def test_a_failed_shard_leaves_nothing_on_s3(cli, s3, tmp_path):
     assert not s3.exists("corpus/bad-out/bad.parquet") and not s3.exists("corpus/bad-out/.done/bad.json")
     assert not s3.call_s3("list_multipart_uploads", Bucket="corpus").get("Uploads")  # the upload was aborted
     assert list(json.loads(s3.cat("corpus/bad-out/stats.json"))["failed"]) == ["bad"]
+
+
+def published_files(local: Path) -> list[str]:
+    """The parquet files a reader of the output sees (not the work directory)."""
+    return sorted(p.relative_to(local).as_posix() for p in local.rglob("*.parquet") if ".dedup" not in p.parts)
+
+
+def assert_same_output(s3, url: str, local: Path, *sections: str) -> None:
+    """Every published shard byte-equal, and stats.json's counts and `sections` equal."""
+    prefix = url.removeprefix("s3://")
+    assert published_files(local)
+    for name in published_files(local):
+        assert s3.cat(f"{prefix}/{name}") == (local / name).read_bytes(), name
+    remote_stats, local_stats = json.loads(s3.cat(f"{prefix}/stats.json")), json.loads((local / "stats.json").read_text())
+    for key in ("shards_done", "documents_in", "documents_out", "removed", *sections):
+        assert remote_stats.get(key) == local_stats.get(key), key
+    assert not s3.exists(f"{prefix}/.dedup")  # the work directory stays local
+
+
+@pytest.mark.parametrize("method", ["exact", "minhash"])
+def test_dedup_writes_to_s3_the_shards_and_stats_of_the_local_run(cli, s3, tmp_path, method):
+    first, _ = dc.write_shards(dc.build(200, seed=3), tmp_path / "in", 2)
+    (tmp_path / "in" / "copy.parquet").write_bytes(first.read_bytes())  # an exact duplicate of every document
+    assert cli("dedup", method, "--input", tmp_path / "in", "--output", tmp_path / "out")[0] == 0
+    code, _, err = cli("dedup", method, "--input", tmp_path / "in", "--output", f"s3://corpus/{method}")
+    assert code == 0, err
+    assert_same_output(s3, f"s3://corpus/{method}", tmp_path / "out", method)
+    assert len(list((tmp_path / "work").glob(f"*/.dedup/{method}"))) == 1  # the local work directory
+    assert json.loads((tmp_path / "out" / "stats.json").read_text())[method]["removed_total"] >= 100  # the copies
+
+
+def test_decontaminate_writes_to_s3_the_shards_and_stats_of_the_local_run(cli, s3, tmp_path, local_run, h):
+    texts = [row["text"] for row in h.read_rows(local_run)]
+    leaks = [" ".join(texts[i].split()[20:45]) for i in (3, 9)]
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "quiz.jsonl").write_text("".join(json.dumps({"question": t}) + "\n" for t in
+                                                           [*leaks, "an example that appears in no crawled page at all"
+                                                                    " and only in this benchmark file here"]))
+    args = ("decontaminate", "--input", local_run, "--benchmarks", tmp_path / "bench")
+    assert cli(*args, "--output", tmp_path / "out")[0] == 0
+    code, _, err = cli(*args, "--output", "s3://corpus/clean")
+    assert code == 0, err
+    assert_same_output(s3, "s3://corpus/clean", tmp_path / "out", "benchmarks")
+    assert json.loads((tmp_path / "out" / "stats.json").read_text())["benchmarks"]["quiz"]["contaminated_examples"] == 2
