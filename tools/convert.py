@@ -12,6 +12,8 @@ from one with `checkpoint.load=CKPT_DIR` begins at step 0 from these weights. Th
 trainer itself resumes full checkpoints at any TP/PP/DP layout without resharding.
 Written vocabularies are padded to a multiple of `--vocab-multiple` x TP (the trainer's
 default padding): padded rows are masked out of the softmax, so any padding is the same model.
+A gpt-finetune checkpoint keeps its task head and task record through reshard and consolidate;
+to-hf exports its trunk only (Hugging Face's GPT-2 has no place for the head) and says so.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from common.errors import UserError
 from common.files import write_text_atomically
 from data_pipeline.tokenizers import Tokenizer, load_tokenizer, save_hf_tokenizer
 from tools.model_card import RunRecord, model_card, read_eval_results
+from tools.task_head import HEAD_PREFIX, INFO_KEY, head_parameters
 from training.checkpoint_files import ShardReader, refuse_existing, verified_manifest, write_weights
 from training.config import Config, ModelConfig
 
@@ -147,6 +150,10 @@ def to_hf(input_dir: str, output_dir: str, tokenizer: str | None = None, run_dir
     manifest = verified_manifest(input_dir)
     model_cfg = ModelConfig(**manifest["config"]["model"])
     check_convertible(model_cfg)
+    task = head_parameters(input_dir)[1]
+    if task is not None:
+        print(f"gpt-convert: note: {manifest['path']} is fine-tuned for {task['task']} ({task['kind']}): exporting "
+              "its trunk only, without the task head and the special-token rows", file=sys.stderr)
     record = RunRecord.of(manifest, run_dir)
     results = read_eval_results(eval_results) if eval_results else None
     vocabulary = export_tokenizer(tokenizer, record, model_cfg)
@@ -214,20 +221,24 @@ def stages(names, n_layers: int, pp: int) -> dict[str, int]:
     def stage(name: str) -> int:
         if name.startswith("blocks."):
             return int(name.split(".")[1]) * pp // n_layers
-        return pp - 1 if name.startswith("final_norm") else 0
+        return pp - 1 if name.startswith(("final_norm", HEAD_PREFIX)) else 0
     return {name: stage(name) for name in names}
 
 
-def write_layout(state: dict[str, torch.Tensor], cfg: Config, output: str, tp: int, pp: int, padded: int) -> Path:
+def write_layout(state: dict[str, torch.Tensor], cfg: Config, output: str, tp: int, pp: int, padded: int,
+                 extra: dict | None = None) -> Path:
+    """The model's weights (and a fine-tuned task head's, `loss_fn.head.*`, with `extra` its manifest record)."""
     if cfg.model.n_heads % tp or padded % tp or cfg.model.n_layers < pp:
         raise UserError(f"layout TP={tp} PP={pp} does not fit {cfg.model.n_heads} heads, {cfg.model.n_layers} "
                         f"layers and a padded vocabulary of {padded}")
     cfg.parallel.tp, cfg.parallel.pp = tp, pp
     cfg.model.make_vocab_size_divisible_by = padded // tp
     dims = partition_dims(_single_process(cfg))
+    dims.update(dict.fromkeys((n for n in state if n.startswith(HEAD_PREFIX)), None))  # torch layers: never TP-split
     if set(dims) != set(state):
         raise UserError(f"parameters do not match the model: {sorted(set(dims) ^ set(state))[:3]}")
-    return write_weights(output, state, dims, cfg.to_dict(), tp, pp, stages(state, cfg.model.n_layers, pp), padded)
+    return write_weights(output, state, dims, cfg.to_dict(), tp, pp, stages(state, cfg.model.n_layers, pp), padded,
+                         extra=extra)
 
 
 def _single_process(cfg: Config) -> Config:
@@ -290,14 +301,23 @@ def from_hf(input_dir: str, output_dir: str, tp: int, pp: int, vocab_multiple: i
 
 
 def reshard(input_dir: str, output_dir: str, tp: int, pp: int, vocab_multiple: int = VOCAB_MULTIPLE) -> Path:
-    """The weights at TP x PP, the vocabulary re-padded to a multiple of `vocab_multiple` x TP."""
+    """The weights at TP x PP, the vocabulary re-padded to a multiple of `vocab_multiple` x TP; a fine-tuned
+    checkpoint's head and task record (from any of gpt-finetune's output formats) in the current format."""
     from training.consolidated import checkpoint_config
 
     manifest = verified_manifest(input_dir)
     cfg = checkpoint_config(manifest)
     cfg.model.make_vocab_size_divisible_by = vocab_multiple
     padded = cfg.model.padded_vocab_size(tp)
-    return write_layout(ShardReader(manifest, padded).state_dict(), cfg, output_dir, tp, pp, padded)
+    state = ShardReader(manifest, padded).state_dict()
+    head, task, _ = head_parameters(input_dir)
+    if task is None:
+        return write_layout(state, cfg, output_dir, tp, pp, padded)
+    special = max(task["start_id"], task["delimiter_id"], task["extract_id"])
+    if special >= padded:
+        raise UserError(f"the fine-tuned model's special tokens use rows up to {special} of the padded vocabulary; "
+                        f"padding to {padded} rows (--vocab-multiple {vocab_multiple} x TP {tp}) would cut them")
+    return write_layout({**state, **head}, cfg, output_dir, tp, pp, padded, extra={INFO_KEY: task})
 
 
 # --------------------------------------------------------------------------- inspect
@@ -320,7 +340,8 @@ def describe(input_dir: str) -> str:
         + ("" if manifest["trainer"] else "   (weights only)"),
         f"optimizer    {'Adam moments included' if manifest['optimizer'] else 'none'}",
         f"files        {len(manifest['files'])}, {size / 2**20:,.1f} MiB, checksums verified",
-    ])
+    ] + ([f"fine-tuned   {task['task']} ({task['kind']}), task head included"]
+         if (task := manifest.get(INFO_KEY)) else []))
 
 
 # --------------------------------------------------------------------------- CLI

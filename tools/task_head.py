@@ -56,31 +56,43 @@ def task_scores(head: TaskHead, kind: str, extract_states: torch.Tensor, example
     return head(extract_states)
 
 
-def load_head(checkpoint: Path, model: GPT) -> tuple[TaskHead | None, FinetuneInfo | None]:
-    """The task head of a fine-tuned checkpoint, if any, verified like its other files."""
+def head_parameters(checkpoint: Path) -> tuple[dict[str, torch.Tensor], dict | None, Path]:
+    """(the head's tensors under their checkpoint names `loss_fn.head.*`, its FinetuneInfo record, where they were
+    read) from any of gpt-finetune's output formats, verified like the checkpoint's other files; ({}, None, _) for a
+    checkpoint that is not fine-tuned. One reader for the tools that load a head and those that rewrite one."""
     from training.checkpoint_files import CheckpointError, ShardReader, check_files, load_plain, read_manifest
 
     manifest = read_manifest(checkpoint)
     legacy = Path(checkpoint) / LEGACY_INFO_FILE
     root = Path(manifest["path"])
     if INFO_KEY in manifest and HEAD_FILE not in manifest["files"]:
-        record, reader = manifest[INFO_KEY], ShardReader(manifest)
-        state = {name[len(HEAD_PREFIX):]: reader.full(name) for name in reader.names() if name.startswith(HEAD_PREFIX)}
+        reader = ShardReader(manifest)
+        return ({name: reader.full(name) for name in reader.names() if name.startswith(HEAD_PREFIX)},
+                manifest[INFO_KEY], root)
+    if INFO_KEY in manifest:
+        record = manifest[INFO_KEY]
+        problems = check_files(manifest, [HEAD_FILE])
+        if problems:
+            raise CheckpointError(problems[0])
+    elif legacy.is_file():
+        root, record = legacy.parent, json.loads(legacy.read_text())
     else:
-        if INFO_KEY in manifest:
-            record = manifest[INFO_KEY]
-            problems = check_files(manifest, [HEAD_FILE])
-            if problems:
-                raise CheckpointError(problems[0])
-        elif legacy.is_file():
-            root, record = legacy.parent, json.loads(legacy.read_text())
-        else:
-            return None, None
-        state = load_plain(root / HEAD_FILE, f"fine-tuned head {root / HEAD_FILE}")
+        return {}, None, root
+    state = load_plain(root / HEAD_FILE, f"fine-tuned head {root / HEAD_FILE}")
+    return {HEAD_PREFIX + name: tensor for name, tensor in state.items()}, record, root
+
+
+def load_head(checkpoint: Path, model: GPT) -> tuple[TaskHead | None, FinetuneInfo | None]:
+    """The task head of a fine-tuned checkpoint, if any, verified like its other files."""
+    from training.checkpoint_files import CheckpointError
+
+    state, record, root = head_parameters(checkpoint)
+    if record is None:
+        return None, None
     try:
         info = FinetuneInfo(**record)
         head = TaskHead(model.cfg.d_model, info.num_labels)
-        head.load_state_dict(state)
+        head.load_state_dict({name[len(HEAD_PREFIX):]: tensor for name, tensor in state.items()})
     except (TypeError, RuntimeError) as err:
         raise CheckpointError(f"the fine-tuned head in {root} does not fit ({' '.join(str(err).split())})") from None
     return head.to(model.token_embedding.weight.device).eval(), info

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from data_pipeline.tokenizers import load_tokenizer
 from tests.tools.real_text_task import news_or_wiki, same_source, true_ending
 from tests.training.launch import REPO, free_port, max_relative_difference
-from tools.convert import write_layout
+from tools.convert import describe, main as gpt_convert, write_layout
 from tools.eval_tasks import load_task
 from tools.evaluate import main as gpt_eval
 from tools.finetune import build_parser, evaluate_finetuned, main as gpt_finetune
@@ -243,6 +243,73 @@ def test_tp2_pp2_dp2_takes_the_same_steps_as_one_process_and_gpt_eval_loads_it(p
     assert gpt_eval(["--checkpoint", str(out), "--tasks", str(task), "--output", str(tmp_path / "eval.json")]) == 0
     (result,) = json.loads((tmp_path / "eval.json").read_text())["results"]
     assert result["shots"] == "fine-tuned" and math.isclose(result["acc"], summary["test_acc"])
+    # resharded to TP1 x PP1 and consolidated, the trainer's TP2 x PP2 x DP2 checkpoint keeps its head
+    assert gpt_convert(["reshard", "--input", str(out), "--output", str(tmp_path / "tp1"), "--tp", "1", "--pp", "1"]) == 0
+    assert gpt_convert(["consolidate", "--input", str(out), "--output", str(tmp_path / "one_file")]) == 0
+    assert_same_predictions(out, [tmp_path / "tp1", tmp_path / "one_file"], str(task), tmp_path)
+
+
+@torch.no_grad()
+def head_logits(directory, task: str) -> torch.Tensor:
+    """[test examples, classes]: a classification checkpoint's head on each example's extract state, by hand."""
+    model = load_model(checkpoint=str(directory))
+    head, info = load_head(directory, model)
+    tokenizer = load_tokenizer("gpt2")
+    return torch.stack([head(by_hand(model, sequences(info, tokenizer, e)[0])[0]) for e in load_task(task).examples])
+
+
+def eval_accuracy(directory, task: str, output) -> float:
+    assert gpt_eval(["--checkpoint", str(directory), "--tasks", task, "--output", str(output)]) == 0
+    (result,) = json.loads(output.read_text())["results"]
+    assert result["shots"] == "fine-tuned"
+    return result["acc"]
+
+
+def assert_same_predictions(original, converted: list, task: str, tmp_path) -> None:
+    """Each converted checkpoint has the original's task record, its head's logits on every test example
+    (within 1e-5, so the same predictions) and gpt-eval's accuracy."""
+    reference, accuracy = head_logits(original, task), eval_accuracy(original, task, tmp_path / "original.json")
+    for directory in converted:
+        assert read_manifest(directory)[INFO_KEY] == read_manifest(original)[INFO_KEY]
+        logits = head_logits(directory, task)
+        torch.testing.assert_close(logits, reference, rtol=0, atol=1e-5, msg=str(directory))
+        assert torch.equal(logits.argmax(-1), reference.argmax(-1))
+        assert eval_accuracy(directory, task, tmp_path / "converted.json") == accuracy
+
+
+def test_reshard_and_consolidate_keep_the_head_and_to_hf_exports_the_trunk(parallel_reference, tmp_path, capsys):
+    """gpt-convert reshard (to TP2 x PP2: the head on the last stage's files) and consolidate (back to one file)
+    carry the fine-tuned head and task record: the same predictions and gpt-eval accuracy as the trainer's
+    checkpoint. Padding that would cut the special tokens' rows is refused in one line; to-hf exports the
+    fine-tuned trunk and says that the head stays behind."""
+    from transformers import OpenAIGPTLMHeadModel
+
+    root, _, task = parallel_reference
+    one, tp2, single = root / "one", tmp_path / "tp2_pp2", tmp_path / "single"
+    assert gpt_convert(["reshard", "--input", str(one), "--output", str(tp2), "--tp", "2", "--pp", "2"]) == 0
+    assert gpt_convert(["consolidate", "--input", str(tp2), "--output", str(single)]) == 0
+    params = read_manifest(tp2)["params"]
+    assert [params[HEAD_PREFIX + p]["shards"] for p in ("linear.weight", "linear.bias")] == [["state/pp1-tp0-dp0.pt"]] * 2
+    assert_same_predictions(one, [tp2, single], str(task), tmp_path)
+    assert "fine-tuned   news_or_wiki (classification), task head included" in describe(str(single))
+
+    capsys.readouterr()
+    assert gpt_convert(["consolidate", "--input", str(one), "--output", str(tmp_path / "cut"),
+                        "--vocab-multiple", "1"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "gpt-convert: error: the fine-tuned model's special tokens use rows up to 50259 of the padded vocabulary; "
+        "padding to 50257 rows (--vocab-multiple 1 x TP 1) would cut them")
+    assert not (tmp_path / "cut").exists()
+
+    assert gpt_convert(["to-hf", "--input", str(one), "--output", str(tmp_path / "hf"), "--tokenizer", "none"]) == 0
+    assert capsys.readouterr().err.splitlines()[0] == (  # (then transformers' progress bar)
+        f"gpt-convert: note: {read_manifest(one)['path']} is fine-tuned for news_or_wiki (classification): "
+        "exporting its trunk only, without the task head and the special-token rows")
+    tokens = torch.tensor([load_tokenizer("gpt2").encode(load_task(str(task)).examples[0]["text"])])
+    with torch.no_grad():
+        exported = OpenAIGPTLMHeadModel.from_pretrained(tmp_path / "hf").eval()(tokens).logits
+        trunk = load_model(checkpoint=str(one))(tokens)[..., :50257]
+    torch.testing.assert_close(exported, trunk, rtol=0, atol=1e-4)
 
 
 def test_a_stopped_finetune_resumes_to_the_same_steps(parallel_reference):
@@ -282,11 +349,15 @@ def test_heads_are_part_of_the_checkpoint_and_older_outputs_still_load(parallel_
         stripped.pop(key)
     stripped["files"].pop(HEAD_FILE)
     (legacy / previous.name / "manifest.json").write_text(json.dumps(stripped))
-    for directory in (tmp_path / "previous", legacy):
+    resharded = [gpt_convert(["reshard", "--input", str(d), "--output", str(tmp_path / f"{d.name}_tp2"), "--tp", "2"])
+                 for d in (tmp_path / "previous", legacy)]
+    assert resharded == [0, 0]  # ... and reshard writes them in the current format
+    for directory in (tmp_path / "previous", legacy, tmp_path / "previous_tp2", tmp_path / "legacy_tp2"):
         old_head, old_info = load_head(directory, model)
         assert old_info == info
         for name, value in head.state_dict().items():
             assert torch.equal(value, old_head.state_dict()[name])
+    assert HEAD_FILE not in read_manifest(tmp_path / "legacy_tp2")["files"]
 
 
 @pytest.mark.parametrize("keys, closeness", [
