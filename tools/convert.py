@@ -309,15 +309,13 @@ def reshard(input_dir: str, output_dir: str, tp: int, pp: int, vocab_multiple: i
     cfg = checkpoint_config(manifest)
     cfg.model.make_vocab_size_divisible_by = vocab_multiple
     padded = cfg.model.padded_vocab_size(tp)
-    state = ShardReader(manifest, padded).state_dict()
     head, task, _ = head_parameters(input_dir)
-    if task is None:
-        return write_layout(state, cfg, output_dir, tp, pp, padded)
-    special = max(task["start_id"], task["delimiter_id"], task["extract_id"])
+    special = max(task["start_id"], task["delimiter_id"], task["extract_id"]) if task else -1
     if special >= padded:
         raise UserError(f"the fine-tuned model's special tokens use rows up to {special} of the padded vocabulary; "
                         f"padding to {padded} rows (--vocab-multiple {vocab_multiple} x TP {tp}) would cut them")
-    return write_layout({**state, **head}, cfg, output_dir, tp, pp, padded, extra={INFO_KEY: task})
+    state = {**ShardReader(manifest, padded).state_dict(), **head}
+    return write_layout(state, cfg, output_dir, tp, pp, padded, extra={INFO_KEY: task} if task else None)
 
 
 # --------------------------------------------------------------------------- inspect
