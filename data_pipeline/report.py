@@ -5,7 +5,8 @@ in and out, removals per rule, the quality histogram, dedup cluster sizes and ex
 pairs), a tokenize prefix's ``PREFIX.stats.json`` and a mixture's ``blend.json``; only the
 languages and the texts of the dedup example pairs are read from the shards (one column
 or a few rows). Each plot comes with a table of the numbers it shows; a section whose
-stage is not among the inputs says so in one line.
+stage is not among the inputs says so in one line. Stage outputs may be URLs (``s3://...``,
+read through fsspec), except a mixture's blend file; the page is written locally.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from common.errors import UserError
 from common.files import output_directory, write_text_atomically
 from data_pipeline import report_plots as plots
 from data_pipeline.report_html import Section, Table, render_page
+from data_pipeline.remote import is_url, location, open_input
 from data_pipeline.shards import DONE_DIR, discover_shards, read_batches, read_schema
 from data_pipeline.summary import BYTES_PER_TOKEN, count_values
 
@@ -52,8 +54,8 @@ def find_stage(path: Path) -> StageOutput | None:
         stats = _read_json(path / STATS_FILE)
         return StageOutput(path.name, path, str(stats.get("stage", path.name)), stats)
     prefix = path.with_name(path.name.removesuffix(".bin").removesuffix(".idx"))
-    if Path(f"{prefix}{PREFIX_STATS_SUFFIX}").is_file():
-        stats = _read_json(Path(f"{prefix}{PREFIX_STATS_SUFFIX}")).get("stats", {})
+    if location(f"{prefix}{PREFIX_STATS_SUFFIX}").is_file():
+        stats = _read_json(location(f"{prefix}{PREFIX_STATS_SUFFIX}")).get("stats", {})
         return StageOutput(prefix.name, prefix, "tokenize", stats)
     blend = path / BLEND_FILE if path.is_dir() else path
     if blend.suffix == ".json" and blend.is_file() and "sources" in _read_json(blend):
@@ -65,7 +67,7 @@ def find_stages(paths: list[str | Path]) -> list[StageOutput]:
     """The stage outputs named by `paths`; a directory of stage outputs (a ``gpt-data run``
     output) stands for its stages in name order."""
     stages = []
-    for path in map(Path, paths):
+    for path in map(location, paths):
         stage = find_stage(path)
         found = [stage] if stage else steps_in(path) if path.is_dir() else []
         if not found:
@@ -193,7 +195,8 @@ def texts_by_id(stage: StageOutput, ids: set[str]) -> dict[str, str]:
     shards = discover_shards(stage.path, (".parquet",)) + \
         (discover_shards(removed, (".parquet",)) if removed.is_dir() else [])
     for shard in shards:
-        table = pq.read_table(shard, columns=["id", "text"], filters=[("id", "in", sorted(ids))])
+        with open_input(shard) as raw:
+            table = pq.read_table(raw, columns=["id", "text"], filters=[("id", "in", sorted(ids))])
         found.update(zip(table.column("id").to_pylist(), table.column("text").to_pylist()))
         if len(found) == len(ids):
             break
@@ -274,6 +277,8 @@ def build_report(paths: list[str | Path]) -> str:
 
 
 def write_report(paths: list[str | Path], output: str | Path) -> Path:
+    if is_url(output):
+        raise UserError(f"--output {output}: gpt-data report writes a local file")
     output = Path(output)
     output_directory(output.parent)
     write_text_atomically(output, build_report(paths))

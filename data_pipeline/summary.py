@@ -1,4 +1,6 @@
-"""`gpt-data stats`: what a directory of shards holds (documents, bytes, tokens, removals, languages, quality)."""
+"""`gpt-data stats`: what a directory of shards holds (documents, bytes, tokens, removals, languages, quality).
+
+The shards may be at a URL (``s3://bucket/stage``, read through fsspec); the summary is written locally."""
 from __future__ import annotations
 
 import io
@@ -7,6 +9,7 @@ from typing import Any
 
 from common.errors import UserError
 from common.files import output_directory, write_json
+from data_pipeline.remote import is_url, location
 from data_pipeline.shards import discover_shards, read_batches, read_schema
 
 BYTES_PER_TOKEN = 4.0  # GPT-2 BPE averages about 4 bytes of English per token
@@ -19,7 +22,7 @@ def summarize(path: str | Path, bins: int = 10) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    root = Path(path)
+    root = location(path)
     summary: dict[str, Any] = {"documents": 0, "bytes": 0, "language": {}, "quality_histogram": {}, "removed": {}}
     quality_counts = np.zeros(bins, dtype=np.int64)
     shards = discover_shards(root, (".parquet",))
@@ -91,16 +94,19 @@ def register(subparsers) -> None:
         description="Summarise the parquet shards under --input: documents, bytes, estimated tokens "
                     f"(bytes / {BYTES_PER_TOKEN:g}), removals per rule (from removed/), language histogram, "
                     "quality-score histogram. Prints tables; writes summary.json and summary.txt.")
-    parser.add_argument("--input", required=True, help="directory (or file) of parquet shards")
-    parser.add_argument("--output", help="directory for summary.json/summary.txt (default: --input if a directory)")
+    parser.add_argument("--input", required=True, help="directory (or file) of parquet shards, or a URL (s3://...)")
+    parser.add_argument("--output", help="local directory for summary.json/summary.txt (default: --input if a "
+                                          "local directory)")
     parser.set_defaults(func=_main)
 
 
 def _main(args) -> int:
     summary = summarize(args.input)
+    if is_url(args.output or ""):
+        raise UserError(f"--output {args.output}: gpt-data stats writes a local directory")
     output = Path(args.output) if args.output else Path(args.input)
-    if not output.is_dir() and args.output is None:
-        raise UserError("--output is required when --input is a file")
+    if args.output is None and (is_url(args.input) or not output.is_dir()):
+        raise UserError("--output is required when --input is a file or a URL")
     output_directory(output)
     table = render_table(summary)
     print(table)

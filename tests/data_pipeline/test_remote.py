@@ -426,3 +426,29 @@ def test_decontaminate_writes_to_s3_the_shards_and_stats_of_the_local_run(cli, s
     assert code == 0, err
     assert_same_output(s3, "s3://corpus/clean", tmp_path / "out", "benchmarks")
     assert json.loads((tmp_path / "out" / "stats.json").read_text())["benchmarks"]["quiz"]["contaminated_examples"] == 2
+
+
+def test_stats_and_report_read_stage_outputs_from_s3_like_local_ones(cli, s3, tmp_path, local_run):
+    stages = tmp_path / "stages"
+    first, _ = dc.write_shards(dc.build(200, seed=3), tmp_path / "in", 2)
+    (tmp_path / "in" / "copy.parquet").write_bytes(first.read_bytes())
+    assert cli("filter", "--input", local_run, "--output", stages / "filter")[0] == 0
+    assert cli("dedup", "exact", "--input", tmp_path / "in", "--output", stages / "dedup")[0] == 0
+    assert cli("tokenize", "--input", stages / "dedup", "--output", stages / "cc")[0] == 0
+    for name in ("filter", "dedup", "cc.bin", "cc.idx", "cc.stats.json"):
+        s3.put(str(stages / name), f"corpus/stages/{name}", recursive=True)
+    remote = "s3://corpus/stages"
+
+    for where, path in (("local", stages / "filter"), ("remote", f"{remote}/filter")):
+        code, _, err = cli("stats", "--input", path, "--output", tmp_path / f"stats-{where}")
+        assert code == 0, err
+    assert (tmp_path / "stats-remote" / "summary.json").read_text() == (tmp_path / "stats-local" / "summary.json").read_text()
+    assert json.loads((tmp_path / "stats-local" / "summary.json").read_text())["removed"]  # removed/ was read
+
+    for where, root in (("local", str(stages)), ("remote", remote)):
+        code, _, err = cli("report", "--input", *(f"{root}/{n}" for n in ("filter", "dedup", "cc")),
+                           "--output", tmp_path / f"{where}.html")
+        assert code == 0, err
+    page = (tmp_path / "local.html").read_text()
+    assert "example exact duplicate pairs" in page
+    assert (tmp_path / "remote.html").read_text().replace(remote, str(stages)) == page
