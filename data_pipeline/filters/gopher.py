@@ -5,19 +5,22 @@ Character fractions are taken over ``len(text)``, as in the paper and datatrove.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from itertools import filterfalse, islice, repeat
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from data_pipeline.document import Document
 from data_pipeline.filters.base import Filter
-from data_pipeline.filters.text import lines, paragraphs, words
+from data_pipeline.filters.text import HAS_LETTER, PUNCTUATION, lines, paragraphs, words
+from data_pipeline.filters.word_pass import vector_words
 
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
 BULLETS = ("•", "-", "*", "‣", "◦", "⁃")
 ELLIPSES = ("...", "…")
-HAS_LETTER = re.compile(r"[^\W\d_]")
+NON_SPACE = re.compile(r"\S+")  # str.split's tokens, one at a time
 
 
 @dataclass(frozen=True)
@@ -45,13 +48,13 @@ class GopherQuality(Filter):
 
     def check(self, doc: Document) -> str | None:
         o, text = self.o, doc.text
-        ws = words(text)
-        n = len(ws)
+        ws = word_pass(text)
+        n = len(ws.lengths)
         if n < o.min_words:
             return "min_words"
         if n > o.max_words:
             return "max_words"
-        mean_length = sum(map(len, ws)) / n
+        mean_length = int(ws.lengths.sum()) / n
         if mean_length < o.min_mean_word_length:
             return "min_mean_word_length"
         if mean_length > o.max_mean_word_length:
@@ -63,13 +66,13 @@ class GopherQuality(Filter):
             return "bullet_lines_ratio"
         if sum(map(str.endswith, text_lines, repeat(ELLIPSES))) / len(text_lines) > o.max_ellipsis_lines_ratio:
             return "ellipsis_lines_ratio"
-        # str.isalpha settles most words at C speed; the regex only sees the rest ("3D", "don't")
-        not_alpha = list(filterfalse(str.isalpha, ws))
-        with_letter = n - len(not_alpha) + sum(map(bool, map(HAS_LETTER.search, not_alpha)))
-        if with_letter / n < o.min_alpha_words_ratio:
+        if ws.with_letter / n < o.min_alpha_words_ratio:
             return "alpha_words_ratio"
-        # only whether min_stop_words are present matters: stop looking once they are
-        found = islice(filter(self.stop_words.__contains__, map(str.lower, ws)), o.min_stop_words)
+        # only whether min_stop_words are present matters: the words are made one at a
+        # time from the start of the text, and the search stops once they are found
+        stripped = map(str.strip, map(re.Match.group, NON_SPACE.finditer(text)), repeat(PUNCTUATION))
+        found = islice(filter(self.stop_words.__contains__, map(str.lower, filter(None, stripped))),
+                       o.min_stop_words)
         if sum(1 for _ in found) < o.min_stop_words:
             return "stop_words"
         return None
@@ -110,14 +113,13 @@ class GopherRepetition(Filter):
                 return f"duplicate_{kind}_fraction"
             if chars / size > max_char_frac:
                 return f"duplicate_{kind}_char_fraction"
-        ws = words(text)
-        if len(ws) < 2:
+        ids, lengths, _ = word_pass(text)
+        if len(ids) < 2:
             return None
         top = dict(o.top_ngram_char_fractions)
         repeated = dict(o.duplicate_ngram_char_fractions)
         if not top and not repeated:
             return None
-        ids, lengths = word_ids(ws)
         for n, keys in ngram_keys(ids, max(top | repeated)):
             if n in top and top_ngram_chars(keys, lengths, n) / size > top[n]:
                 return f"top_{n}gram_char_fraction"
@@ -137,6 +139,26 @@ def duplicates(parts: list[str]) -> tuple[int, int]:
     but the first occurrence of each distinct part."""
     distinct = set(parts)
     return len(parts) - len(distinct), sum(map(len, parts)) - sum(map(len, distinct))
+
+
+class WordPass(NamedTuple):
+    """What the Gopher rules need of `words(text)`."""
+
+    ids: np.ndarray  # a 64-bit key per word: equal words, equal keys
+    lengths: np.ndarray  # characters per word
+    with_letter: int  # words holding at least one letter
+
+
+@lru_cache(maxsize=4)  # both Gopher filters look at the same text one after the other
+def word_pass(text: str) -> WordPass:
+    """`vector_words`; for a text beyond the Basic Multilingual Plane, the same from `words`."""
+    found = vector_words(text)
+    if found is not None:
+        return WordPass(*found)
+    ws = words(text)
+    # str.isalpha settles most words at C speed; the regex only sees the rest ("3D", "don't")
+    not_alpha = list(filterfalse(str.isalpha, ws))
+    return WordPass(*word_ids(ws), len(ws) - len(not_alpha) + sum(map(bool, map(HAS_LETTER.search, not_alpha))))
 
 
 def word_ids(ws: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -6,22 +6,23 @@ linguistic tokenizer, which is where datatrove spends most of its filter time.
 """
 from __future__ import annotations
 
+import re
 import string
 import unicodedata
-from functools import lru_cache
 from itertools import repeat
 
 PUNCTUATION = "".join(
     sorted(set(string.punctuation) | {chr(i) for i in range(0x2000, 0x2070)
                                      if unicodedata.category(chr(i)).startswith("P")} | set("«»¡¿…“”‘’–—•·"))
 )
+HAS_LETTER = re.compile(r"[^\W\d_]")
 
 
-@lru_cache(maxsize=4)  # the Gopher filters split the same text one after the other
 def words(text: str) -> list[str]:
     """Whitespace tokens of `text` with leading/trailing punctuation removed; empty ones dropped.
 
-    The returned list is shared between callers: do not modify it."""
+    The definition of the Gopher rules' words; `word_pass.vector_words` computes what
+    the rules need of them without making them."""
     return list(filter(None, map(str.strip, text.split(), repeat(PUNCTUATION))))
 
 

@@ -19,9 +19,10 @@ from common.errors import UserError
 from data_pipeline.filters import build_filters
 from data_pipeline.filters.c4 import C4Filter, C4Options
 from data_pipeline.filters.gopher import (GopherQuality, GopherQualityOptions, GopherRepetition, ngram_keys,
-                                          repeated_ngram_chars, top_ngram_chars, word_ids)
+                                          repeated_ngram_chars, top_ngram_chars, word_ids, word_pass)
 from data_pipeline.filters.language import LanguageFilter, LanguageOptions
-from data_pipeline.filters.text import lines, paragraphs, words
+from data_pipeline.filters.text import HAS_LETTER, lines, paragraphs, words
+from data_pipeline.filters.word_pass import vector_words
 from data_pipeline.filters.url import UrlBlocklist, UrlOptions
 
 GERMAN = ("Die Stadt liegt am Ufer eines großen Flusses und ist seit dem Mittelalter ein wichtiger Handelsplatz. "
@@ -194,6 +195,23 @@ def test_top_ngram_characters_match_a_counter_reference(vocabulary):
             top = max(counts.values())
             longest = max(sum(map(len, gram)) + n - 1 for gram, c in counts.items() if c == top)
             assert top_ngram_chars(keys, lengths, n) == (longest * top if top > 1 else 0), (trial, n)
+
+
+def test_the_word_pass_describes_exactly_the_words(articles):
+    """Keys, lengths and letter count of the vectorized pass (and of its fallback beyond the
+    BMP) against `words`: odd whitespace, punctuation inside and around words, digits,
+    a lone surrogate, a NUL, and real articles."""
+    rng = random.Random(4)
+    alphabet = list("abAB1_#\x00 \t\n\x0b\x1c\x85\xa0\u2003\u3000.,'-…’«»¿²½\u0130\ud800") + ["\U0001F600"]
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30))) for _ in range(5000)]
+    for text in texts + list(articles.values()):
+        ws = words(text)
+        keys, lengths, with_letter = word_pass(text)
+        assert lengths.tolist() == list(map(len, ws)), repr(text)
+        assert with_letter == sum(bool(HAS_LETTER.search(w)) for w in ws), repr(text)
+        # equal words <=> equal keys
+        assert len(set(zip(ws, keys.tolist()))) == len(set(ws)) == len(set(keys.tolist())), repr(text)
+        assert (vector_words(text) is None) == any(ord(c) > 0xFFFF for c in text)
 
 
 def test_line_and_paragraph_splitting_match_their_regex_definitions():
