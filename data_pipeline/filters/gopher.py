@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from itertools import filterfalse, islice, repeat
+from itertools import islice, repeat
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -14,7 +14,7 @@ import numpy as np
 
 from data_pipeline.document import Document
 from data_pipeline.filters.base import Filter
-from data_pipeline.filters.text import HAS_LETTER, PUNCTUATION, lines, paragraphs, words
+from data_pipeline.filters.text import PUNCTUATION, lines, paragraphs
 from data_pipeline.filters.word_pass import vector_words
 
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
@@ -142,7 +142,7 @@ def duplicates(parts: list[str]) -> tuple[int, int]:
 
 
 class WordPass(NamedTuple):
-    """What the Gopher rules need of `words(text)`."""
+    """What the Gopher rules need of `words(text)` (see `vector_words`)."""
 
     ids: np.ndarray  # a 64-bit key per word: equal words, equal keys
     lengths: np.ndarray  # characters per word
@@ -151,14 +151,7 @@ class WordPass(NamedTuple):
 
 @lru_cache(maxsize=4)  # both Gopher filters look at the same text one after the other
 def word_pass(text: str) -> WordPass:
-    """`vector_words`; for a text beyond the Basic Multilingual Plane, the same from `words`."""
-    found = vector_words(text)
-    if found is not None:
-        return WordPass(*found)
-    ws = words(text)
-    # str.isalpha settles most words at C speed; the regex only sees the rest ("3D", "don't")
-    not_alpha = list(filterfalse(str.isalpha, ws))
-    return WordPass(*word_ids(ws), len(ws) - len(not_alpha) + sum(map(bool, map(HAS_LETTER.search, not_alpha))))
+    return WordPass(*vector_words(text))
 
 
 def word_ids(ws: list[str]) -> tuple[np.ndarray, np.ndarray]:

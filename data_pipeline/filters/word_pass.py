@@ -17,18 +17,35 @@ import numpy as np
 from data_pipeline.filters.text import HAS_LETTER, PUNCTUATION
 
 SPACE, PUNCT, LETTER = 1, 2, 4
-BMP = 0x10000  # tables cover the Basic Multilingual Plane; other texts return None
+SPACE_CHAR = re.compile(r"\s")  # what str.split splits at
+BMP = 0x10000  # the table covers the Basic Multilingual Plane; other code points are looked up one by one
 BASE = np.uint64(0x100000001B3)  # odd, so invertible modulo 2**64
 
 
 @lru_cache(maxsize=1)
-def classes() -> np.ndarray:
+def bmp_classes() -> np.ndarray:
     """Class bits of every BMP code point, from one regex scan per class (~10 ms, once)."""
     plane = "".join(map(chr, range(BMP)))
     table = np.zeros(BMP, dtype=np.uint8)
-    for flag, chars in ((SPACE, re.findall(r"\s", plane)), (PUNCT, PUNCTUATION), (LETTER, HAS_LETTER.findall(plane))):
+    for flag, chars in ((SPACE, SPACE_CHAR.findall(plane)), (PUNCT, PUNCTUATION), (LETTER, HAS_LETTER.findall(plane))):
         table[code_points("".join(chars))] |= flag
     return table
+
+
+def char_class(char: str) -> int:
+    return ((SPACE if SPACE_CHAR.match(char) else 0) | (PUNCT if char in PUNCTUATION else 0)
+            | (LETTER if HAS_LETTER.match(char) else 0))
+
+
+def classes(codes: np.ndarray) -> np.ndarray:
+    """Class bits per code point (emoji and other non-BMP ones are rare: one by one)."""
+    if not len(codes) or codes.max() < BMP:
+        return bmp_classes()[codes]
+    cls = bmp_classes()[np.minimum(codes, BMP - 1)]
+    beyond = np.flatnonzero(codes >= BMP)
+    distinct, which = np.unique(codes[beyond], return_inverse=True)
+    cls[beyond] = np.array([char_class(chr(code)) for code in distinct.tolist()], dtype=np.uint8)[which]
+    return cls
 
 
 def code_points(text: str) -> np.ndarray:
@@ -36,26 +53,28 @@ def code_points(text: str) -> np.ndarray:
 
 
 _powers: list[np.ndarray] = []  # [BASE**k, BASE**-k] for k < their length, grown on demand
+KEPT_POWERS = 1 << 20  # a longer text gets powers of its own, not kept (16 bytes a character)
 
 
 def powers(n: int) -> tuple[np.ndarray, np.ndarray]:
-    if not _powers or len(_powers[0]) < n:
-        size = max(n, 2 * len(_powers[0]) if _powers else 4096)
-        inverse = np.uint64(pow(int(BASE), -1, 1 << 64))
-        _powers[:] = [np.cumprod(np.concatenate([[np.uint64(1)], np.full(size - 1, b, dtype=np.uint64)]))
-                      for b in (BASE, inverse)]
-    return _powers[0][:n], _powers[1][:n]
+    if _powers and len(_powers[0]) >= n:
+        return _powers[0][:n], _powers[1][:n]
+    size = min(max(n, 2 * len(_powers[0]) if _powers else 4096), KEPT_POWERS)
+    inverse = np.uint64(pow(int(BASE), -1, 1 << 64))
+    up, down = (np.cumprod(np.concatenate([[np.uint64(1)], np.full(max(n, size) - 1, b, dtype=np.uint64)]))
+                for b in (BASE, inverse))
+    if n <= KEPT_POWERS:
+        _powers[:] = [up[:size], down[:size]]
+    return up[:n], down[:n]
 
 
-def vector_words(text: str) -> tuple[np.ndarray, np.ndarray, int] | None:
+def vector_words(text: str) -> tuple[np.ndarray, np.ndarray, int]:
     """(key per word, characters per word, words holding a letter) for the words of
-    `words(text)`, or None when `text` has a code point beyond the BMP.
+    `words(text)`.
 
     Equal words get equal keys; unequal ones collide with negligible probability."""
     codes = code_points(text)
-    if len(codes) and codes.max() >= BMP:
-        return None
-    cls = classes()[codes]
+    cls = classes(codes)
     space = (cls & SPACE).astype(bool)
     token = np.cumsum(np.diff(space, prepend=True) & ~space)  # +1 where a whitespace token starts
     # a word runs from its token's first to its last character that is neither space nor punctuation
@@ -67,6 +86,6 @@ def vector_words(text: str) -> tuple[np.ndarray, np.ndarray, int] | None:
     prefix = np.zeros(len(codes) + 1, dtype=np.uint64)
     np.cumsum((codes + np.uint64(1)) * up[:-1], out=prefix[1:])  # +1: a NUL still counts
     keys = (prefix[ends] - prefix[starts]) * down[starts]
-    letters = np.zeros(len(codes) + 1, dtype=np.int64)
+    letters = np.zeros(len(codes) + 1, dtype=np.int32)
     np.cumsum((cls & LETTER).astype(bool), out=letters[1:])
     return keys, ends - starts, int(np.count_nonzero(letters[ends] - letters[starts]))
