@@ -452,3 +452,7 @@ def test_stats_and_report_read_stage_outputs_from_s3_like_local_ones(cli, s3, tm
     page = (tmp_path / "local.html").read_text()
     assert "example exact duplicate pairs" in page
     assert (tmp_path / "remote.html").read_text().replace(remote, str(stages)) == page
+    code, _, err = cli("report", "--input", f"{remote}/filter", "--output", "s3://corpus/report.html")
+    assert code == 2 and "gpt-data report writes a local file" in err
+    code, _, err = cli("stats", "--input", f"{remote}/filter")
+    assert code == 2 and "--output is required when --input is a file or a URL" in err
