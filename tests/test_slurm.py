@@ -145,7 +145,9 @@ def test_term_to_the_batch_shell_saves_and_ends_the_job_with_zero(tmp_path):
     ranks finish their step, save and exit 0, and the job ends COMPLETED without a requeue."""
     env = {**TINY_3D, "TP": "1", "PP": "1", "RUN_DIR": str(tmp_path), "MASTER_PORT": "29632",
            "EXTRA_ARGS": "train.steps=500 logging.eval_interval=0"}
-    allocation = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=00:10:00"]
+    # 30 minutes: the script's USR1 comes 15 minutes before the limit, long after this test (with 10 minutes it
+    # came at once, and on a loaded machine before the ranks could catch it: a requeue, not this test's TERM)
+    allocation = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=00:30:00"]
     job = sbatch("slurm/gpt3_175b.sh", env, [*allocation, f"--output={tmp_path}/slurm-%j.out"])
     wait_for_step(tmp_path, 1, job)
     subprocess.run(["scancel", "--signal=TERM", "--batch", job], check=True)
