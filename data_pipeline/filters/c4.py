@@ -22,6 +22,7 @@ SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*(?=\s|$)")
 POLICY_PHRASES = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
                   "use cookies")
 POLICY = re.compile("|".join(map(re.escape, POLICY_PHRASES)))  # any phrase, in one C-level scan
+POLICY_WORDS = ("polic", "cookie", "terms of use")  # every phrase holds one
 
 
 @dataclass(frozen=True)
@@ -48,12 +49,15 @@ class C4Filter(Filter):
 
     def check(self, doc: Document) -> str | None:
         o, text = self.o, doc.text
-        if o.reject_lorem_ipsum and "lorem ipsum" in text.lower():
+        lowered = text.lower()  # also the lowered text below unless citations are cut out
+        if o.reject_lorem_ipsum and "lorem ipsum" in lowered:
             return "lorem_ipsum"
         if o.reject_curly_braces and "{" in text:
             return "curly_braces"
         if o.remove_citations:  # no citation spans a newline: one pass over the text, not one per line
-            text = CITATION.sub("", text)
+            cited, text = text, CITATION.sub("", text)
+            if text is not cited:  # sub returns its input when nothing matched
+                lowered = text.lower()
         lines = candidates = list(filter(None, map(str.strip, text.split("\n"))))
         if o.require_terminal_punctuation:
             # most dropped lines fail this first rule: settle it for every line at C speed
@@ -62,13 +66,19 @@ class C4Filter(Filter):
                              map(str.endswith, lines, repeat("...")))
             candidates = list(compress(lines, punctuated))
             self._count("no_terminal_punctuation", len(lines) - len(candidates))
-        kept = []
-        for line in candidates:
-            reason = self._line_reason(line)
-            if reason is None:
-                kept.append(line)
-            else:
-                self._count(reason)
+        if self._only_word_count_applies(lowered, candidates):
+            # at most min_words_per_line pieces: enough to count to it, without a string per word
+            kept = [line for line in candidates if len(line.split(None, o.min_words_per_line - 1))
+                    >= o.min_words_per_line]
+            self._count("too_few_words", len(candidates) - len(kept))
+        else:
+            kept = []
+            for line in candidates:
+                reason = self._line_reason(line)
+                if reason is None:
+                    kept.append(line)
+                else:
+                    self._count(reason)
         if not kept:
             return "no_lines_left"
         text = "\n".join(kept)
@@ -80,6 +90,18 @@ class C4Filter(Filter):
     def _count(self, reason: str, n: int = 1) -> None:
         if n:
             self.line_reasons[reason] = self.line_reasons.get(reason, 0) + n
+
+    def _only_word_count_applies(self, lowered: str, lines: list[str]) -> bool:
+        """Whether no line can break a rule after too_few_words: none is long enough to hold a
+        long word, and the `lowered` text (a lowered line is part of it) has no "javascript"
+        and no word every policy phrase contains. True for most pages: a few C-level scans
+        of the text instead of a lowered copy and a regex search per line."""
+        o = self.o
+        if max(map(len, lines), default=0) > o.max_word_length:
+            return False
+        if o.drop_javascript_lines and "javascript" in lowered:
+            return False
+        return not (o.drop_policy_lines and any(map(lowered.__contains__, POLICY_WORDS)))
 
     def _line_reason(self, line: str) -> str | None:
         """Why a line with terminal punctuation (if required) is dropped, or None."""
