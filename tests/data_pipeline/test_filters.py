@@ -222,7 +222,7 @@ def test_line_and_paragraph_splitting_match_their_regex_definitions():
 
 
 def test_filter_decisions_do_not_depend_on_the_hash_seed(h, tmp_path, warc_sample):
-    """Word keys are Python string hashes, salted per process: results must not change."""
+    """Python's string hash is salted per process (sets, dicts): results must not change."""
     for seed in ("1", "2"):
         proc = h.gpt_data_process("filter", "--input", warc_sample, "--output", tmp_path / seed,
                                   env={"PYTHONHASHSEED": seed})
