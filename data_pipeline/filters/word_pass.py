@@ -40,7 +40,7 @@ def char_class(char: str) -> int:
 def classes(codes: np.ndarray) -> np.ndarray:
     """Class bits per code point (emoji and other non-BMP ones are rare: one by one)."""
     if not len(codes) or codes.max() < BMP:
-        return bmp_classes()[codes]
+        return bmp_classes().take(codes)
     cls = bmp_classes()[np.minimum(codes, BMP - 1)]
     beyond = np.flatnonzero(codes >= BMP)
     distinct, which = np.unique(codes[beyond], return_inverse=True)
@@ -75,11 +75,11 @@ def vector_words(text: str) -> tuple[np.ndarray, np.ndarray, int]:
     Equal words get equal keys; unequal ones collide with negligible probability."""
     codes = code_points(text)
     cls = classes(codes)
-    space = (cls & SPACE).astype(bool)
-    token = np.cumsum(np.diff(space, prepend=True) & ~space)  # +1 where a whitespace token starts
-    # a word runs from its token's first to its last character that is neither space nor punctuation
+    # a word runs from its token's first to its last character that is neither space nor
+    # punctuation; two such characters are in different tokens iff a space lies between them
     inner = np.flatnonzero((cls & (SPACE | PUNCT)) == 0)
-    change = token[inner[1:]] != token[inner[:-1]]
+    spaces_before = np.cumsum(cls & SPACE, dtype=np.int32)[inner]
+    change = spaces_before[1:] != spaces_before[:-1]
     starts = inner[np.concatenate([[True], change])] if len(inner) else inner
     ends = inner[np.concatenate([change, [True]])] + 1 if len(inner) else inner
     up, down = powers(len(codes) + 1)
