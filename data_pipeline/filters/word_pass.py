@@ -83,8 +83,11 @@ def vector_words(text: str) -> tuple[np.ndarray, np.ndarray, int]:
     starts = inner[np.concatenate([[True], change])] if len(inner) else inner
     ends = inner[np.concatenate([change, [True]])] + 1 if len(inner) else inner
     up, down = powers(len(codes) + 1)
+    terms = codes.astype(np.uint64)
+    terms += np.uint64(1)  # a NUL still counts
+    terms *= up[:-1]
     prefix = np.zeros(len(codes) + 1, dtype=np.uint64)
-    np.cumsum((codes + np.uint64(1)) * up[:-1], out=prefix[1:])  # +1: a NUL still counts
+    np.cumsum(terms, out=prefix[1:])
     keys = (prefix[ends] - prefix[starts]) * down[starts]
     letters = np.zeros(len(codes) + 1, dtype=np.int32)
     np.cumsum((cls & LETTER).astype(bool), out=letters[1:])
