@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,11 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 def output_directory(path: str | os.PathLike) -> Path:
     """Create `path` and check that it takes files: an output that cannot be created or
-    written is one line before any work, not a traceback from inside a shard."""
+    written is one line before any work, not a traceback from inside a shard. A URL is refused:
+    the commands that write to object stores never come here for one (they would make a local
+    `s3:/...` directory)."""
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/", str(path)):
+        raise UserError(f"--output {path}: this command writes local files only")
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)

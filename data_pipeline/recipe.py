@@ -50,6 +50,7 @@ import yaml
 
 from common.errors import UserError
 from common.options import options_from_config
+from data_pipeline.remote import is_url
 
 
 class Step(NamedTuple):
@@ -130,6 +131,8 @@ def plan(recipe: dict[str, Any]) -> list[PlannedStep]:
     steps = recipe["steps"]
     if not isinstance(steps, list) or not steps:
         raise UserError("recipe: 'steps' must be a non-empty list of {step_name: config}")
+    if is_url(recipe["output"]):
+        raise UserError(f"recipe: output {recipe['output']}: gpt-data run writes local files only")
     planned, previous = [], Path(recipe["input"])
     for i, entry in enumerate(steps, start=1):
         if not isinstance(entry, dict) or len(entry) != 1:

@@ -108,6 +108,8 @@ def test_recipe_errors_are_caught_before_any_step_runs(cli, tmp_path, warc_sampl
          "missing config key 'decontaminate.benchmarks'"),
         ({**base, "steps": [{"extract": {}}, {"mixture": {"wieght": 0.7}}]},
          "unknown config key 'mixture.wieght'"),
+        ({**base, "output": "s3://corpus/run", "steps": [{"extract": {}}]},
+         "recipe: output s3://corpus/run: gpt-data run writes local files only"),
         ({**base, "steps": [{"extract": {}}, {"mixture": {"weight": "lots"}}]},
          "mixture.weight: not a number: 'lots'"),
         ({**base, "steps": [{"extract": {}}, {"mixture": {"token_budget": "300X"}}]},

@@ -305,6 +305,20 @@ def test_a_stage_that_writes_local_files_only_refuses_a_url_output(capsys):
     assert "argument --output: s3://corpus/out: this command writes local files only" in capsys.readouterr().err
 
 
+def test_a_command_writing_local_files_refuses_a_url_output_in_one_line(tmp_path, monkeypatch):
+    """mixture, classifier/tokenizer train, report: a URL output (also as a Path's parent, `s3:/corpus`) is one
+    line, and no local `s3:` directory is made."""
+    from common.errors import UserError
+    from common.files import output_directory
+
+    monkeypatch.chdir(tmp_path)
+    for output in ("s3://corpus/run", Path("s3://corpus/blend.json").parent):
+        with pytest.raises(UserError, match=r"^--output s3:/+corpus(/run)?: this command writes local files only$"):
+            output_directory(output)
+    assert list(tmp_path.iterdir()) == []
+    assert output_directory(tmp_path / "local") == tmp_path / "local"
+
+
 def tokenize_inputs(directory: Path, ccnet_sample: Path, local_run: Path) -> Path:
     """Two shards: CCNet JSONL, and the extracted parquet with a quality score per document."""
     import pyarrow.parquet as pq
