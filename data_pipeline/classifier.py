@@ -219,7 +219,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "score", help="add a quality column; keep documents by GPT-3's Pareto rule",
         description="Adds `quality` = P(curated). With --keep pareto (default) a document is kept iff "
                     "np.random.pareto(alpha) > 1 - quality, seeded per document id.")
-    add_executor_args(score_parser, remote_output=True)
+    add_executor_args(score_parser)
     add_arguments(score_parser, ScoreOptions)
     score_parser.set_defaults(func=_score_main)
 

@@ -359,6 +359,6 @@ def register(subparsers) -> None:
         description=__doc__.split("\n\n")[1],
         epilog="Intermediate files go to OUTPUT/.dedup/decontaminate/; with a URL --output to a local directory "
                "named after it under ~/.cache/gpt-data/work/ ($XDG_CACHE_HOME: shared by ranks on several machines).")
-    add_executor_args(parser, remote_output=True)
+    add_executor_args(parser)
     add_arguments(parser, DecontaminateOptions)
     parser.set_defaults(func=run)

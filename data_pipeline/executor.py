@@ -97,14 +97,12 @@ ProcessFn = Callable[[ShardTask, Stats], None]
 
 
 def add_executor_args(parser: argparse.ArgumentParser, default_workers: int = 1,
-                      output_help: str = "output directory", remote_output: bool = False) -> None:
-    """The flags every stage shares: --input, --output, --workers, --executor. A stage whose
-    outputs are all `ShardWriter` shards of `run_shards` may take a URL as --output (`remote_output`)."""
+                      output_help: str = "output directory") -> None:
+    """The flags every stage shares: --input, --output (a path or URL), --workers, --executor."""
     parser.add_argument("--input", required=True,
                         help="input file or directory of shards, a URL (https://, s3://: a file or prefix) "
                              "or a path manifest (*.paths.gz)")
-    parser.add_argument("--output", required=True, type=str if remote_output else _local_output,
-                        help=output_help + (" or URL (s3://...)" if remote_output else ""))
+    parser.add_argument("--output", required=True, help=output_help + " or URL (s3://...)")
     parser.add_argument("--workers", type=int, default=default_workers,
                         help="local worker processes per rank (default %(default)s)")
     parser.add_argument("--executor", choices=EXECUTORS, default="auto",
@@ -113,12 +111,6 @@ def add_executor_args(parser: argparse.ArgumentParser, default_workers: int = 1,
     parser.add_argument("--overwrite", action="store_true",
                         help="redo finished shards made from other inputs, options or code (without it "
                              "such a rerun is refused)")
-
-
-def _local_output(value: str) -> str:
-    if is_url(value):
-        raise argparse.ArgumentTypeError(f"{value}: this command writes local files only")
-    return value
 
 
 def detect_rank(executor: str = "auto") -> Rank:

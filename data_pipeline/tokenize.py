@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="example: gpt-data tokenize --input dedup/ --output tokens/cc_gpt2_text_document "
                "--tokenizer gpt2 --workers 8")
     add_executor_args(parser, output_help="output prefix: writes PREFIX.bin, PREFIX.idx, PREFIX.stats.json "
-                                          "(work dir PREFIX.parts/)", remote_output=True)
+                                          "(work dir PREFIX.parts/)")
     add_arguments(parser, TokenizeOptions)
     parser.set_defaults(func=main)
 

@@ -69,13 +69,13 @@ def register(subparsers) -> None:
     ex = methods.add_parser("exact", help="same normalised text (128-bit xxhash)", epilog=EPILOG,
                             description="Exact dedup on normalised text (lower case, punctuation and "
                                         "whitespace folded) with a 128-bit xxh3 hash.")
-    add_executor_args(ex, remote_output=True)
+    add_executor_args(ex)
     add_arguments(ex, ExactOptions)
     ex.set_defaults(func=exact.run)
 
     mh = methods.add_parser("minhash", help="near-duplicates by MinHash LSH on word n-grams", epilog=EPILOG,
                             description="Fuzzy dedup: MinHash over word n-gram shingles, LSH bands, candidate "
                                         "pairs verified by exact Jaccard, connected components as clusters.")
-    add_executor_args(mh, remote_output=True)
+    add_executor_args(mh)
     add_arguments(mh, MinhashOptions)
     mh.set_defaults(func=fuzzy.run)

@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Stream HTTP 200 HTML responses out of WARC files (fastwarc), decode their charset and "
                     "extract the main text (resiliparse); WET conversions and JSONL/parquet documents pass "
                     "through. Writes one zstd parquet shard per input; re-running resumes.")
-    add_executor_args(parser, remote_output=True)
+    add_executor_args(parser)
     add_manifest_args(parser)
     add_arguments(parser, ExtractOptions)
     parser.set_defaults(func=_main)

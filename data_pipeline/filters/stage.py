@@ -106,7 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run the filters of a YAML config (default: language en >= 0.65, Gopher repetition, "
                     "Gopher quality, C4) over documents (parquet, JSONL, or WARC/WET extracted on the fly). "
                     "Kept documents go to OUTPUT, removed ones to OUTPUT/removed with the rule that removed them.")
-    add_executor_args(parser, remote_output=True)
+    add_executor_args(parser)
     parser.add_argument("--config", help="YAML mapping {filter: {option: value}} in run order; see "
                                          "configs/data/filters.yaml for every option and its default")
     parser.set_defaults(func=_main)

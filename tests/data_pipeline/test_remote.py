@@ -2,7 +2,6 @@
 inject faults, moto's S3 server) read and written through fsspec, compared with local runs."""
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import http.server
@@ -19,7 +18,6 @@ import xxhash
 
 import dedup_corpus as dc
 from data_pipeline import indexed, remote
-from data_pipeline.executor import add_executor_args
 
 
 class Site:
@@ -295,14 +293,6 @@ def test_filter_reads_and_writes_s3_like_local_files(cli, s3, tmp_path, local_ru
     assert cli("filter", "--input", local_run, "--output", tmp_path)[0] == 0
     for name in ("cc-sample-0000.parquet", "removed/cc-sample-0000.parquet"):
         assert s3.cat(f"corpus/kept/{name}") == (tmp_path / name).read_bytes()
-
-
-def test_a_stage_that_writes_local_files_only_refuses_a_url_output(capsys):
-    parser = argparse.ArgumentParser()
-    add_executor_args(parser)
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--input", "in", "--output", "s3://corpus/out"])
-    assert "argument --output: s3://corpus/out: this command writes local files only" in capsys.readouterr().err
 
 
 def test_a_command_writing_local_files_refuses_a_url_output_in_one_line(tmp_path, monkeypatch):
