@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from data_pipeline.document import Document
 
+# The filter stage hands documents to the filters in batches this large (see
+# `stage.batches`); a filter may keep per-document work for that many (Gopher's word pass).
+BATCH_DOCS = 256
+BATCH_CHARS = 16 << 20  # and at most about this many characters of text (memory bound)
+
 
 class Filter:
     """Base class: subclasses set `name` and implement `check`."""

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from data_pipeline.document import Document
-from data_pipeline.filters.base import Filter
+from data_pipeline.filters.base import BATCH_DOCS, Filter
 from data_pipeline.filters.text import PUNCTUATION, lines, paragraphs
 from data_pipeline.filters.word_pass import vector_words
 
@@ -149,7 +149,7 @@ class WordPass(NamedTuple):
     with_letter: int  # words holding at least one letter
 
 
-@lru_cache(maxsize=4)  # both Gopher filters look at the same text one after the other
+@lru_cache(maxsize=BATCH_DOCS)  # both Gopher filters look at the same batch of texts one after the other
 def word_pass(text: str) -> WordPass:
     return WordPass(*vector_words(text))
 

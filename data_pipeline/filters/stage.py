@@ -10,17 +10,19 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Iterable, Iterator
 from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
 import yaml
 
-from data_pipeline.document import DOCUMENT_SCHEMA, extend_schema
+from data_pipeline.document import DOCUMENT_SCHEMA, Document, extend_schema
 from common.errors import UserError
 from data_pipeline.executor import ShardTask, add_executor_args, run_shards
 from data_pipeline.extract import INPUT_SUFFIXES, read_any
 from data_pipeline.filters import DEFAULT_CONFIG, Filter, build_filters
+from data_pipeline.filters.base import BATCH_CHARS, BATCH_DOCS
 from data_pipeline.filters.c4 import C4Filter
 from data_pipeline.shards import ShardWriter, discover_shards, file_identity, read_schema
 from data_pipeline.stats import Stats, count_output
@@ -44,27 +46,47 @@ def filter_shard(task: ShardTask, stats: Stats, config: dict) -> None:
         if isinstance(f, C4Filter):
             f.line_reasons.clear()
     with ShardWriter(task.output()) as kept, ShardWriter(task.output(subdir="removed"), removed_schema) as removed:
-        for doc in read_any(task.path, stats):
-            stats.add("documents_in")
-            rule = None
+        for batch in batches(read_any(task.path, stats), BATCH_DOCS, BATCH_CHARS):
+            stats.add("documents_in", n=len(batch))
+            rules: list[str | None] = [None] * len(batch)
+            alive = range(len(batch))
             for f in filters:
                 start = time.process_time()
-                rule = f(doc)
+                for i in alive:
+                    rules[i] = f(batch[i])
                 seconds[f.name] += time.process_time() - start
-                if rule is not None:
-                    break
-            if rule is None:
-                kept.write(doc)
-                count_output(stats, doc.text)
-            else:
-                doc.metadata["removed_by"] = rule
-                removed.write(doc)
-                stats.add("removed", rule)
+                alive = [i for i in alive if rules[i] is None]
+            for doc, rule in zip(batch, rules):
+                if rule is None:
+                    kept.write(doc)
+                    count_output(stats, doc.text)
+                else:
+                    doc.metadata["removed_by"] = rule
+                    removed.write(doc)
+                    stats.add("removed", rule)
     for name, spent in seconds.items():
         stats.add("filter_cpu_seconds", name, n=round(spent, 4))
     for f in filters:
         for reason, n in getattr(f, "line_reasons", {}).items():
             stats.add("c4_lines_removed", reason, n=n)
+
+
+def batches(docs: Iterable[Document], max_docs: int, max_chars: int) -> Iterator[list[Document]]:
+    """`docs` in lists of up to `max_docs` documents or about `max_chars` characters.
+
+    Each filter runs over a whole batch before the next one starts: its model and tables
+    stay in the CPU caches instead of being evicted by extraction and the other filters
+    after every document (a third less CPU per document on real pages, docs/benchmarks.md).
+    Output order and every decision are those of one document at a time."""
+    batch, chars = [], 0
+    for doc in docs:
+        batch.append(doc)
+        chars += len(doc.text)
+        if len(batch) >= max_docs or chars >= max_chars:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
 
 
 def check(config: dict) -> None:

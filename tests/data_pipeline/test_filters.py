@@ -16,13 +16,16 @@ import pytest
 
 from data_pipeline.document import Document
 from common.errors import UserError
+from data_pipeline.extract import read_any
 from data_pipeline.filters import build_filters
+from data_pipeline.filters import stage as filter_stage
 from data_pipeline.filters.c4 import C4Filter, C4Options
 from data_pipeline.filters.gopher import (GopherQuality, GopherQualityOptions, GopherRepetition, ngram_keys,
                                           repeated_ngram_chars, top_ngram_chars, word_ids, word_pass)
 from data_pipeline.filters.language import LanguageFilter, LanguageOptions
 from data_pipeline.filters.text import HAS_LETTER, lines, paragraphs, words
 from data_pipeline.filters.url import UrlBlocklist, UrlOptions
+from data_pipeline.stats import Stats
 
 GERMAN = ("Die Stadt liegt am Ufer eines großen Flusses und ist seit dem Mittelalter ein wichtiger Handelsplatz. "
           "Im Sommer kommen viele Besucher, um die alte Brücke, den Dom und die engen Gassen der Altstadt zu sehen. "
@@ -322,6 +325,40 @@ def test_filter_stage_on_real_documents_records_every_removal(cli, h, tmp_path, 
     assert set(stats["filter_cpu_seconds"]) == {"language", "gopher_repetition", "gopher_quality", "c4"}
     # C4 rewrote the kept texts: no kept line lacks terminal punctuation
     assert all(line.endswith((".", "?", "!", '"', "'", "”", "’")) for r in kept for line in r["text"].split("\n"))
+
+
+def test_batched_stage_decides_as_one_document_at_a_time(monkeypatch, h, tmp_path, ccnet_sample, warc_sample,
+                                                          vocabulary):
+    """The stage runs each filter over a batch; small batches (boundaries everywhere, Gopher's
+    word passes shared between its two filters) must give what filters applied to one
+    document at a time give: the same kept texts and annotations, the same removal rules."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "ccnet.jsonl.gz").write_bytes(ccnet_sample.read_bytes())
+    (tmp_path / "in" / "crawl.warc.gz").write_bytes(warc_sample.read_bytes())
+    repeated = " ".join(vocabulary[:12]) + ". "
+    crafted = [GERMAN, repeated * 40, "\n".join(vocabulary[:30]), " ".join(vocabulary[:60]) + "."]
+    (tmp_path / "in" / "crafted.jsonl").write_text(
+        "".join(json.dumps({"id": f"crafted-{i}", "text": text}) + "\n" for i, text in enumerate(crafted)))
+    monkeypatch.setattr(filter_stage, "BATCH_DOCS", 3)
+    filter_stage.run(tmp_path / "in", tmp_path / "out", workers=1, executor="local")
+
+    filters, kept, removed = build_filters(None), [], []
+    for path in sorted((tmp_path / "in").iterdir()):
+        for document in read_any(path, Stats()):
+            rule = next(filter(None, (f(document) for f in filters)), None)
+            if rule is None:
+                kept.append((document.id, document.text, document.language, document.language_score))
+            else:
+                removed.append((document.id, rule))
+    assert len(kept) >= 10 and len({rule for _, rule in removed}) >= 4  # both sides exercised
+    assert [(r["id"], r["text"], r["language"], r["language_score"]) for r in h.read_rows(tmp_path / "out")] == kept
+    assert [(r["id"], r["removed_by"]) for r in h.read_rows(tmp_path / "out" / "removed")] == removed
+
+
+def test_batches_bound_documents_and_characters():
+    docs = [doc("x" * size) for size in (5, 5, 20, 1, 1, 1, 1)]
+    assert [[len(d.text) for d in b] for b in filter_stage.batches(docs, 3, 10)] == [[5, 5], [20], [1, 1, 1], [1]]
+    assert list(filter_stage.batches([], 3, 10)) == []
 
 
 def test_filter_config_errors_are_one_line(cli, tmp_path, ccnet_sample):
