@@ -257,8 +257,8 @@ def test_a_changed_object_is_redone_and_an_unchanged_one_is_not(cli, h, tmp_path
 
 @pytest.fixture(scope="module")
 def s3():
-    """moto's S3 server on a free port, reached through fsspec's config (as a user would:
-    FSSPEC_S3_ENDPOINT_URL etc.)."""
+    """moto's S3 server on a free port, reached through fsspec's config; worker processes
+    read it from the environment, as a user would set it (FSSPEC_S3_ENDPOINT_URL etc.)."""
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -267,6 +267,8 @@ def s3():
     options = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing"}
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(fsspec.config.conf, "s3", options)
+        for key, value in options.items():
+            patch.setenv(f"FSSPEC_S3_{key.upper()}", value)
         fs = fsspec.filesystem("s3")
         fs.mkdir("corpus")
         yield fs
@@ -321,19 +323,23 @@ def tokenize_inputs(directory: Path, ccnet_sample: Path, local_run: Path) -> Pat
     return directory
 
 
-def test_tokenize_writes_to_s3_the_bytes_of_the_local_run(cli, s3, tmp_path, ccnet_sample, local_run):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_tokenize_writes_to_s3_the_bytes_of_the_local_run(cli, s3, tmp_path, ccnet_sample, local_run, workers,
+                                                           monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the worker processes' remote.CACHE_ROOT
     inputs = tokenize_inputs(tmp_path / "in", ccnet_sample, local_run)
     assert cli("tokenize", "--input", inputs, "--output", tmp_path / "cc")[0] == 0
-    code, _, err = cli("tokenize", "--input", inputs, "--output", "s3://corpus/tokens/cc")
+    code, _, err = cli("tokenize", "--input", inputs, "--output", f"s3://corpus/tokens{workers}/cc",
+                       "--workers", workers)
     assert code == 0, err
     for suffix in (".bin", ".idx", ".quality.npy"):
-        assert s3.cat(f"corpus/tokens/cc{suffix}") == (tmp_path / f"cc{suffix}").read_bytes(), suffix
-    summary = json.loads(s3.cat("corpus/tokens/cc.stats.json"))["summary"]
+        assert s3.cat(f"corpus/tokens{workers}/cc{suffix}") == (tmp_path / f"cc{suffix}").read_bytes(), suffix
+    summary = json.loads(s3.cat(f"corpus/tokens{workers}/cc.stats.json"))["summary"]
     assert summary == json.loads((tmp_path / "cc.stats.json").read_text())["summary"]
     assert summary["shard_names"] == ["ccnet-head-0091", "scored"] and summary["documents"] > 22
-    assert not s3.exists("corpus/tokens/cc.parts")  # the work dir is removed after the merge, as locally
+    assert not s3.exists(f"corpus/tokens{workers}/cc.parts")  # the work dir is removed after the merge, as locally
 
-    code, _, err = cli("tokenize", "--input", inputs, "--output", "s3://corpus/tokens/cc")
+    code, _, err = cli("tokenize", "--input", inputs, "--output", f"s3://corpus/tokens{workers}/cc")
     assert code == 0 and "already complete for these 2 shard(s)" in err
 
 
