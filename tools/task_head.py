@@ -5,7 +5,7 @@ fine-tuning command."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -68,18 +68,34 @@ def head_parameters(checkpoint: Path) -> tuple[dict[str, torch.Tensor], dict | N
     if INFO_KEY in manifest and HEAD_FILE not in manifest["files"]:
         reader = ShardReader(manifest)
         return ({name: reader.full(name) for name in reader.names() if name.startswith(HEAD_PREFIX)},
-                manifest[INFO_KEY], root)
+                checked_record(manifest[INFO_KEY], root), root)
     if INFO_KEY in manifest:
-        record = manifest[INFO_KEY]
+        record = checked_record(manifest[INFO_KEY], root)
         problems = check_files(manifest, [HEAD_FILE])
         if problems:
             raise CheckpointError(problems[0])
     elif legacy.is_file():
-        root, record = legacy.parent, json.loads(legacy.read_text())
+        try:
+            root, record = legacy.parent, checked_record(json.loads(legacy.read_text()), legacy)
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{legacy} is not JSON ({err})") from None
     else:
         return {}, None, root
     state = load_plain(root / HEAD_FILE, f"fine-tuned head {root / HEAD_FILE}")
     return {HEAD_PREFIX + name: tensor for name, tensor in state.items()}, record, root
+
+
+def checked_record(record, where: Path) -> dict:
+    """`record` if it is a complete FinetuneInfo of the right types (the tools read its keys), else a CheckpointError."""
+    from training.checkpoint_files import CheckpointError
+
+    types = {"str": str, "int": int}
+    if not isinstance(record, dict) or set(record) != {f.name for f in fields(FinetuneInfo)} or not all(
+            type(record[f.name]) is types[f.type] for f in fields(FinetuneInfo)):
+        raise CheckpointError(f"the fine-tuned task record in {where} is malformed: expected "
+                              f"{{{', '.join(f'{f.name}: {f.type}' for f in fields(FinetuneInfo))}}}, found "
+                              f"{json.dumps(record)[:200]}")
+    return record
 
 
 def load_head(checkpoint: Path, model: GPT) -> tuple[TaskHead | None, FinetuneInfo | None]:

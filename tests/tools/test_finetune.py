@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -310,6 +311,31 @@ def test_reshard_and_consolidate_keep_the_head_and_to_hf_exports_the_trunk(paral
         exported = OpenAIGPTLMHeadModel.from_pretrained(tmp_path / "hf").eval()(tokens).logits
         trunk = load_model(checkpoint=str(one))(tokens)[..., :50257]
     torch.testing.assert_close(exported, trunk, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("record", [{"task": "news_or_wiki"}, ["classification"], "start_id as text"],
+                         ids=["missing-keys", "a-list", "wrong-type"])
+def test_a_malformed_task_record_is_refused_in_one_line(parallel_reference, tmp_path, capsys, record):
+    """A checkpoint whose manifest holds a damaged fine-tuning record: every tool that reads it says so in one
+    line (no KeyError), and writes nothing."""
+    root, _, task = parallel_reference
+    damaged = tmp_path / "damaged"
+    shutil.copytree(root / "one", damaged, symlinks=True)
+    manifest_path = Path(read_manifest(damaged)["path"]) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest[INFO_KEY] = ({**manifest[INFO_KEY], "start_id": str(manifest[INFO_KEY]["start_id"])}
+                          if record == "start_id as text" else record)
+    manifest_path.write_text(json.dumps(manifest))
+    for tool, args in ((gpt_convert, ["reshard", "--input", str(damaged), "--output", str(tmp_path / "out"), "--tp", "2"]),
+                       (gpt_convert, ["to-hf", "--input", str(damaged), "--output", str(tmp_path / "out"),
+                                      "--tokenizer", "none"]),
+                       (gpt_eval, ["--checkpoint", str(damaged), "--tasks", str(task), "--output",
+                                   str(tmp_path / "out.json")])):
+        capsys.readouterr()
+        assert tool(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "the fine-tuned task record in" in err and "is malformed" in err, err
+        assert not (tmp_path / "out").exists() and not (tmp_path / "out.json").exists()
 
 
 def test_a_stopped_finetune_resumes_to_the_same_steps(parallel_reference):
