@@ -207,13 +207,16 @@ def config_from_hf(hf_config, vocab_multiple: int) -> Config:
 
 
 def partition_dims(cfg: Config) -> dict[str, int | None]:
-    """Which dimension TP splits each parameter along, asked of the model itself (built once at TP = 1)."""
+    """Which dimension TP splits each parameter along, asked of the model itself (built once at TP = 1, on the
+    meta device: no memory and no initialisation, which would take hours at 175B)."""
     from training.checkpoint import partition_dim
     from training.consolidated import ensure_single_process_groups
     from training.model import GPT
 
     ensure_single_process_groups()
-    return {name: partition_dim(p) for name, p in GPT(cfg.model, cfg.train.seed).named_parameters()}
+    with torch.device("meta"):
+        model = GPT(cfg.model, cfg.train.seed)
+    return {name: partition_dim(p) for name, p in model.named_parameters()}
 
 
 def stages(names, n_layers: int, pp: int) -> dict[str, int]:
