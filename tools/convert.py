@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import pickle
 import sys
+from collections import ChainMap
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,7 +230,7 @@ def stages(names, n_layers: int, pp: int) -> dict[str, int]:
     return {name: stage(name) for name in names}
 
 
-def write_layout(state: dict[str, torch.Tensor], cfg: Config, output: str, tp: int, pp: int, padded: int,
+def write_layout(state: Mapping[str, torch.Tensor], cfg: Config, output: str, tp: int, pp: int, padded: int,
                  extra: dict | None = None) -> Path:
     """The model's weights (and a fine-tuned task head's, `loss_fn.head.*`, with `extra` its manifest record)."""
     if cfg.model.n_heads % tp or padded % tp or cfg.model.n_layers < pp:
@@ -317,7 +319,7 @@ def reshard(input_dir: str, output_dir: str, tp: int, pp: int, vocab_multiple: i
     if special >= padded:
         raise UserError(f"the fine-tuned model's special tokens use rows up to {special} of the padded vocabulary; "
                         f"padding to {padded} rows (--vocab-multiple {vocab_multiple} x TP {tp}) would cut them")
-    state = {**ShardReader(manifest, padded).state_dict(), **head}
+    state = ChainMap(head, ShardReader(manifest, padded).lazy_state())  # read as each output file is written
     return write_layout(state, cfg, output_dir, tp, pp, padded, extra={INFO_KEY: task} if task else None)
 
 

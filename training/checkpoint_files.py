@@ -25,6 +25,7 @@ import pickle
 import random
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -349,6 +350,30 @@ class ShardReader:
         """Full fp32 weights under `training.model.GPT` names."""
         return {name: self.full(name).clone() for name in self.names()}
 
+    def lazy_state(self) -> LazyWeights:
+        """`state_dict()`'s weights, each read when it is asked for (see `LazyWeights`)."""
+        return LazyWeights(self)
+
+
+class LazyWeights(Mapping):
+    """A checkpoint's full weights by name, read (memory-mapped, TP-merged) on access and not kept: a writer
+    that takes one output file's tensors at a time holds that file in memory, not the model (a 175B model's
+    fp32 weights are ~700 GB)."""
+
+    def __init__(self, reader: ShardReader):
+        self.reader = reader
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.reader.manifest["params"]:
+            raise KeyError(name)
+        return self.reader.full(name)
+
+    def __iter__(self):
+        return iter(self.reader.names())
+
+    def __len__(self) -> int:
+        return len(self.reader.names())
+
 
 # --------------------------------------------------------------------------- writing without an engine
 
@@ -358,12 +383,14 @@ def refuse_existing(output: Path) -> None:
         raise CheckpointError(f"{output} already holds a checkpoint; not overwriting it (write to a new directory)")
 
 
-def write_weights(output: str | Path, state_dict: dict[str, torch.Tensor], partition_dims: dict[str, int | None],
+def write_weights(output: str | Path, state_dict: Mapping[str, torch.Tensor], partition_dims: dict[str, int | None],
                   config: dict, tp: int, pp: int, stage_of: dict[str, int], padded_vocab_size: int,
                   extra_files: dict[str, dict[str, torch.Tensor]] | None = None, extra: dict | None = None) -> Path:
     """A weights-only checkpoint (no optimizer or trainer state) at a TP x PP layout, e.g. from Hugging Face.
 
-    `stage_of` maps each parameter to its pipeline stage; the result loads like any checkpoint.
+    `stage_of` maps each parameter to its pipeline stage; the result loads like any checkpoint. Each tensor
+    of `state_dict` is looked up once per TP rank of its stage and copied into one file at a time, so a
+    `LazyWeights` source is never held whole.
     `extra_files` (name -> tensors) are written and verified with it, `extra` keys join its manifest
     (a fine-tuned head). An `output` that already holds a checkpoint is refused, never overwritten.
     """
@@ -375,11 +402,11 @@ def write_weights(output: str | Path, state_dict: dict[str, torch.Tensor], parti
     (root / "state").mkdir(parents=True)
     params: dict[str, dict] = {}
     for pp_rank in range(pp):
+        names = [name for name in state_dict if stage_of[name] == pp_rank]
         for tp_rank in range(tp):
             shard = {}
-            for name, full in state_dict.items():
-                if stage_of[name] != pp_rank:
-                    continue
+            for name in names:
+                full = state_dict[name]
                 shard[name] = {"param": split_shard(full.float(), partition_dims[name], tp, tp_rank).clone()}
                 info = params.setdefault(name, {"shape": list(full.shape), "partition_dim": partition_dims[name],
                                                 "shards": []})

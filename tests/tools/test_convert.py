@@ -11,7 +11,7 @@ from common.errors import UserError
 from data_pipeline.tokenizers import load_tokenizer
 from tests.training.crafted import CreatesFile
 from tools.convert import describe, from_hf, main, reshard, to_hf
-from training.checkpoint_files import read_manifest
+from training.checkpoint_files import ShardReader, read_manifest
 from training.consolidated import load_gpt
 
 WIKI = Path(__file__).resolve().parents[1] / "data" / "wiki-en-sample.jsonl.gz"
@@ -80,6 +80,10 @@ def test_reshard_and_consolidate_keep_weights_and_repad_the_vocabulary(tmp_path)
         tp1, tp2, one = (load_gpt(tmp_path / name)[0](tokens) for name in ("tp1", "tp2-pp3", "one"))
     assert torch.equal(tp1, one)
     torch.testing.assert_close(tp2.log_softmax(-1)[..., :517], tp1.log_softmax(-1)[..., :517], rtol=0, atol=1e-6)
+    reader = ShardReader(manifests[1])  # what reshard reads from: each weight on access, TP-merged
+    lazy = reader.lazy_state()
+    assert list(lazy) == reader.names() and len(lazy) == len(reader.names()) and "no.such.weight" not in lazy
+    assert all(torch.equal(lazy[name], tensor) for name, tensor in reader.state_dict().items())
 
 
 def test_inspect_and_damaged_checkpoints(tmp_path, capsys):
