@@ -321,7 +321,9 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv=None) -> int:
     from training.distributed import shutdown
+    from training.faults import catch_stop_signals
 
+    catch_stop_signals()  # before the start-up's minutes: a stop asked for during them ends the run cleanly
     args = build_parser().parse_args(argv)
     started_here = not dist.is_initialized()  # else a caller's (a test's, a notebook's) groups: they stay
     try:

@@ -52,11 +52,24 @@ def fault_point(where: str, step: int, phase: str) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+_caught_early: list[int] = []  # stop signals caught between `catch_stop_signals` and the StopRequest
+
+
+def catch_stop_signals() -> None:
+    """Remember SIGTERM/SIGUSR1 from now on instead of dying of them. A trainer's main calls it first: a stop
+    asked for while the ranks start (building the model, loading a checkpoint: minutes at scale) then ends the
+    run cleanly before its first step, where it used to kill the ranks (Slurm: exit 138) and waste the start."""
+    _caught_early.clear()
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda signum, _frame: _caught_early.append(signum))
+
+
 class StopRequest:
-    """Remembers a stop signal until the end of the current step."""
+    """Remembers a stop signal until the end of the current step (one caught since `catch_stop_signals` too)."""
 
     def __init__(self, device: torch.device) -> None:
-        self.signal: int | None = None
+        self.signal: int | None = _caught_early[-1] if _caught_early else None
+        _caught_early.clear()
         self.device = device  # the flag travels like any hot-path tensor: NCCL has no CPU tensors
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._handle)

@@ -82,6 +82,12 @@ def train(engine: ParallelEngine, recipe: Recipe, cfg: Config, layout: Layout, r
     if resume_from:  # last: the lines above draw random numbers (e.g. the CPU peak measurement)
         checkpoint.restore_rng(resume_from, cfg, layout)
 
+    if progress.step < cfg.train.steps and stop.agreed():  # asked while starting: the state is where it started
+        if is_logger:
+            print(f"[{recipe.name}] stop asked for during start-up{f' (signal {stop.signal})' if stop.signal else ''}: "
+                  f"exiting before step {progress.step + 1}; rerun to resume", flush=True)
+        log.close()
+        return progress
     seq = recipe.seq_length
     while progress.step < cfg.train.steps:
         step = progress.step + 1

@@ -23,6 +23,7 @@ from common.errors import UserError
 from training import checkpoint, loop
 from training.config import Config, ConfigError, check_layout, load_config
 from training.deepspeed_compat import check_version
+from training.faults import catch_stop_signals
 from training.data import Blend, build_datasets, micro_batches, read_blend
 from training.memory import check_fits, check_stages
 from training.distributed import Layout, shutdown, world_from_environment
@@ -156,6 +157,7 @@ def collective_failure(err: RuntimeError) -> str | None:
 
 
 def main(argv=None) -> int:
+    catch_stop_signals()  # before the start-up's minutes: a stop asked for during them ends the run cleanly
     args = parse_args(argv)
     rank, world, local_rank = world_from_environment()
     try:

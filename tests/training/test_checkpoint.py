@@ -6,6 +6,7 @@ Every interrupted run must reproduce the uninterrupted run's per-step losses bit
 """
 import dataclasses
 import json
+import re
 import os
 import shutil
 import signal
@@ -79,6 +80,32 @@ def test_sigterm_finishes_the_step_saves_and_exits_zero(straight, tmp_path):
     stopped = manifest(tmp_path)["trainer"]["step"]
     assert 2 <= stopped < 8, out
     assert "stopping after step" in out
+    run_pretrain(tmp_path, 1, COMMON)
+    assert losses(tmp_path) == straight
+
+
+def catches(pid: int, sig: int) -> bool:
+    """Whether process `pid` has a handler for `sig` (its SigCgt mask in /proc)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return bool(int(re.search(r"SigCgt:\s*([0-9a-f]+)", status)[1], 16) >> (sig - 1) & 1)
+
+
+def test_a_stop_during_start_up_ends_the_run_before_its_first_step(straight, tmp_path):
+    """Slurm's USR1 reaching a rank while it starts (here: as soon as its main catches it, seconds before the
+    model is built): exit 0 before the first step, nothing saved, and the rerun trains as if nothing happened."""
+    command = [sys.executable, "-m", "training.pretrain", "--config", str(TINY), "--run-dir", str(tmp_path),
+               "--set", "logging.tensorboard=false", *COMMON]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while process.poll() is None and not catches(process.pid, signal.SIGUSR1) and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGUSR1)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-2000:]
+    assert f"stop asked for during start-up (signal {int(signal.SIGUSR1)}): exiting before step 1" in out
+    assert not (tmp_path / "metrics.jsonl").exists() or not losses(tmp_path)
+    assert not list((tmp_path / "checkpoints").glob("step*"))
     run_pretrain(tmp_path, 1, COMMON)
     assert losses(tmp_path) == straight
 
