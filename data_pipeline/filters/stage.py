@@ -76,7 +76,7 @@ def batches(docs: Iterable[Document], max_docs: int, max_chars: int) -> Iterator
 
     Each filter runs over a whole batch before the next one starts: its model and tables
     stay in the CPU caches instead of being evicted by extraction and the other filters
-    after every document (a third less CPU per document on real pages, docs/benchmarks.md).
+    after every document (about a quarter less CPU per real page, docs/benchmarks.md).
     Output order and every decision are those of one document at a time."""
     batch, chars = [], 0
     for doc in docs:
