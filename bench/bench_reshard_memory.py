@@ -9,9 +9,9 @@ TP 1 x PP --pp in fresh processes:
 - ``whole model``: the same conversion from `ShardReader.state_dict()`, every weight copied into
   memory first (what `reshard` did before; what a 175B model cannot afford: ~700 GB in fp32).
 
-Each row is one child process: wall seconds, its peak RSS (ru_maxrss, which counts the page-cache
-pages of the mapped checkpoint files it touched) and its peak anonymous memory (what it cannot give
-back). Both outputs must be the same files (xxh3 in the manifests).
+Each row is one child process: wall seconds, its peak RSS (which counts the page-cache pages of the
+mapped checkpoint files it touched) and its peak anonymous memory (what it cannot give back), both
+sampled from /proc. Both outputs must be the same files (xxh3 in the manifests).
 
     python bench/bench_reshard_memory.py [--layers 24] [--d-model 1024] [--pp 4]
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -63,25 +62,24 @@ def source_checkpoint(directory: Path, layers: int, d_model: int) -> int:
 
 
 def child(argv: list[str]) -> tuple[float, float, float]:
-    """(wall seconds, peak RSS MB, peak anonymous RSS MB) of one child process. RSS counts the page-cache pages
-    of memory-mapped files it touched, which the kernel can drop under pressure; anonymous memory (sampled
-    from /proc every 5 ms) is what it cannot do without."""
+    """(wall seconds, peak RSS MB, peak anonymous RSS MB) of one child process, sampled from /proc every 5 ms
+    (ru_maxrss would count this process's memory at the fork). RSS includes the page-cache pages of
+    memory-mapped files it touched, which the kernel can drop under pressure; anonymous memory is what it
+    cannot do without."""
     start = time.perf_counter()
-    pid = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL).pid
-    anonymous = 0
-    while True:
-        done, status, usage = os.wait4(pid, os.WNOHANG)
-        if done:
-            break
+    process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL)
+    peak = {"VmRSS:": 0, "RssAnon:": 0}
+    while process.poll() is None:
         try:
-            fields = Path(f"/proc/{pid}/status").read_text().split("RssAnon:")
-            anonymous = max(anonymous, int(fields[1].split()[0]))
+            status = Path(f"/proc/{process.pid}/status").read_text()
+            for key in peak:
+                peak[key] = max(peak[key], int(status.split(key)[1].split()[0]))
         except (OSError, IndexError):  # between exec and exit
             pass
         time.sleep(0.005)
-    if os.waitstatus_to_exitcode(status) != 0:
+    if process.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed")
-    return time.perf_counter() - start, usage.ru_maxrss / 1024, anonymous / 1024
+    return time.perf_counter() - start, peak["VmRSS:"] / 1024, peak["RssAnon:"] / 1024
 
 
 def file_digests(directory: Path) -> dict:
