@@ -154,14 +154,6 @@ def word_pass(text: str) -> WordPass:
     return WordPass(*vector_words(text))
 
 
-def word_ids(ws: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """A 64-bit key per word (Python's string hash: equal words, equal keys within this
-    process, which is all a per-document count needs) and word lengths, as arrays."""
-    ids = np.fromiter(map(hash, ws), dtype=np.int64, count=len(ws)).view(np.uint64)
-    lengths = np.fromiter(map(len, ws), dtype=np.int64, count=len(ws))
-    return ids, lengths
-
-
 def ngram_keys(ids: np.ndarray, max_n: int):
     """(n, key per n-gram start) for n = 2..max_n; equal n-grams get equal keys (a
     polynomial hash in uint64 that wraps around; collisions are negligible)."""

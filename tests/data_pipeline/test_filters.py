@@ -21,7 +21,7 @@ from data_pipeline.filters import build_filters
 from data_pipeline.filters import stage as filter_stage
 from data_pipeline.filters.c4 import C4Filter, C4Options
 from data_pipeline.filters.gopher import (GopherQuality, GopherQualityOptions, GopherRepetition, ngram_keys,
-                                          repeated_ngram_chars, top_ngram_chars, word_ids, word_pass)
+                                          repeated_ngram_chars, top_ngram_chars, word_pass)
 from data_pipeline.filters.language import LanguageFilter, LanguageOptions
 from data_pipeline.filters.text import HAS_LETTER, lines, paragraphs, words
 from data_pipeline.filters.url import UrlBlocklist, UrlOptions
@@ -182,7 +182,7 @@ def test_repeated_ngram_characters_match_a_set_based_reference(vocabulary):
     rng = random.Random(1)
     for trial in range(30):
         ws = [rng.choice(vocabulary[:rng.choice([3, 8, 50])]) for _ in range(rng.randint(5, 300))]
-        ids, lengths = word_ids(ws)
+        ids, lengths, _ = word_pass(" ".join(ws))  # the vocabulary's words are letters only
         got = {n: repeated_ngram_chars(keys, lengths, n) for n, keys in ngram_keys(ids, 10) if n >= 5}
         assert got == {n: reference_repeated_chars(ws, n) for n in got}, trial
 
@@ -191,7 +191,7 @@ def test_top_ngram_characters_match_a_counter_reference(vocabulary):
     rng = random.Random(2)
     for trial in range(200):
         ws = [rng.choice(vocabulary[:rng.randint(2, 8)]) for _ in range(rng.randint(2, 80))]
-        ids, lengths = word_ids(ws)
+        ids, lengths, _ = word_pass(" ".join(ws))  # the vocabulary's words are letters only
         for n, keys in ngram_keys(ids, 4):
             counts = Counter(zip(*(ws[i:] for i in range(n))))
             top = max(counts.values())
