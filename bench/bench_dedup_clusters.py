@@ -95,15 +95,16 @@ def mark_earlier_stages_done(root: Path, shards: int) -> None:
     from data_pipeline.cli import build_parser
     from data_pipeline.dedup.fuzzy import config_from_args
     from data_pipeline.dedup.layout import work_dir
-    from data_pipeline.shards import discover_shards
+    from data_pipeline.shards import code_version, discover_shards
 
     args = build_parser().parse_args(ours_argv(root, shards))
     work = work_dir(args.output, "minhash")
-    runner = StageRunner(args, discover_shards(args.input), work, asdict(config_from_args(args)))
+    runner = StageRunner(args, discover_shards(args.input), work, asdict(config_from_args(args)),
+                         code_version("data_pipeline.dedup.fuzzy"))
     for task in make_tasks(runner.inputs, work / "signatures", args.input):
-        finish(task, made_from(task, runner.settings, runner.depends), {})
+        finish(task, made_from(task, runner.settings, runner.depends, runner.code), {})
     for task in make_tasks(partition_inputs(shards), work / "pairs"):
-        finish(task, made_from(task, runner.partition_options(shards), runner.depends), {})
+        finish(task, made_from(task, runner.partition_options(shards), runner.depends, runner.code), {})
 
 
 def run_ours(root: Path, shards: int) -> None:

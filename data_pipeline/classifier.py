@@ -32,7 +32,7 @@ from common.files import output_directory
 from common.options import add_arguments, from_arguments, options_from_config
 from data_pipeline.executor import ShardTask, add_executor_args, run_shards
 from data_pipeline.extract import INPUT_SUFFIXES, read_any
-from data_pipeline.shards import ShardWriter, discover_shards, file_identity, read_schema
+from data_pipeline.shards import ShardWriter, code_version, discover_shards, file_identity, read_schema
 from data_pipeline.stats import Stats, count_output
 
 N_FEATURES = 2**18
@@ -188,8 +188,8 @@ def run_score(input: str | Path, output: str | Path, config: dict, *, workers: i
     options = check_score(config)
     recorded = dict(asdict(options), batch_size=None, model_file=file_identity(options.model))  # batches: same output
     stats = run_shards(partial(score_shard, options=options), discover_shards(input, INPUT_SUFFIXES), output,
-                       options=recorded, overwrite=overwrite, input_root=input, workers=workers, executor=executor,
-                       stage="classifier score")
+                       options=recorded, code=code_version(__name__), overwrite=overwrite, input_root=input,
+                       workers=workers, executor=executor, stage="classifier score")
     docs_in = stats.get("documents_in")
     if docs_in:
         print(f"classifier score: keep rate {stats.get('documents_out') / docs_in:.3f} "

@@ -39,7 +39,7 @@ from common.options import add_arguments
 from data_pipeline.dedup.stages import StageRunner, add_to_stats
 from data_pipeline.executor import ShardTask, add_executor_args
 from data_pipeline.remote import location, open_input
-from data_pipeline.shards import ShardWriter, discover_shards, read_documents, read_schema
+from data_pipeline.shards import ShardWriter, code_version, discover_shards, read_documents, read_schema
 from data_pipeline.stats import Stats
 
 BATCH = 512
@@ -277,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
     settings = dict(vars(rules), benchmarks={name: size["ngram"] for name, size in sizes.items()},
                     index=xxhash.xxh3_64_hexdigest(table["hash"].to_numpy().tobytes()))
     work = work_dir(args.output, "decontaminate")
-    with StageRunner(args, discover_shards(args.input), work, settings) as runner:
+    with StageRunner(args, discover_shards(args.input), work, settings, code_version(__name__)) as runner:
         run_passes(args, runner, work, rules, table, sizes)
     return 0
 

@@ -24,7 +24,7 @@ What `run_shards` does:
    take disjoint shards, run side by side.
 3. Skips shards whose completion marker records what this run would make them from
    (`made_from`: the input's size and mtime, or a remote input's URL, size and ETag; the
-   stage's `options`; the `code_version`);
+   stage's `options`; the `code_version` of the code the stage runs);
    a shard without a marker, or whose marker is `incomplete` (its input ended early), is
    (re)done (resume after a kill, or the full file after a cut one). A marker that records
    anything else is refused in one line, or with ``overwrite`` redone: finished work is
@@ -65,7 +65,7 @@ from tqdm import tqdm
 from common.errors import UserError
 from data_pipeline.remote import (ManifestInputs, is_url, location, lock_directory, retrying, transient,
                                   write_json_at)
-from data_pipeline.shards import code_version, file_identity, mark_done, read_marker, shard_name, unmark
+from data_pipeline.shards import file_identity, mark_done, read_marker, shard_name, unmark
 from data_pipeline.stats import Stats, peak_rss_mb
 
 EXECUTORS = ("auto", "local", "mpi", "slurm")
@@ -167,13 +167,13 @@ def inputs_digest(tasks: Sequence[ShardTask]) -> str:
     return xxhash.xxh64(json.dumps(identities).encode()).hexdigest()
 
 
-def made_from(task: ShardTask, options: dict, depends: str | None = None) -> dict:
+def made_from(task: ShardTask, options: dict, depends: str | None, code: str) -> dict:
     """What a shard's outputs are made from, as its marker records it: its input file,
-    the `inputs_digest` of what else it reads (`depends`), the stage's options, the code.
+    the `inputs_digest` of what else it reads (`depends`), the stage's options, its `code_version`.
     A remote input's identity is left out (None): a network call, made where it is needed
     (`with_remote_identity`)."""
     identity = None if is_url(task.path) else file_identity(task.path)
-    return {"input": identity, "depends": depends, "options": options, "code": code_version()}
+    return {"input": identity, "depends": depends, "options": options, "code": code}
 
 
 def with_remote_identity(record: dict, task: ShardTask) -> dict:
@@ -210,14 +210,14 @@ def changes(record: dict, expected: dict) -> str | None:
     return ", ".join(reasons) or None
 
 
-def unfinished(tasks: Sequence[ShardTask], options: dict, *, depends: str | None = None,
+def unfinished(tasks: Sequence[ShardTask], options: dict, *, code: str, depends: str | None = None,
                overwrite: bool = False) -> tuple[list[tuple[ShardTask, dict]], str | None]:
     """The tasks to run, each with the record its marker will hold, and a refusal message.
     A task is run if it has no marker, or (only with `overwrite`) if its marker records other
     inputs, options or code; without `overwrite` such markers are refused, never replaced."""
     todo, stale = [], []
     for task in tasks:
-        record = made_from(task, options, depends)
+        record = made_from(task, options, depends, code)
         marker = read_marker(task.output_dir, task.name)
         if marker is not None and not incomplete(marker) and is_url(task.path):
             try:
@@ -298,11 +298,12 @@ def use_returning_memory_pool() -> None:
 
 
 def run_shards(process: ProcessFn, inputs: Sequence[Path], output_dir: str | os.PathLike, *, options: dict,
-               depends: str | None = None, overwrite: bool = False, input_root: str | os.PathLike | None = None,
-               workers: int = 1, executor: str = "auto", stage: str = "stage", quiet: bool = False,
-               summary: bool = True) -> Stats:
+               code: str, depends: str | None = None, overwrite: bool = False,
+               input_root: str | os.PathLike | None = None, workers: int = 1, executor: str = "auto",
+               stage: str = "stage", quiet: bool = False, summary: bool = True) -> Stats:
     """Run `process` on this rank's unfinished shards; return the merged stats of all ranks.
-    `options` are everything besides the input that decides a shard's outputs, `depends` the
+    `options` are everything besides the input that decides a shard's outputs, `code` the stage's
+    `code_version` (of the module that calls it: ``code_version(__name__)``), `depends` the
     `inputs_digest` of other files every task reads (see `made_from`); `overwrite` redoes
     finished shards that were made from anything else instead of refusing.
     `quiet` hides the progress bar and the summary, `summary=False` the summary only."""
@@ -315,7 +316,7 @@ def run_shards(process: ProcessFn, inputs: Sequence[Path], output_dir: str | os.
     rank = detect_rank(executor)
     mine = tasks[rank.rank::rank.world]
     with claim(output_dir, [t.name for t in mine], rank):
-        todo, refusal = unfinished(mine, options, depends=depends, overwrite=overwrite)
+        todo, refusal = unfinished(mine, options, code=code, depends=depends, overwrite=overwrite)
         agree(rank, refusal)
         failures = _run_tasks(process, todo, workers, f"{stage} [{rank.rank}/{rank.world}]" if rank.world > 1 else stage,
                               quiet)
@@ -323,7 +324,7 @@ def run_shards(process: ProcessFn, inputs: Sequence[Path], output_dir: str | os.
             from mpi4py import MPI
 
             MPI.COMM_WORLD.Barrier()
-    merged = write_stage_stats(output_dir, tasks, stage, options, depends, failures)
+    merged = write_stage_stats(output_dir, tasks, stage, options, depends, code, failures)
     if summary and not quiet and (rank.rank == 0 or rank.kind != "mpi"):
         print(format_summary(stage, merged, len(mine) - len(todo), len(todo)), file=sys.stderr)
     cut = []
@@ -428,7 +429,7 @@ def incomplete(marker: dict) -> bool:
 
 
 def write_stage_stats(output_dir: Path, tasks: Sequence[ShardTask], stage: str, options: dict,
-                      depends: str | None, failures: Sequence[tuple[str, str]] = ()) -> Stats:
+                      depends: str | None, code: str, failures: Sequence[tuple[str, str]] = ()) -> Stats:
     """Merge the current markers of `tasks` into ``stats.json`` (file-locked against other
     ranks); a marker of other inputs, options or code does not count as done. A remote
     input is not looked up again (one request per shard of every rank): the rank that
@@ -437,7 +438,7 @@ def write_stage_stats(output_dir: Path, tasks: Sequence[ShardTask], stage: str, 
     with open(lock_directory(output_dir) / ".stats.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         markers = [m for t in tasks if (m := read_marker(output_dir, t.name)) is not None
-                   and (incomplete(m) or changes(m, _expected(m, t, options, depends)) is None)]
+                   and (incomplete(m) or changes(m, _expected(m, t, options, depends, code)) is None)]
         merged = Stats()
         for marker in markers:
             merged.merge(marker.get("stats", {}))
@@ -459,8 +460,8 @@ def _read_stats(output_dir: Path) -> dict:
         return {}
 
 
-def _expected(marker: dict, task: ShardTask, options: dict, depends: str | None) -> dict:
-    record = made_from(task, options, depends)
+def _expected(marker: dict, task: ShardTask, options: dict, depends: str | None, code: str) -> dict:
+    record = made_from(task, options, depends, code)
     if is_url(task.path):
         record["input"] = (marker.get("made_from") or {}).get("input")
     return record

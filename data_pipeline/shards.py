@@ -33,6 +33,7 @@ are in `common.files`.
 """
 from __future__ import annotations
 
+import ast
 import functools
 import gzip
 import io
@@ -333,12 +334,49 @@ def file_identity(path: str | os.PathLike) -> dict | None:
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
+SOURCE_ROOT = Path(__file__).resolve().parents[1]  # where the data_pipeline and common packages are
+SOURCE_PACKAGES = ("data_pipeline", "common")
+
+
 @functools.cache
-def code_version() -> str:
-    """Digest of the data_pipeline sources, recorded in every marker, so that outputs of
-    other code are not silently mixed with this code's."""
-    root = Path(__file__).parent
+def code_version(module: str) -> str:
+    """Digest of the code a stage runs: `module` (the stage's, e.g. ``__name__``) and every module of
+    ours it imports, directly or not (`source_closure`). Every marker records it, so that outputs of
+    other code are not silently mixed with this code's, while a change to code the stage does not
+    run (the report, another stage) leaves its finished shards finished."""
     digest = xxhash.xxh64()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    for path in source_closure(module):
+        digest.update(path.relative_to(SOURCE_ROOT).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
+
+
+def source_closure(module: str, root: Path = SOURCE_ROOT, packages: tuple[str, ...] = SOURCE_PACKAGES) -> list[Path]:
+    """The source files of `module` and of every module of `packages` it imports (at module or
+    function level, read from the sources, never executed), their packages' ``__init__.py`` included."""
+
+    def files_of(name: str) -> list[Path]:
+        """`name`'s file (a module or a package) and its parent packages' ``__init__.py``; [] if not ours."""
+        parts = name.split(".")
+        if parts[0] not in packages:
+            return []
+        found = [root.joinpath(*parts[:i], "__init__.py") for i in range(1, len(parts))]
+        for candidate in (root.joinpath(*parts[:-1], parts[-1] + ".py"), root.joinpath(*parts, "__init__.py")):
+            if candidate.is_file():
+                return [f for f in found if f.is_file()] + [candidate]
+        return []
+
+    seen: set[Path] = set()
+    pending = files_of(module)
+    while pending:
+        path = pending.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_bytes(), str(path))):
+            if isinstance(node, ast.Import):
+                pending += [f for alias in node.names for f in files_of(alias.name)]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                # `from a.b import c`: c may be a module of package a.b, or a name defined in it
+                pending += files_of(node.module) + [f for alias in node.names
+                                                    for f in files_of(f"{node.module}.{alias.name}")]
+    return sorted(seen)

@@ -28,7 +28,7 @@ from data_pipeline.dedup.stages import KEYS_PER_PARTITION, StageRunner, partitio
 from data_pipeline.dedup.text import exact_hash
 from data_pipeline.executor import ShardTask
 from data_pipeline.remote import location
-from data_pipeline.shards import ShardWriter, discover_shards, read_documents
+from data_pipeline.shards import ShardWriter, code_version, discover_shards, read_documents
 from data_pipeline.stats import Stats
 
 STAGES = ("hashes", "groups", "remove")
@@ -79,7 +79,7 @@ def run(args) -> int:
     settings = {"fold_digits": args.fold_digits, "partitions": args.partitions,
                 "priority": parse_priority(args.priority), "quality_column": args.quality_column}
     work = work_dir(args.output, "exact")
-    with StageRunner(args, discover_shards(args.input), work, settings) as runner:
+    with StageRunner(args, discover_shards(args.input), work, settings, code_version(__name__)) as runner:
         run_stages(args, runner, work)
     return 0
 

@@ -39,7 +39,7 @@ from data_pipeline.dedup.text import ngrams, words
 from common.errors import UserError
 from data_pipeline.executor import ShardTask, finish, make_tasks
 from data_pipeline.remote import location
-from data_pipeline.shards import ShardWriter, discover_shards, read_documents, read_marker
+from data_pipeline.shards import ShardWriter, code_version, discover_shards, read_documents, read_marker
 from data_pipeline.stats import Stats
 
 STAGES = ("signatures", "buckets", "clusters", "remove")
@@ -193,7 +193,7 @@ def run(args) -> int:
     """`gpt-data dedup minhash`: the stages selected by --stage, in order."""
     cfg = config_from_args(args)
     work = work_dir(args.output, "minhash")
-    with StageRunner(args, discover_shards(args.input), work, asdict(cfg)) as runner:
+    with StageRunner(args, discover_shards(args.input), work, asdict(cfg), code_version(__name__)) as runner:
         run_stages(args, runner, cfg, work)
     return 0
 

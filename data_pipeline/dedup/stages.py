@@ -54,8 +54,9 @@ class StageRunner:
     """Runs the stages of one dedup invocation with the CLI's executor settings; a context
     manager that holds this rank's input shards locked in the work directory `work`."""
 
-    def __init__(self, args: argparse.Namespace, inputs: Sequence[Path], work: Path, settings: dict):
+    def __init__(self, args: argparse.Namespace, inputs: Sequence[Path], work: Path, settings: dict, code: str):
         self.args = args
+        self.code = code  # the invoking command's `code_version`: every stage's markers record it
         self.inputs = list(inputs)
         self.rank: Rank = detect_rank(args.executor)
         self.tasks = make_tasks(self.inputs, args.output, args.input)
@@ -87,7 +88,7 @@ class StageRunner:
         return {t.index: directory / f"{t.name}{suffix}" for t in self.tasks}
 
     def per_shard(self, process: Callable[[ShardTask, Stats], None], out_dir: Path, stage: str) -> Stats:
-        return run_shards(process, self.inputs, out_dir, options=self.settings, depends=self.depends,
+        return run_shards(process, self.inputs, out_dir, options=self.settings, code=self.code, depends=self.depends,
                           overwrite=self.args.overwrite, input_root=self.args.input, workers=self.args.workers,
                           executor=self.args.executor, stage=stage)
 
@@ -104,8 +105,8 @@ class StageRunner:
                     (out_dir / f"{marker.stem}.parquet").unlink(missing_ok=True)
                     marker.unlink(missing_ok=True)
         return run_shards(process, partition_inputs(count), out_dir, options=self.partition_options(count),
-                          depends=self.depends, overwrite=self.args.overwrite, workers=self.args.workers,
-                          executor=self.args.executor, stage=stage, summary=summary)
+                          code=self.code, depends=self.depends, overwrite=self.args.overwrite,
+                          workers=self.args.workers, executor=self.args.executor, stage=stage, summary=summary)
 
     def partition_options(self, count: int) -> dict:
         return dict(self.settings, partition_tasks=count)
@@ -127,7 +128,7 @@ class StageRunner:
     def require_complete(self, tasks: list[ShardTask], options: dict, stage: str) -> None:
         """A stage must not start on a partial (Slurm tasks still running) or stale result of
         the previous one."""
-        missing, refusal = unfinished(tasks, options, depends=self.depends)
+        missing, refusal = unfinished(tasks, options, code=self.code, depends=self.depends)
         if refusal:
             raise UserError(f"stage {stage}: {refusal}")
         if missing:
@@ -139,7 +140,7 @@ class StageRunner:
         """A task run outside `run_shards` (the clusters result, an MPI rank's pairs) with the
         record for its marker (`executor.finish`), or None if it is done; on every rank."""
         task = make_tasks([Path(name)], out_dir)[0]
-        todo, refusal = unfinished([task], options, depends=self.depends, overwrite=self.args.overwrite)
+        todo, refusal = unfinished([task], options, code=self.code, depends=self.depends, overwrite=self.args.overwrite)
         agree(self.rank, refusal)
         if todo:
             unmark(out_dir, name)

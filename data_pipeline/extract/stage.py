@@ -10,7 +10,7 @@ from common.options import add_arguments, from_arguments, options_from_config
 from data_pipeline.executor import ShardTask, add_executor_args, run_shards
 from data_pipeline.extract import INPUT_SUFFIXES, ExtractOptions, read_any
 from data_pipeline.remote import ManifestSelection, add_manifest_args, selection_from_args
-from data_pipeline.shards import ShardWriter, discover_shards
+from data_pipeline.shards import ShardWriter, code_version, discover_shards
 from data_pipeline.stats import Stats, count_output
 
 
@@ -32,8 +32,8 @@ def run(input: str | Path, output: str | Path, config: dict | None = None, *,
     """Extract every input shard under `input` (or listed by a path manifest) into `output` (the recipe step)."""
     options = options_from_config(ExtractOptions, config or {}, "extract")
     return run_shards(partial(extract_shard, options=options), discover_shards(input, INPUT_SUFFIXES, manifest),
-                      output, options=asdict(options), overwrite=overwrite, input_root=input, workers=workers,
-                      executor=executor, stage="extract")
+                      output, options=asdict(options), code=code_version(__name__), overwrite=overwrite,
+                      input_root=input, workers=workers, executor=executor, stage="extract")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

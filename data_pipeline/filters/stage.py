@@ -24,7 +24,7 @@ from data_pipeline.extract import INPUT_SUFFIXES, read_any
 from data_pipeline.filters import DEFAULT_CONFIG, Filter, build_filters
 from data_pipeline.filters.base import BATCH_CHARS, BATCH_DOCS
 from data_pipeline.filters.c4 import C4Filter
-from data_pipeline.shards import ShardWriter, discover_shards, file_identity, read_schema
+from data_pipeline.shards import ShardWriter, code_version, discover_shards, file_identity, read_schema
 from data_pipeline.stats import Stats, count_output
 
 _built: dict[str, list[Filter]] = {}  # per process: load models once, not once per shard
@@ -99,8 +99,8 @@ def run(input: str | Path, output: str | Path, config: dict | None = None, *,
     config = config or DEFAULT_CONFIG
     check(config)  # fail on a bad key before any shard starts
     return run_shards(partial(filter_shard, config=config), discover_shards(input, INPUT_SUFFIXES), output,
-                      options=recorded_options(config), overwrite=overwrite, input_root=input, workers=workers,
-                      executor=executor, stage="filter")
+                      options=recorded_options(config), code=code_version(__name__), overwrite=overwrite,
+                      input_root=input, workers=workers, executor=executor, stage="filter")
 
 
 def recorded_options(config: dict) -> dict:

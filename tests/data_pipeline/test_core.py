@@ -19,7 +19,8 @@ import pytest
 from data_pipeline.document import DOCUMENT_SCHEMA, Document, extend_schema
 from common.errors import UserError
 from data_pipeline.executor import detect_rank, make_tasks
-from data_pipeline.shards import ShardWriter, discover_shards, read_documents, shard_name
+from data_pipeline.shards import (SOURCE_ROOT, ShardWriter, code_version, discover_shards, read_documents, shard_name,
+                                  source_closure)
 from data_pipeline.stats import Stats, merge_into
 
 
@@ -294,3 +295,31 @@ def test_output_that_cannot_be_written_is_one_line(cli, tmp_path, ccnet_sample, 
     inputs = ["--positive" if command[0] == "classifier" else "--input", docs] if command[0] != "mixture" else []
     code, _, err = cli(*(a.format(out, input=docs) for a in command), *inputs)
     assert code == 2 and "cannot write to --output" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_stage_code_version_covers_the_code_it_imports_and_nothing_else(tmp_path):
+    """Markers record the digest of the stage module and everything of ours it imports (module- or function-level,
+    `from package import module` too): a change there makes finished shards stale, a change elsewhere does not."""
+    package = tmp_path / "pkgx"
+    (package / "sub").mkdir(parents=True)
+    sources = {
+        "__init__.py": "",
+        "stage.py": "import json\nfrom pkgx.sub import helper\n\ndef run():\n    from pkgx import late\n",
+        "sub/__init__.py": "",
+        "sub/helper.py": "from pkgx.base import VALUE\n",
+        "base.py": "VALUE = 1\n",
+        "late.py": "import pkgx.base\n",
+        "report.py": "from pkgx import stage\n",  # imports the stage, is not imported by it
+    }
+    for name, text in sources.items():
+        (package / name).write_text(text)
+    closure = source_closure("pkgx.stage", root=tmp_path, packages=("pkgx",))
+    assert [p.relative_to(package).as_posix() for p in closure] == [
+        "__init__.py", "base.py", "late.py", "stage.py", "sub/__init__.py", "sub/helper.py"]
+
+    ours = {p.relative_to(SOURCE_ROOT).as_posix() for p in source_closure("data_pipeline.filters.stage")}
+    assert {"data_pipeline/filters/gopher.py", "data_pipeline/filters/word_pass.py", "data_pipeline/extract/warc.py",
+            "data_pipeline/executor.py", "common/options.py"} <= ours
+    assert not ours & {"data_pipeline/report.py", "data_pipeline/tokenize.py", "data_pipeline/dedup/fuzzy.py",
+                       "data_pipeline/cli.py", "data_pipeline/recipe.py"}
+    assert code_version("data_pipeline.filters.stage") != code_version("data_pipeline.tokenize")

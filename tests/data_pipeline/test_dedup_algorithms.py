@@ -135,8 +135,8 @@ def components_on_disk(pairs: np.ndarray, root, partitions: int):
     for k, half in enumerate(halves):
         write_edges(root / "round-000" / f"part-{k:05d}.parquet", half[:, 0], half[:, 1], partitions)
     found = label_components(lambda process, count, out, stage: run_shards(
-        process, partition_inputs(count), out, options={}, executor="local", stage=stage, quiet=True), root, partitions,
-        "test")
+        process, partition_inputs(count), out, options={}, code="test", executor="local", stage=stage, quiet=True),
+        root, partitions, "test")
     labels = {}
     for partition in range(partitions):
         nodes, roots = read_labels(found.labels, partition)
