@@ -17,6 +17,14 @@ from common.errors import ConfigError
 from common.options import build
 
 
+# Query positions per block of `model.banded_attention`. Each block computes window + BAND_CHUNK key
+# scores per query of which `window` are in the band: smaller blocks waste less but run more,
+# smaller matmuls and copy the keys and values (window + BAND_CHUNK) / BAND_CHUNK times. At
+# GPT-3's window 256 on CPU, 128 and 64 were fastest (0.45x dense causal attention, 256: 0.53x;
+# bench/bench_attention.py); 128 keeps 3 copies instead of 5. (Here: the memory model counts the copies.)
+BAND_CHUNK = 128
+
+
 @dataclass
 class ModelConfig:
     arch: str = "gpt3"  # gpt1: post-LayerNorm blocks; gpt2/gpt3: pre-LayerNorm + final LayerNorm

@@ -11,8 +11,13 @@ engine (DeepSpeed ZeRO on megatron-core tensor-parallel layers) actually keeps:
   partition (4 bytes per parameter / DP) that exists while activations are already freed;
 * activations per Korthikanti et al. 2022, "Reducing Activation Recomputation in Large
   Transformer Models" (eq. 2 with tensor parallelism, no sequence parallelism): per layer
-  sbh(10 + 24/t + 5as/(ht)) bytes in 16-bit with dropout, or 2sbh with full recomputation,
-  held for min(pp - stage, micro-batches) micro-batches in flight under 1F1B;
+  sbh(10 + 24/t) bytes in 16-bit with dropout, or 2sbh with full recomputation, held for
+  min(pp - stage, micro-batches) micro-batches in flight under 1F1B. Their attention term
+  5as^2b/t (scores, dropout output and mask) is not kept here: the model's attention is
+  PyTorch's SDPA, whose fused GPU kernels (flash, memory-efficient) keep one fp32 log-sum-exp
+  per query and head and regenerate dropout; a banded layer (GPT-3's sparse ones) also keeps
+  its padded queries and (window + chunk) / chunk overlapping copies of K and V
+  (`model.banded_attention`);
 * DeepSpeed's pipeline buffers (stage inputs received and outputs kept for backward);
 * ZeRO's gradient reduction bucket (DeepSpeed's default size) and ZeRO-3's working set: two
   gathered blocks and one block of unreduced gradients.
@@ -24,7 +29,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, fields
 
-from training.config import Config, ConfigError, check_layout
+from training.config import BAND_CHUNK, Config, ConfigError, check_layout
 
 GIB = 1024**3
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -189,10 +194,12 @@ def check_stages(config: Config) -> None:
 
 
 def block_activations(config: Config, layout: Layout) -> int:
-    """Bytes one transformer block saves for backward for one micro-batch (Korthikanti eq. 2).
+    """Bytes one transformer block saves for backward for one micro-batch (Korthikanti eq. 2 without
+    its attention-scores term, which fused attention kernels do not keep; see the module docstring).
 
     Generalised to any element size `e` (the paper's 16-bit case is e=2) and to dropout off,
-    where the dropout masks and the dropped-out copy of the attention scores are not kept.
+    where the dropout masks are not kept. A model with banded layers is counted at a banded
+    layer's size for every block (the larger of the two; stages mix both kinds).
     """
     m, t = config.model, layout.tp
     s, b, h, a = m.seq_length, layout.micro_batch_size, m.d_model, m.n_heads
@@ -201,8 +208,12 @@ def block_activations(config: Config, layout: Layout) -> int:
     sbh = s * b * h
     replicated = sbh * (4 * e + 2 * keep)  # 2 LayerNorm inputs, QKV and fc1 inputs; 2 masks
     split = sbh * 12 * e // t  # Q, K, V, proj input, GELU input and output (4h wide)
-    scores = a * s * s * b * (e * (1 + keep) + keep) // t  # softmax out (+ dropout out and mask)
-    return replicated + split + scores
+    attention = 4 * a * s * b // t  # the kernels' fp32 log-sum-exp per query and head
+    if m.sparse_every and m.sparse_window < s:
+        chunk = min(m.sparse_window, BAND_CHUNK)
+        copies = 1 + 2 * (m.sparse_window + chunk) // chunk  # padded Q, overlapping K and V blocks
+        attention += copies * sbh * e // t
+    return replicated + split + attention
 
 
 def _stage_activations(config: Config, layout: Layout, blocks: int, has_embedding: bool,

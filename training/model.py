@@ -24,7 +24,7 @@ from megatron.core import parallel_state, tensor_parallel
 from megatron.core.model_parallel_config import ModelParallelConfig
 from torch import nn
 
-from training.config import ModelConfig
+from training.config import BAND_CHUNK, ModelConfig
 from training.rng import tensor_parallel_rng
 
 try:  # NVIDIA apex's fused LayerNorm, when built on a GPU cluster (never PyPI's `apex`).
@@ -148,14 +148,6 @@ def banded_causal_mask(seq_len: int, window: int, device=None) -> torch.Tensor:
     i = torch.arange(seq_len, device=device)[:, None]
     j = torch.arange(seq_len, device=device)[None, :]
     return (j <= i) & (i - j < window)
-
-
-# Query positions per block of `banded_attention`. Each block computes window + BAND_CHUNK key
-# scores per query of which `window` are in the band: smaller blocks waste less but run more,
-# smaller matmuls and copy the keys and values (window + BAND_CHUNK) / BAND_CHUNK times. At
-# GPT-3's window 256 on CPU, 128 and 64 were fastest (0.45x dense causal attention, 256: 0.53x;
-# bench/bench_attention.py); 128 keeps 3 copies instead of 5.
-BAND_CHUNK = 128
 
 
 @functools.lru_cache(maxsize=16)
