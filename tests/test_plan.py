@@ -13,9 +13,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from training.config import ConfigError, check_layout, load_config
-from training.memory import (GIB, Layout, block_activations, block_parameters, check_fits, estimate_memory,
-                             estimate_stages, stage_layers)
+from training.memory import (GIB, Layout, block_parameters, check_fits, estimate_memory, estimate_stages,
+                             stage_layers)
 from training.metrics import training_flops_per_token
+from tests.training.saved_memory import block_probe
 from tools.plan import main as plan_main
 from tools.plan import plan
 from tools.plan_cost import Cluster, model_flops, step_cost
@@ -261,22 +262,6 @@ def test_planner_offers_no_layout_with_a_stage_of_embeddings_only():
     assert {layout.pp for layout in layouts(tiny(), 4, max_tp=1)} == {1, 2}
 
 
-def saved_for_backward(module: nn.Module, x: torch.Tensor) -> int:
-    """Bytes of the distinct storages autograd keeps for `module(x)`'s backward, its parameters aside."""
-    parameters = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    storages = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameters:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        module(x)
-    return sum(storages.values())
-
-
 @pytest.mark.parametrize("banded", [False, True], ids=["dense", "banded"])
 def test_block_activations_are_what_autograd_keeps(banded):
     """A block's activations as PyTorch keeps them for backward (fused SDPA: no seq x seq scores), on CPU at
@@ -284,20 +269,10 @@ def test_block_activations_are_what_autograd_keeps(banded):
     falls back to materialised scores; the memory model is a GPU's). Dense: the prediction to 1%. Banded: an
     upper bound (it counts overlapping K/V blocks as copies, which a kernel may materialise; here they are
     views of one padded copy) that stays below the dense scores term it replaces."""
-    from training.consolidated import ensure_single_process_groups
-    from training.distributed import shutdown
-    from training.model import Block
-
     config = tiny("precision=fp32", "model.dropout=0.0", "model.seq_length=1024", "model.d_model=256",
                   "model.n_heads=4", *(["model.sparse_every=1", "model.sparse_offset=0", "model.sparse_window=256"]
                                        if banded else ["model.sparse_every=0"]))
-    layout = Layout(1, 1, 1, 2, 0, False)
-    ensure_single_process_groups()
-    try:
-        measured = saved_for_backward(Block(config.model, 0, 0), torch.randn(2, 1024, 256, requires_grad=True))
-    finally:
-        shutdown()
-    predicted = block_activations(config, layout)
+    measured, predicted = block_probe(config, "cpu", torch.float32)
     scores = 4 * 1024 * 1024 * 2 * 4  # a s^2 b e: what eq. 2 counted for the scores alone
     if banded:
         assert measured <= predicted < measured + scores / 2, (measured, predicted)
