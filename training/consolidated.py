@@ -13,7 +13,7 @@ from training.checkpoint_files import CheckpointError, ShardReader, verified_man
 from common.options import build
 from training.config import Config
 from training.distributed import start_default_group
-from training.model import GPT
+from training.model import GPT, without_initialisation
 
 
 def ensure_single_process_groups() -> None:
@@ -50,7 +50,8 @@ def load_gpt(checkpoint: str | Path, device: str | torch.device = "cpu",
     manifest = verified_manifest(checkpoint)
     cfg = checkpoint_config(manifest)
     ensure_single_process_groups()
-    model = GPT(cfg.model, cfg.train.seed)
+    with without_initialisation():  # every weight comes from the checkpoint
+        model = GPT(cfg.model, cfg.train.seed)
     state = ShardReader(manifest).state_dict()
     expected = dict(model.named_parameters())  # state_dict() also holds megatron-core's `_extra_state`
     missing = sorted(set(expected) - set(state))

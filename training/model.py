@@ -13,6 +13,8 @@ Requires `megatron.core.parallel_state` to be initialised (a 1-process group for
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 import zlib
@@ -39,6 +41,22 @@ def layer_norm(width: int) -> nn.Module:
     return nn.LayerNorm(width)
 
 
+_INITIALISE = contextvars.ContextVar("initialise_weights", default=True)
+
+
+@contextlib.contextmanager
+def without_initialisation():
+    """Build models whose weights keep the memory they were allocated with, for a caller that then
+    overwrites every one (a checkpoint loader): drawing a model of billions of weights on a CPU
+    takes seconds to minutes for nothing. The layers are otherwise built as always (megatron-core's
+    tensor-parallel attributes included)."""
+    token = _INITIALISE.set(False)
+    try:
+        yield
+    finally:
+        _INITIALISE.reset(token)
+
+
 def seeded_normal(seed: int, name: str, std: float):
     """An init function drawing from N(0, std) with a stream named after the parameter.
 
@@ -46,6 +64,8 @@ def seeded_normal(seed: int, name: str, std: float):
     every layout (1 process, TP, PP) starts from bit-identical weights.
     """
     def init(weight: torch.Tensor) -> None:
+        if not _INITIALISE.get():
+            return
         generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{name}".encode()))
         with torch.no_grad():
             weight.copy_(torch.randn(weight.shape, generator=generator) * std)

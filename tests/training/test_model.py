@@ -101,6 +101,24 @@ def test_same_seed_same_weights_different_seed_different_weights():
             assert not torch.equal(pa, pc), name
 
 
+def test_a_model_built_without_initialisation_draws_nothing_and_keeps_its_parallel_attributes(monkeypatch):
+    """What checkpoint loaders build: no weight drawn (no generator made), the same parameters with megatron-core's
+    tensor-parallel attributes; building afterwards initialises again."""
+    import training.model as model_module
+
+    drawn, generator = [], torch.Generator
+    monkeypatch.setattr(model_module.torch, "Generator", lambda *a: drawn.append(1) or generator(*a))
+    with model_module.without_initialisation():
+        bare = GPT(tiny(), seed=1)
+    assert not drawn
+    seeded = GPT(tiny(), seed=1)
+    assert drawn
+    assert [n for n, _ in bare.named_parameters()] == [n for n, _ in seeded.named_parameters()]
+    for (name, a), b in zip(bare.named_parameters(), seeded.parameters()):
+        assert (a.shape, getattr(a, "tensor_model_parallel", None), getattr(a, "partition_dim", None)) == \
+            (b.shape, getattr(b, "tensor_model_parallel", None), getattr(b, "partition_dim", None)), name
+
+
 def test_gpt1_is_post_norm_and_gpt2_pre_norm():
     x = torch.randn(2, 8, 32)
     for arch in ("gpt1", "gpt2"):
