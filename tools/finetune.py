@@ -220,8 +220,9 @@ def finetune(cfg: Config, task: Task, tokenizer: Tokenizer, args: argparse.Names
         output.mkdir(parents=True, exist_ok=True)
         print(f"[finetune] {task.name}: {layout.describe()}, {cfg.train.steps} steps", flush=True)
     progress = loop.train(engine, recipe, cfg, layout, output, resume_from, {INFO_KEY: asdict(info)}, HEAD_PREFIX)
-    records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()] \
-        if layout.rank == 0 else []
+    metrics = output / "metrics.jsonl"  # none yet when a stop came during start-up
+    records = [json.loads(line) for line in metrics.read_text().splitlines()] \
+        if layout.rank == 0 and metrics.exists() else []
     steps = [r for r in records if "loss" in r]
     summary = {"task": task.name, "kind": task.kind, "steps": progress.step, "test_examples": len(task.examples),
                "test_acc": recipe.test_acc}
@@ -312,10 +313,10 @@ def run(args: argparse.Namespace) -> dict:
         summary = finetune(cfg, task, load_tokenizer(args.tokenizer), args, base)
     if dist.get_rank() == 0:
         (Path(args.output) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        accuracy = "not evaluated yet" if math.isnan(summary["test_acc"]) else f"{summary['test_acc']:.3f}"
         print(f"gpt-finetune: {task.name}: loss {summary.get('first_loss', float('nan')):.4f} -> "
               f"{summary.get('final_loss', float('nan')):.4f} over {summary['steps']} steps, test accuracy "
-              f"{summary['test_acc']:.3f} on {len(task.examples)} examples; checkpoint in {args.output}",
-              file=sys.stderr)
+              f"{accuracy} on {len(task.examples)} examples; checkpoint in {args.output}", file=sys.stderr)
     return summary
 
 

@@ -6,8 +6,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ import torch.nn.functional as F
 
 from data_pipeline.tokenizers import load_tokenizer
 from tests.tools.real_text_task import news_or_wiki, same_source, true_ending
-from tests.training.launch import REPO, free_port, max_relative_difference
+from tests.training.launch import REPO, catches, free_port, max_relative_difference
 from tools.convert import describe, main as gpt_convert, write_layout
 from tools.eval_tasks import load_task
 from tools.evaluate import main as gpt_eval
@@ -349,6 +351,24 @@ def test_a_stopped_finetune_resumes_to_the_same_steps(parallel_reference):
     steps, reference = read_metrics(out)[0], read_metrics(root / "one")[0]
     assert [r["step"] for r in steps] == [1, 2, 3, 4]
     assert [r["loss"] for r in steps] == [r["loss"] for r in reference]
+
+
+def test_a_finetune_stopped_during_start_up_exits_zero_before_its_first_step(parallel_reference, tmp_path):
+    """USR1 as soon as the rank catches it (before the model is built): exit 0, no step, no checkpoint, and the
+    summary says the head was not evaluated (it used to fail reading the metrics of a run that had none)."""
+    root, args, _ = parallel_reference
+    out = tmp_path / "stopped"
+    command = [sys.executable, "-m", "tools.finetune", *args, "--output", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while process.poll() is None and not catches(process.pid, signal.SIGUSR1) and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGUSR1)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-2000:]
+    assert "stop asked for during start-up" in stdout and "over 0 steps, test accuracy not evaluated yet" in stderr
+    assert not list(out.rglob("step*")) and math.isnan(json.loads((out / "summary.json").read_text())["test_acc"])
 
 
 def test_heads_are_part_of_the_checkpoint_and_older_outputs_still_load(parallel_reference, tmp_path):

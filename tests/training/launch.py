@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -70,3 +71,9 @@ def resume_from(source_dir: Path, tag: str, run_dir: Path, nproc: int, overrides
     (run_dir / "checkpoints" / "latest").write_text(tag)
     run_pretrain(run_dir, nproc, overrides)
     return losses(run_dir)
+
+
+def catches(pid: int, sig: int) -> bool:
+    """Whether process `pid` has a handler for `sig` (its SigCgt mask in /proc)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return bool(int(re.search(r"SigCgt:\s*([0-9a-f]+)", status)[1], 16) >> (sig - 1) & 1)

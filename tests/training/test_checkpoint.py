@@ -6,7 +6,6 @@ Every interrupted run must reproduce the uninterrupted run's per-step losses bit
 """
 import dataclasses
 import json
-import re
 import os
 import shutil
 import signal
@@ -20,7 +19,7 @@ import torch
 
 from tests.tools.real_text_task import same_source
 from tests.training.crafted import CreatesFile, craft
-from tests.training.launch import REPO, TINY, losses, read_metrics, run_pretrain
+from tests.training.launch import REPO, TINY, catches, losses, read_metrics, run_pretrain
 from tools.convert import main as gpt_convert
 from tools.finetune import main as gpt_finetune
 from tools.task_head import HEAD_FILE, INFO_KEY, FinetuneInfo, TaskHead, load_head
@@ -82,12 +81,6 @@ def test_sigterm_finishes_the_step_saves_and_exits_zero(straight, tmp_path):
     assert "stopping after step" in out
     run_pretrain(tmp_path, 1, COMMON)
     assert losses(tmp_path) == straight
-
-
-def catches(pid: int, sig: int) -> bool:
-    """Whether process `pid` has a handler for `sig` (its SigCgt mask in /proc)."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    return bool(int(re.search(r"SigCgt:\s*([0-9a-f]+)", status)[1], 16) >> (sig - 1) & 1)
 
 
 def test_a_stop_during_start_up_ends_the_run_before_its_first_step(tmp_path):
