@@ -16,8 +16,9 @@ engine (DeepSpeed ZeRO on megatron-core tensor-parallel layers) actually keeps:
   5as^2b/t (scores, dropout output and mask) is not kept here: the model's attention is
   PyTorch's SDPA, whose fused GPU kernels (flash, memory-efficient) keep one fp32 log-sum-exp
   per query and head and regenerate dropout; a banded layer (GPT-3's sparse ones) also keeps
-  its padded queries and (window + chunk) / chunk overlapping copies of K and V
-  (`model.banded_attention`);
+  its padded queries, keys and values, counted as (window + chunk) / chunk copies of K and V
+  (`model.banded_attention`'s overlapping blocks; an upper bound: PyTorch on CPU keeps them as
+  views of one padded copy);
 * DeepSpeed's pipeline buffers (stage inputs received and outputs kept for backward);
 * ZeRO's gradient reduction bucket (DeepSpeed's default size) and ZeRO-3's working set: two
   gathered blocks and one block of unreduced gradients.
