@@ -6,10 +6,8 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ import torch.nn.functional as F
 
 from data_pipeline.tokenizers import load_tokenizer
 from tests.tools.real_text_task import news_or_wiki, same_source, true_ending
-from tests.training.launch import REPO, catches, free_port, max_relative_difference
+from tests.training.launch import REPO, free_port, max_relative_difference, stopped_as_it_starts
 from tools.convert import describe, main as gpt_convert, write_layout
 from tools.eval_tasks import load_task
 from tools.evaluate import main as gpt_eval
@@ -358,16 +356,10 @@ def test_a_finetune_stopped_during_start_up_exits_zero_before_its_first_step(par
     summary says the head was not evaluated (it used to fail reading the metrics of a run that had none)."""
     root, args, _ = parallel_reference
     out = tmp_path / "stopped"
-    command = [sys.executable, "-m", "tools.finetune", *args, "--output", str(out)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while process.poll() is None and not catches(process.pid, signal.SIGUSR1) and time.time() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGUSR1)
-    stdout, stderr = process.communicate(timeout=300)
-    assert process.returncode == 0, stderr[-2000:]
-    assert "stop asked for during start-up" in stdout and "over 0 steps, test accuracy not evaluated yet" in stderr
+    result = stopped_as_it_starts([sys.executable, "-m", "tools.finetune", *args, "--output", str(out)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "stop asked for during start-up" in result.stdout
+    assert "over 0 steps, test accuracy not evaluated yet" in result.stderr
     assert not list(out.rglob("step*")) and math.isnan(json.loads((out / "summary.json").read_text())["test_acc"])
 
 

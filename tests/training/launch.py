@@ -5,9 +5,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,3 +79,15 @@ def catches(pid: int, sig: int) -> bool:
     """Whether process `pid` has a handler for `sig` (its SigCgt mask in /proc)."""
     status = Path(f"/proc/{pid}/status").read_text()
     return bool(int(re.search(r"SigCgt:\s*([0-9a-f]+)", status)[1], 16) >> (sig - 1) & 1)
+
+
+def stopped_as_it_starts(command: list[str]) -> subprocess.CompletedProcess:
+    """Run `command` (a trainer) and send it SIGUSR1 as soon as it catches that signal, i.e. while it starts."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while process.poll() is None and not catches(process.pid, signal.SIGUSR1) and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGUSR1)
+    stdout, stderr = process.communicate(timeout=300)
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)

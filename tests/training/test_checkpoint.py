@@ -19,7 +19,7 @@ import torch
 
 from tests.tools.real_text_task import same_source
 from tests.training.crafted import CreatesFile, craft
-from tests.training.launch import REPO, TINY, catches, losses, read_metrics, run_pretrain
+from tests.training.launch import REPO, TINY, losses, read_metrics, run_pretrain, stopped_as_it_starts
 from tools.convert import main as gpt_convert
 from tools.finetune import main as gpt_finetune
 from tools.task_head import HEAD_FILE, INFO_KEY, FinetuneInfo, TaskHead, load_head
@@ -88,15 +88,9 @@ def test_a_stop_during_start_up_ends_the_run_before_its_first_step(tmp_path):
     model is built): exit 0 before the first step, nothing trained, nothing saved."""
     command = [sys.executable, "-m", "training.pretrain", "--config", str(TINY), "--run-dir", str(tmp_path),
                "--set", "logging.tensorboard=false", *COMMON]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while process.poll() is None and not catches(process.pid, signal.SIGUSR1) and time.time() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGUSR1)
-    out, err = process.communicate(timeout=300)
-    assert process.returncode == 0, err[-2000:]
-    assert f"stop asked for during start-up (signal {int(signal.SIGUSR1)}): exiting before step 1" in out
+    result = stopped_as_it_starts(command)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"stop asked for during start-up (signal {int(signal.SIGUSR1)}): exiting before step 1" in result.stdout
     assert not (tmp_path / "metrics.jsonl").exists() or not losses(tmp_path)
     assert not list((tmp_path / "checkpoints").glob("step*"))  # a rerun starts where this one did
 
