@@ -215,7 +215,7 @@ def finetune(cfg: Config, task: Task, tokenizer: Tokenizer, args: argparse.Names
     resume_from = checkpoint.find_resume_point(cfg, output) or base
     checkpoint.fit_config(cfg, resume_from)
     recipe = Finetuning(task, info, tokenizer, loss, cfg, layout, args.warmup)
-    engine = ParallelEngine(cfg, layout, cfg.train.global_batch_size, loss)
+    engine = loop.build_engine(cfg, layout, cfg.train.global_batch_size, resume_from, loss=loss)
     if layout.rank == 0:
         output.mkdir(parents=True, exist_ok=True)
         print(f"[finetune] {task.name}: {layout.describe()}, {cfg.train.steps} steps", flush=True)

@@ -7,6 +7,7 @@ TensorBoard, checkpoints and resuming from them.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Protocol
@@ -18,7 +19,8 @@ from training.config import Config
 from training.distributed import Layout, init_distributed
 from training.faults import BadStepGuard, StopRequest
 from training.metrics import MetricsLog, device_peak_tflops, training_flops_per_token
-from training.parallel import MicroBatch, ParallelEngine
+from training.model import language_model_loss, without_initialisation
+from training.parallel import Loss, MicroBatch, ParallelEngine
 from training.progress import Progress, roll_back
 from training.rng import seed_everything
 
@@ -48,6 +50,14 @@ class Recipe(Protocol):
 
 def uses_tf32(cfg: Config, layout: Layout) -> bool:
     return cfg.tf32 and layout.device.type == "cuda"
+
+
+def build_engine(cfg: Config, layout: Layout, batch_size: int, resume_from: dict | None,
+                 loss: Loss = language_model_loss) -> ParallelEngine:
+    """The engine; resuming from a checkpoint, its model's weights are not drawn first, as the checkpoint
+    overwrites every one (at 175B a rank would spend minutes drawing its stage's full weights at every start)."""
+    with without_initialisation() if resume_from else contextlib.nullcontext():
+        return ParallelEngine(cfg, layout, batch_size, loss)
 
 
 def start_processes(cfg: Config) -> Layout:

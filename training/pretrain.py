@@ -141,7 +141,7 @@ def train(cfg: Config, blend: Blend, run_dir: Path) -> None:
         write_run_record(run_dir, cfg, layout)
         print(f"[pretrain] {layout.describe()}, {cfg.model.num_parameters(layout.tp) / 1e6:.2f}M parameters, "
               f"{cfg.train.steps} steps", flush=True)
-    engine = ParallelEngine(cfg, layout, batch_size(0, cfg.train))
+    engine = loop.build_engine(cfg, layout, batch_size(0, cfg.train), resume_from)
     loop.train(engine, Pretraining(cfg, blend, layout, run_dir), cfg, layout, run_dir, resume_from)
 
 
