@@ -230,6 +230,11 @@ def check_values(config: Config) -> None:
         raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
     if p.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"parallel.zero_stage must be 0, 1, 2 or 3, got {p.zero_stage}")
+    if p.zero_stage == 0 and config.precision != "fp32":
+        raise ConfigError(
+            f"precision={config.precision} with parallel.zero_stage=0: DeepSpeed's 16-bit optimizer without ZeRO "
+            "keeps the fp32 master weights and Adam state where checkpoints cannot reach them (they would not "
+            "resume); use zero_stage=1 (the default; at DP 1 it shards nothing)")
     if p.partition_method not in ("parameters", "uniform"):
         raise ConfigError(f"parallel.partition_method must be parameters or uniform, got {p.partition_method!r}")
     if m.n_heads % p.tp:

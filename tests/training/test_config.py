@@ -51,6 +51,8 @@ def test_overrides_are_typed():
     (["parallel.timeout_minutes=0"], "parallel.timeout_minutes must be > 0"),
     (["parallel.pp=2", "parallel.zero_stage=2"], "supports ZeRO stage 0 or 1 only"),
     (["precision=fp8"], "precision must be one of"),
+    (["precision=bf16", "parallel.zero_stage=0"], "precision=bf16 with parallel.zero_stage=0: DeepSpeed's 16-bit"),
+    (["precision=fp16", "parallel.zero_stage=0"], "precision=fp16 with parallel.zero_stage=0"),
     (["train.global_batch_size"], "is not of the form key=value"),
 ])
 def test_config_errors_name_the_problem(overrides, message):
