@@ -334,7 +334,7 @@ class ShardReader:
         shards = []
         for location in info["shards"]:
             entry = self._file(location)
-            if name not in entry or key not in entry[name]:
+            if not isinstance(entry.get(name, {}).get(key), torch.Tensor):  # absent, or None (a 16-bit ZeRO-0 save)
                 raise CheckpointError(f"checkpoint {self.root}: {location} lacks {name}/{key}")
             shards.append(entry[name][key])
         tensor = merge_shards(shards, info["partition_dim"])

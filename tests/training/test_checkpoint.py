@@ -196,6 +196,15 @@ def test_corrupt_or_mismatched_checkpoint_is_refused(straight_run, tmp_path):
     assert result.returncode == 2 and (taken / "notes.txt").read_text() == "mine"
     assert result.stderr.strip().splitlines()[-1] == (f"training.pretrain: error: checkpoint {taken} already exists; "
                                                       "not overwriting it (move it away to save step 2 here)")
+    # Adam moments saved as None (what 16-bit runs without ZeRO wrote before they were refused): one line
+    shutil.copytree(straight_run / "checkpoints", tmp_path / "d" / "checkpoints")
+    holed = tmp_path / "d" / "checkpoints" / "step00000008"
+    state = torch.load(holed / "state" / "pp0-tp0-dp0.pt", weights_only=True)
+    state["final_norm.ln.weight"]["exp_avg"] = None
+    craft(holed, "state/pp0-tp0-dp0.pt", state)
+    result = run_pretrain(tmp_path / "d", 1, COMMON + ["train.steps=9"], check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith("lacks final_norm.ln.weight/exp_avg")
 
 
 # --------------------------------------------------------------------------- crafted checkpoints
