@@ -64,6 +64,18 @@ def test_stop_and_resume_is_bitwise_identical(straight, tmp_path):
     assert straight[8] < straight[1] - 0.5
 
 
+def test_bf16_stop_and_resume_is_bitwise_identical(tmp_path):
+    """bf16 (GPT-3's configs): the fp32 master weights and Adam moments of DeepSpeed's 16-bit optimizer come back,
+    and the resumed model is built without drawing weights (the checkpoint gives them all)."""
+    overrides = [*COMMON, "precision=bf16", "train.steps=4"]
+    run_pretrain(tmp_path / "straight", 1, overrides)
+    for _ in range(2):
+        run_pretrain(tmp_path / "resumed", 1, [*overrides, "train.exit_interval=2"])
+    assert sorted(losses(tmp_path / "resumed")) == [1, 2, 3, 4]
+    assert manifest(tmp_path / "resumed")["layout"]["precision"] == "bf16"
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
+
+
 def test_sigterm_finishes_the_step_saves_and_exits_zero(straight, tmp_path):
     command = [sys.executable, "-m", "training.pretrain", "--config", str(TINY), "--run-dir", str(tmp_path),
                "--set", "logging.tensorboard=false", *COMMON]
