@@ -101,9 +101,9 @@ def register(subparsers) -> None:
 
 
 def _main(args) -> int:
-    summary = summarize(args.input)
-    if is_url(args.output or ""):
+    if is_url(args.output or ""):  # before reading the shards, which may be remote and many
         raise UserError(f"--output {args.output}: gpt-data stats writes a local directory")
+    summary = summarize(args.input)
     output = Path(args.output) if args.output else Path(args.input)
     if args.output is None and (is_url(args.input) or not output.is_dir()):
         raise UserError("--output is required when --input is a file or a URL")

@@ -106,7 +106,8 @@ def tokenize(input_path: str | Path, prefix: str | Path, tokenizer: str | dict |
     tasks = make_tasks(inputs, parts, input_path)
     names = [t.name for t in tasks]
     options = normalised({"tokenizer": tok.spec(), "text_column": text_column, "quality_column": quality_column})
-    expected = {"input": inputs_digest(tasks), "depends": None, "options": options, "code": code_version(__name__)}
+    code = code_version(__name__)
+    expected = {"input": inputs_digest(tasks), "depends": None, "options": options, "code": code}
     merged = _merged_summary(prefix)
     why = None if merged is None else changes(merged, expected)
     if merged is not None and why is None:
@@ -119,8 +120,8 @@ def tokenize(input_path: str | Path, prefix: str | Path, tokenizer: str | dict |
     _forget_missing_parts(parts, names)
     process = functools.partial(tokenize_shard, tokenizer=tok.spec(), text_column=text_column,
                                 quality_column=quality_column, batch_size=batch_size)
-    stats = run_shards(process, inputs, parts, options=options, code=code_version(__name__), overwrite=overwrite,
-                       input_root=input_path, workers=workers, executor=executor, stage=STAGE, quiet=quiet)
+    stats = run_shards(process, inputs, parts, options=options, code=code, overwrite=overwrite, input_root=input_path,
+                       workers=workers, executor=executor, stage=STAGE, quiet=quiet)
     if stats.get("shards_done") != len(tasks):
         return None  # another rank finishes the remaining shards and merges
     # Other ranks may still be writing the stage stats in the work dir: then only drop the parts.
